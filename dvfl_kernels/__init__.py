@@ -1,0 +1,24 @@
+"""dvfl_kernels: the spatio-temporal focal modulation and distillation-loss ops of DVFL-Net.
+
+Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``.
+"""
+from .ops import (
+    BACKENDS,
+    BackendUnavailableError,
+    available_backends,
+    kd_ce_loss,
+    modulate,
+    spatial_context,
+    temporal_context,
+)
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "available_backends",
+    "kd_ce_loss",
+    "modulate",
+    "spatial_context",
+    "temporal_context",
+]
+__version__ = "0.1.0"

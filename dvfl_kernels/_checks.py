@@ -1,0 +1,148 @@
+"""Argument validation shared by every backend: each failure names the argument and what was expected.
+
+Checks that need tensor *values* (label range, soft targets being distributions) read the values
+on CPU tensors; on CUDA tensors they are queued as device-side asserts (``torch._assert_async``)
+so no backend ever synchronises with the host to validate.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _describe(t: torch.Tensor) -> str:
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+def check_tensor(name: str, t, ndim: int | None = None, floating: bool = True) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D tensor, got {_describe(t)}")
+    if floating and t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: expected a float16/bfloat16/float32/float64 tensor, got {_describe(t)}")
+
+
+def check_same(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor, dtype: bool = True) -> None:
+    if t.device != ref.device:
+        raise ValueError(f"{name} is on {t.device} but {ref_name} is on {ref.device}; expected one device")
+    if dtype and t.dtype != ref.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; expected one dtype")
+
+
+def _check_gates(g: torch.Tensor, g_name: str, z: torch.Tensor, z_name: str, num_levels: int) -> None:
+    check_tensor(g_name, g, ndim=4)
+    check_same(g_name, g, z_name, z)
+    expected = tuple(z.shape[:3]) + (num_levels + 1,)
+    if tuple(g.shape) != expected:
+        raise ValueError(f"{g_name}: expected shape {expected} (N, H, W, levels+1), got {tuple(g.shape)}")
+
+
+def _check_weights(weights, name: str, z: torch.Tensor, expected_prefix, ndim: int) -> None:
+    if isinstance(weights, torch.Tensor) or not isinstance(weights, Sequence) or len(weights) == 0:
+        raise ValueError(f"{name}: expected a non-empty list of kernels (one per focal level)")
+    for level, w in enumerate(weights):
+        wname = f"{name}[{level}]"
+        check_tensor(wname, w, ndim=ndim)
+        check_same(wname, w, "the activations", z)
+        k = w.shape[-1]
+        if tuple(w.shape[: len(expected_prefix)]) != tuple(expected_prefix) or k % 2 == 0:
+            raise ValueError(f"{wname}: expected shape {tuple(expected_prefix)} + odd kernel size, got {tuple(w.shape)}")
+
+
+def check_spatial_context(z, g, weights) -> None:
+    check_tensor("z", z, ndim=4)
+    channels = z.shape[-1]
+    _check_weights(weights, "weights", z, (channels, 1), ndim=4)
+    for level, w in enumerate(weights):
+        if w.shape[-2] != w.shape[-1]:
+            raise ValueError(f"weights[{level}]: expected a square k x k kernel, got {tuple(w.shape)}")
+    _check_gates(g, "g", z, "z", len(weights))
+
+
+def check_temporal_context(z_t, g_t, weights, num_frames) -> None:
+    check_tensor("z_t", z_t, ndim=4)
+    if not isinstance(num_frames, int) or isinstance(num_frames, bool) or num_frames < 1:
+        raise ValueError(f"num_frames: expected a positive int, got {num_frames!r}")
+    if z_t.shape[0] % num_frames != 0:
+        raise ValueError(
+            f"z_t: the batch dimension N={z_t.shape[0]} must be clips x num_frames, "
+            f"but num_frames={num_frames} does not divide it"
+        )
+    channels = z_t.shape[-1]
+    _check_weights(weights, "weights", z_t, (channels, channels), ndim=3)
+    _check_gates(g_t, "g_t", z_t, "z_t", len(weights))
+
+
+def check_modulate(q, m_s, m_t) -> None:
+    check_tensor("q", q, ndim=4)
+    for name, t in (("m_s", m_s), ("m_t", m_t)):
+        check_tensor(name, t, ndim=4)
+        check_same(name, t, "q", q)
+        if t.shape != q.shape:
+            raise ValueError(f"{name}: expected shape {tuple(q.shape)} (that of q), got {tuple(t.shape)}")
+
+
+def _check_scalar(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
+    if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise TypeError(f"{name}: expected a Python number, got {type(value).__name__}")
+    ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok:
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name}: expected a finite value in {interval}, got {value!r}")
+
+
+def _require(cond: torch.Tensor, message: str) -> None:
+    """Fail when `cond` (a bool scalar tensor) is false; on CUDA without a host sync."""
+    if cond.device.type == "cpu":
+        if not bool(cond):
+            raise ValueError(message)
+    else:
+        torch._assert_async(cond, message)
+
+
+def check_kd_ce_loss(student_logits, teacher_logits, target, alpha, temperature, label_smoothing, reduction) -> None:
+    check_tensor("student_logits", student_logits, ndim=2)
+    check_tensor("teacher_logits", teacher_logits, ndim=2)
+    batch, num_classes = student_logits.shape
+    if batch == 0 or num_classes == 0:
+        raise ValueError(f"student_logits: expected shape (B, K) with B >= 1 and K >= 1, got {tuple(student_logits.shape)}")
+    check_same("teacher_logits", teacher_logits, "student_logits", student_logits)
+    if teacher_logits.shape != student_logits.shape:
+        raise ValueError(
+            f"teacher_logits: expected shape {tuple(student_logits.shape)} (that of student_logits), "
+            f"got {tuple(teacher_logits.shape)}"
+        )
+    _check_scalar("alpha", alpha, 0.0, 1.0)
+    _check_scalar("temperature", temperature, 0.0, math.inf, lo_open=True, hi_open=True)
+    _check_scalar("label_smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target: expected a torch.Tensor, got {type(target).__name__}")
+    check_same("target", target, "student_logits", student_logits, dtype=False)
+    if target.is_floating_point():
+        if tuple(target.shape) != (batch, num_classes):
+            raise ValueError(
+                f"target: soft targets must have shape {(batch, num_classes)} (B, K), got {tuple(target.shape)}"
+            )
+        tol = 1e-2 if target.dtype in (torch.float16, torch.bfloat16) else 1e-4
+        t32 = target.detach().float()
+        _require(
+            ((t32 >= 0).all() & ((t32.sum(-1) - 1).abs() <= tol).all()),
+            f"target: soft targets must be distributions (entries >= 0, rows summing to 1 within {tol})",
+        )
+    elif target.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        if tuple(target.shape) != (batch,):
+            raise ValueError(f"target: class labels must have shape ({batch},) (B,), got {tuple(target.shape)}")
+        _require(
+            ((target >= 0) & (target < num_classes)).all(),
+            f"target: class labels must lie in [0, {num_classes}) (K = {num_classes} classes)",
+        )
+    else:
+        raise TypeError(f"target: expected integer class labels or float soft targets, got dtype {target.dtype}")

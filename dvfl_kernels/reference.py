@@ -1,0 +1,133 @@
+"""Plain-PyTorch definition of every dvfl op: the ground truth all fast backends are tested against.
+
+Everything here is written for readability, not speed, and differentiates through ordinary
+PyTorch autograd. All activations are channels-last: ``(N, H, W, C)`` with ``N = B * T`` (the
+frames of one clip adjacent). Inputs may be strided views (e.g. slices of a projection output);
+no function here writes into its inputs. Inputs are assumed validated (see ``_checks``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def spatial_context(
+    z: torch.Tensor, g: torch.Tensor, weights: Sequence[torch.Tensor], normalize: bool = False
+) -> torch.Tensor:
+    """Gated hierarchy of depthwise convolutions over H, W (the spatial focal context A_s).
+
+    z: (N, H, W, C); g: (N, H, W, L+1); weights[l]: (C, 1, k_l, k_l), odd k_l.
+    z_l = GELU(dwconv_l(z_{l-1})), A_s = sum_l g[l] z_l + g[L] GELU(mean_HW z_L).
+    """
+    num_levels = len(weights)
+    channels = z.shape[-1]
+    # (N, C, H, W) views with channels-last strides: convolution reads them without a copy.
+    ctx = z.permute(0, 3, 1, 2)
+    gates = g.permute(0, 3, 1, 2)
+    acc = torch.zeros_like(ctx)
+    for level, weight in enumerate(weights):
+        ctx = F.gelu(F.conv2d(ctx, weight, padding=weight.shape[-1] // 2, groups=channels))
+        acc = acc + ctx * gates[:, level : level + 1]
+    acc = acc + F.gelu(ctx.mean((2, 3), keepdim=True)) * gates[:, num_levels : num_levels + 1]
+    if normalize:
+        acc = acc / (num_levels + 1)
+    return acc.permute(0, 2, 3, 1).contiguous()
+
+
+def dense_temporal_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Dense C_in -> C_out convolution along dim 1 (time) of a channels-last (B, T, ..., C) tensor.
+
+    Zero padding k // 2, no bias: out[:, t] = sum_j x[:, t + j - k//2] @ weight[:, :, j].T.
+    Each tap is one linear over the zero-padded clip, so the multiply-adds equal nn.Conv1d's.
+    """
+    frames, taps = x.shape[1], weight.shape[-1]
+    pad = taps // 2
+    padded = F.pad(x, (0, 0) * (x.dim() - 2) + (pad, pad))
+    out = F.linear(padded[:, 0:frames], weight[:, :, 0])
+    for tap in range(1, taps):
+        out = out + F.linear(padded[:, tap : tap + frames], weight[:, :, tap])
+    return out
+
+
+def temporal_context(
+    z_t: torch.Tensor,
+    g_t: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    num_frames: int,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Gated hierarchy of dense temporal convolutions over the T frames of each clip (A_t).
+
+    z_t: (N, H, W, C) with N = B * num_frames; g_t: (N, H, W, L+1); weights[l]: (C, C, k_l).
+    z_l = GELU(conv1d_l(z_{l-1})) along T at every (h, w), A_t = sum_l g[l] z_l + g[L] GELU(mean_T z_L).
+    """
+    num_levels = len(weights)
+    ctx = z_t.unflatten(0, (-1, num_frames))  # (B, T, H, W, C), a view for any strides
+    gates = g_t.unflatten(0, (-1, num_frames))
+    acc = torch.zeros_like(ctx)
+    for level, weight in enumerate(weights):
+        ctx = F.gelu(dense_temporal_conv(ctx, weight))
+        acc = acc + ctx * gates[..., level : level + 1]
+    acc = acc + F.gelu(ctx.mean(1, keepdim=True)) * gates[..., num_levels : num_levels + 1]
+    if normalize:
+        acc = acc / (num_levels + 1)
+    return acc.flatten(0, 1).contiguous()
+
+
+def modulate(q: torch.Tensor, m_s: torch.Tensor, m_t: torch.Tensor) -> torch.Tensor:
+    """The modulator product q * h(A_s) * h_t(A_t) (all (N, H, W, C))."""
+    return q * m_s * m_t
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    # Half-precision logits are computed (and the losses returned) in float32.
+    return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+
+
+def kd_ce_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float = 0.0,
+    reduction: str = "mean",
+):
+    """Forward-KL distillation + cross-entropy (DVFL-Net, paper eqs. 2-6). Returns (total, kd, ce).
+
+    kd_b = T^2 * KL(softmax(t_b / T) || softmax(s_b / T)); ce_b = CE(s_b, target_b) where target is
+    int labels (B,) with optional label smoothing (PyTorch's definition: eps/K on every class) or a
+    soft distribution (B, K) (mixup / cutmix), smoothed the same way. total = alpha kd + (1-alpha) ce.
+    The teacher is treated as a constant: no gradient flows to it.
+    """
+    dtype = _compute_dtype(student_logits)
+    s = student_logits.to(dtype)
+    t = teacher_logits.detach().to(dtype)
+    num_classes = s.shape[-1]
+
+    log_p_teacher = F.log_softmax(t / temperature, dim=-1)
+    p_teacher = log_p_teacher.exp()
+    log_p_student_soft = F.log_softmax(s / temperature, dim=-1)
+    # 0 * log 0 = 0: classes the teacher rules out (logit -inf) contribute nothing.
+    kl_terms = torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student_soft), 0.0)
+    kd = temperature * temperature * kl_terms.sum(-1)
+
+    log_p_student = F.log_softmax(s, dim=-1)
+    if target.is_floating_point():
+        q = target.detach().to(dtype)
+        if label_smoothing > 0:
+            q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+        ce = -torch.where(q > 0, q * log_p_student, 0.0).sum(-1)
+    else:
+        ce = -log_p_student.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
+        if label_smoothing > 0:
+            ce = (1.0 - label_smoothing) * ce - label_smoothing * log_p_student.mean(-1)
+
+    total = alpha * kd + (1.0 - alpha) * ce
+    if reduction == "mean":
+        return total.mean(), kd.mean(), ce.mean()
+    if reduction == "sum":
+        return total.sum(), kd.sum(), ce.sum()
+    return total, kd, ce

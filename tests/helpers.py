@@ -1,0 +1,39 @@
+"""Comparison helpers shared by the tests."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Copies of ../shared/spec (golden fixtures and the state-dict table) so the repo tests stand alone.
+GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64. NaN in `out` never passes; non-finite reference entries
+    (e.g. an infinite loss) must be matched exactly."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)} != reference {tuple(ref.shape)}"
+    if torch.isnan(out).any():
+        return float("inf")
+    finite = torch.isfinite(ref)
+    if not torch.equal(out[~finite], ref[~finite]):
+        return float("inf")
+    denom = ref[finite].norm().item()
+    diff = (out[finite] - ref[finite]).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "") -> None:
+    err = rel_err(out, ref)
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
+
+
+def strided_view(t: torch.Tensor, extra: int = 3) -> torch.Tensor:
+    """`t`'s values as a channel slice of a wider buffer whose other columns hold NaN, so reading
+    outside the slice poisons the result. The buffer requires grad; differentiate w.r.t. the view."""
+    wide = torch.full(t.shape[:-1] + (t.shape[-1] + extra,), float("nan"), dtype=t.dtype, device=t.device)
+    with torch.no_grad():
+        wide[..., 1 : 1 + t.shape[-1]] = t
+    wide.requires_grad_(True)
+    return wide[..., 1 : 1 + t.shape[-1]]

@@ -7,6 +7,7 @@ not built for an op raises ``BackendUnavailableError`` naming what is missing.
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Callable, Sequence
 
@@ -30,6 +31,19 @@ _IMPLEMENTATIONS: dict[str, dict[str, Callable]] = {
 }
 _WARNED: set[tuple[str, str]] = set()
 
+# What "auto" runs, per op and device type, fastest first. An op with no entry for a device runs the
+# reference there silently: e.g. on CPU the focal contexts are convolutions that PyTorch's own CPU
+# kernels already run well. A listed backend that is missing (not built, failed to load) warns once.
+_AUTO_PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
+    "spatial_context": {"cuda": ("triton",)},
+    "temporal_context": {"cuda": ("triton",)},
+    "modulate": {"cuda": ("triton",)},
+    # Triton before CUDA C++ on GPUs: see bench/ and bench/results/ for the measured choice.
+    "kd_ce_loss": {"cuda": ("triton", "cuda"), "cpu": ("cpu",)},
+}
+# Why a backend failed to load (e.g. the C++ extension), reported when it is asked for.
+LOAD_ERRORS: dict[str, str] = {}
+
 
 def register_backend(op: str, backend: str, impl: Callable) -> None:
     if backend not in BACKENDS:
@@ -42,11 +56,9 @@ def available_backends(op: str) -> tuple[str, ...]:
     return tuple(_IMPLEMENTATIONS[op])
 
 
-def _auto_choice(device: torch.device) -> str:
-    return "triton" if device.type == "cuda" else "cpu"
-
-
 def _why_missing(backend: str, device: torch.device) -> str:
+    if backend in LOAD_ERRORS:
+        return LOAD_ERRORS[backend]
     if backend == "triton" and device.type != "cuda":
         return "Triton kernels need CUDA tensors (or TRITON_INTERPRET=1)"
     if backend == "cuda" and device.type != "cuda":
@@ -54,25 +66,35 @@ def _why_missing(backend: str, device: torch.device) -> str:
     return "no kernel for this op is built in this installation"
 
 
+def _runs_on(backend: str, device: torch.device) -> bool:
+    if backend == "triton":
+        return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    if backend == "cuda":
+        return device.type == "cuda"
+    if backend == "cpu":
+        return device.type == "cpu"
+    return True
+
+
 def select_backend(op: str, backend: str, device: torch.device) -> Callable:
     """The implementation of `op` to run on `device` for the requested `backend`."""
     impls = _IMPLEMENTATIONS[op]
     if backend == "auto":
-        choice = _auto_choice(device)
-        if choice in impls:
-            return impls[choice]
-        key = (op, choice)
-        if key not in _WARNED:
-            _WARNED.add(key)
+        preferred = _AUTO_PREFERENCE[op].get(device.type, ())
+        for choice in preferred:
+            if choice in impls and _runs_on(choice, device):
+                return impls[choice]
+        if preferred and (op, device.type) not in _WARNED:
+            _WARNED.add((op, device.type))
             warnings.warn(
-                f"dvfl_kernels.{op}: backend 'auto' wanted '{choice}' for {device.type} tensors but "
-                f"{_why_missing(choice, device)}; using the plain-PyTorch reference",
+                f"dvfl_kernels.{op}: backend 'auto' wanted '{preferred[0]}' for {device.type} tensors but "
+                f"{_why_missing(preferred[0], device)}; using the plain-PyTorch reference",
                 stacklevel=3,
             )
         return impls["reference"]
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
-    if backend not in impls:
+    if backend not in impls or not _runs_on(backend, device):
         raise BackendUnavailableError(
             f"dvfl_kernels.{op}: backend {backend!r} is not available: {_why_missing(backend, device)} "
             f"(available: {available_backends(op)})"
@@ -126,8 +148,103 @@ def kd_ce_loss(
 ):
     """Distillation loss (total, kd, ce): alpha * T^2 KL(teacher_T || student_T) + (1 - alpha) CE.
 
-    target: int labels (B,) or soft targets (B, K). Half-precision logits are computed in float32
-    and the losses returned in float32. See ``reference.kd_ce_loss``."""
-    _checks.check_kd_ce_loss(student_logits, teacher_logits, target, alpha, temperature, label_smoothing, reduction)
+    target: int labels (B,) or float32/float64 soft targets (B, K). Half-precision logits are
+    computed in float32 and the losses returned in float32. `total` carries the gradient (to the
+    student only); `kd` and `ce` are returned detached, for logging (alpha=1 or 0 gives either
+    alone as `total`). See ``reference.kd_ce_loss`` for the maths."""
+    _checks.check_tensor("student_logits", student_logits, ndim=2)
     impl = select_backend("kd_ce_loss", backend, student_logits.device)
-    return impl(student_logits, teacher_logits, target, float(alpha), float(temperature), float(label_smoothing), reduction)
+    _checks.check_kd_ce_loss(
+        student_logits, teacher_logits, target, alpha, temperature, label_smoothing, reduction,
+        kernel_checks_values=impl is not reference.kd_ce_loss,
+    )
+    total, kd, ce = impl(
+        student_logits, teacher_logits, target, float(alpha), float(temperature), float(label_smoothing), reduction
+    )
+    return total, kd.detach(), ce.detach()
+
+
+# ---- fused distillation loss: custom ops, fake kernels, autograd ---------------------------------------
+# dvfl::kd_ce_loss_rows (C++: CPU and CUDA dispatch keys, csrc/) and dvfl::kd_ce_loss_rows_triton
+# return per-row losses (3, B) = [total, kd, ce] and d total_b / d student_b (B, K), computed in one
+# pass; the backward is that gradient scaled by the upstream gradient of each row's total.
+
+
+def _accumulation_dtype(student: torch.Tensor) -> torch.dtype:
+    return torch.float64 if student.dtype == torch.float64 else torch.float32
+
+
+def _kd_setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[1])
+    ctx.student_dtype = inputs[0].dtype
+    ctx.compute_grad = inputs[6]
+
+
+def _kd_backward(ctx, grad_losses, _grad_of_grad):
+    if not ctx.compute_grad:
+        raise RuntimeError("dvfl kd_ce_loss_rows: called with compute_grad=False, so it saved no gradient")
+    (grad_rows,) = ctx.saved_tensors
+    grad_student = (grad_rows * grad_losses[0].unsqueeze(1).to(grad_rows.dtype)).to(ctx.student_dtype)
+    return grad_student, None, None, None, None, None, None
+
+
+def _fake_kd_ce_loss_rows(student, teacher, target, alpha, temperature, label_smoothing, compute_grad):
+    dtype = _accumulation_dtype(student)
+    rows, classes = student.shape
+    return student.new_empty((3, rows), dtype=dtype), student.new_empty((rows if compute_grad else 0, classes), dtype=dtype)
+
+
+def _fused_kd_ce_loss(op):
+    """The kd_ce_loss backend running custom op `op` (per-row losses, then the reduction)."""
+
+    def run(student, teacher, target, alpha, temperature, label_smoothing, reduction):
+        target = target.to(_accumulation_dtype(student)) if target.is_floating_point() else target.long()
+        compute_grad = student.requires_grad and torch.is_grad_enabled()
+        losses, _ = op(student, teacher.detach(), target.detach(), alpha, temperature, label_smoothing, compute_grad)
+        return reference.reduce_losses(losses[0], losses[1], losses[2], reduction)
+
+    return run
+
+
+def _load_extension() -> bool:
+    try:
+        from . import _C  # noqa: F401  (loading it registers torch.ops.dvfl.*)
+    except ImportError as err:
+        LOAD_ERRORS["cpu"] = LOAD_ERRORS["cuda"] = f"the C++ extension dvfl_kernels._C did not load ({err})"
+        return False
+    torch.library.register_fake("dvfl::kd_ce_loss_rows")(_fake_kd_ce_loss_rows)
+    torch.library.register_autograd("dvfl::kd_ce_loss_rows", _kd_backward, setup_context=_kd_setup_context)
+    register_backend("kd_ce_loss", "cpu", _fused_kd_ce_loss(torch.ops.dvfl.kd_ce_loss_rows))
+    if torch._C._dispatch_has_kernel_for_dispatch_key("dvfl::kd_ce_loss_rows", "CUDA"):
+        register_backend("kd_ce_loss", "cuda", _fused_kd_ce_loss(torch.ops.dvfl.kd_ce_loss_rows))
+    else:
+        LOAD_ERRORS["cuda"] = "dvfl_kernels._C was built without CUDA kernels (CPU-only torch or DVFL_SKIP_CUDA=1)"
+    return True
+
+
+def _load_triton() -> bool:
+    try:
+        from .triton import kd_loss as triton_kd_loss
+    except ImportError as err:
+        LOAD_ERRORS["triton"] = f"triton is not importable ({err})"
+        return False
+
+    # An opaque custom op (like the C++ one) with the same fake kernel: torch.compile treats the launch
+    # as one node, and tracing also works when the kernel runs in Triton's interpreter (CPU tensors).
+    @torch.library.custom_op("dvfl::kd_ce_loss_rows_triton", mutates_args=())
+    def kd_ce_loss_rows_triton(
+        student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
+        alpha: float, temperature: float, label_smoothing: float, compute_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The kernel needs each row's classes adjacent; other strides are handled.
+        student, teacher, target = (x if x.stride(-1) == 1 else x.contiguous() for x in (student, teacher, target))
+        return triton_kd_loss.kd_ce_rows(student, teacher, target, alpha, temperature, label_smoothing, compute_grad)
+
+    kd_ce_loss_rows_triton.register_fake(_fake_kd_ce_loss_rows)
+    torch.library.register_autograd("dvfl::kd_ce_loss_rows_triton", _kd_backward, setup_context=_kd_setup_context)
+    register_backend("kd_ce_loss", "triton", _fused_kd_ce_loss(torch.ops.dvfl.kd_ce_loss_rows_triton))
+    return True
+
+
+HAS_EXTENSION = _load_extension()
+HAS_TRITON = _load_triton()

@@ -125,7 +125,11 @@ def kd_ce_loss(
         if label_smoothing > 0:
             ce = (1.0 - label_smoothing) * ce - label_smoothing * log_p_student.mean(-1)
 
-    total = alpha * kd + (1.0 - alpha) * ce
+    return reduce_losses(alpha * kd + (1.0 - alpha) * ce, kd, ce, reduction)
+
+
+def reduce_losses(total: torch.Tensor, kd: torch.Tensor, ce: torch.Tensor, reduction: str):
+    """Per-sample losses (B,) reduced by "mean" (over the batch), "sum" or "none"."""
     if reduction == "mean":
         return total.mean(), kd.mean(), ce.mean()
     if reduction == "sum":

@@ -37,3 +37,16 @@ def strided_view(t: torch.Tensor, extra: int = 3) -> torch.Tensor:
         wide[..., 1 : 1 + t.shape[-1]] = t
     wide.requires_grad_(True)
     return wide[..., 1 : 1 + t.shape[-1]]
+
+
+def poison_allocator(device, nbytes: int = 1 << 24) -> None:
+    """Fill memory the allocator will hand out next with NaN, so outputs a kernel leaves unwritten show."""
+    junk = torch.full((nbytes // 4,), float("nan"), dtype=torch.float32, device=device)
+    del junk
+
+
+def kernel_device(backend: str) -> str:
+    """Where a backend's tensors live in these tests (Triton runs interpreted on CPU without a GPU)."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"

@@ -1,0 +1,198 @@
+"""Triton kernel of the fused KL + CE distillation loss: one program per row, one launch.
+
+Per row the kernel streams the student and teacher logits once to build online (running-max)
+softmax statistics of s, s/T and t/T, then once more to sum the KL and write d total / d s, so the
+backward pass is a scale of the saved gradient. Element math is float32 whatever the input dtype;
+the sums are float64, and every loss is written as a sum of non-negative terms, so the results
+keep float32 accuracy even for confident predictions and near-identical distributions.
+
+Invalid rows (a label outside [0, K), soft targets with a negative entry or not summing to 1) get NaN losses and gradient:
+that is how CUDA tensors are validated without an extra launch or a host synchronisation.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .._checks import SOFT_TARGET_TOL
+
+# Logits per loop iteration. 2048 fp32 lanes keep the three operands of one iteration (student,
+# teacher, soft target: 24 KiB) in registers/L1 with 8 warps; larger K loops.
+MAX_BLOCK_K = 2048
+# A finite stand-in for -inf as the initial running max, so that exp(m_old - m_new) is 0 or 1 and
+# never NaN (-inf - -inf) when a whole block is masked or the teacher rules classes out with -inf.
+NEG_BIG = -3.0e38
+# |d| = |log q_T - log p_t| up to which e^d - 1 - d comes from its series (exact for close
+# distributions); beyond it the direct differences lose nothing.
+SERIES_RANGE = 0.5
+
+
+@triton.jit
+def _online_update(m, z, x, scale):
+    """Running (max of x, sum exp((x - max) * scale)) after the block x; the sum in float64."""
+    m_new = tl.maximum(m, tl.max(x, 0))
+    rescale = tl.exp((m - m_new) * scale).to(tl.float64)
+    return m_new, z * rescale + tl.sum(tl.exp((x - m_new) * scale).to(tl.float64), 0)
+
+
+@triton.jit
+def _exp_minus_1_minus_x(d):
+    """e^d - 1 - d for |d| <= SERIES_RANGE: d^2/2 * (1 + d/3 (1 + d/4 (...))) to degree 10, accurate
+    to a few ulps however small d is (no cancellation)."""
+    p = 1.0 + d / 10.0
+    p = 1.0 + d / 9.0 * p
+    p = 1.0 + d / 8.0 * p
+    p = 1.0 + d / 7.0 * p
+    p = 1.0 + d / 6.0 * p
+    p = 1.0 + d / 5.0 * p
+    p = 1.0 + d / 4.0 * p
+    p = 1.0 + d / 3.0 * p
+    return 0.5 * d * d * p
+
+
+@triton.jit
+def _expm1(x, SERIES_RANGE: tl.constexpr):
+    near = tl.abs(x) <= SERIES_RANGE
+    return tl.where(near, x + _exp_minus_1_minus_x(tl.where(near, x, 0.0)), tl.exp(x) - 1.0)
+
+
+@triton.jit
+def kd_ce_rows_kernel(
+    student_ptr, teacher_ptr, target_ptr, losses_ptr, grad_ptr,
+    stride_s, stride_t, stride_y, stride_g,
+    num_rows, num_classes,
+    alpha, temperature, label_smoothing,
+    SOFT: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_K: tl.constexpr, NEG: tl.constexpr, TOL: tl.constexpr,
+    SERIES_RANGE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    s_row = student_ptr + row * stride_s
+    t_row = teacher_ptr + row * stride_t
+    y_row = target_ptr + row * stride_y
+    inv_temp = 1.0 / temperature
+    eps = label_smoothing
+
+    # Pass 1: online softmax statistics around the raw maxima m_s, m_t (max(x/T) = max(x)/T).
+    # Sums accumulate in float64 (exps stay float32).
+    m_s = tl.full((), NEG, tl.float32)
+    z_s = tl.zeros((), tl.float64)  # sum exp(s - m_s)
+    m_s2 = tl.full((), NEG, tl.float32)  # the same max, tracked for the / T sum
+    z_st = tl.zeros((), tl.float64)  # sum exp((s - m_s) / T)
+    m_t = tl.full((), NEG, tl.float32)
+    z_tt = tl.zeros((), tl.float64)  # sum exp((t - m_t) / T)
+    sum_s = tl.zeros((), tl.float64)
+    sum_q = tl.zeros((), tl.float64)
+    sum_qs = tl.zeros((), tl.float64)  # sum over q > 0 of q * s (exact float64 products)
+    neg_q = tl.zeros((), tl.float32)  # number of negative soft-target entries
+    for k0 in range(0, num_classes, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        mask = offs < num_classes
+        s = tl.load(s_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        m_s, z_s = _online_update(m_s, z_s, s, 1.0)
+        m_s2, z_st = _online_update(m_s2, z_st, s, inv_temp)
+        m_t, z_tt = _online_update(m_t, z_tt, t, inv_temp)
+        sum_s += tl.sum(tl.where(mask, s, 0.0).to(tl.float64), 0)
+        if SOFT:
+            q = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
+            sum_q += tl.sum(q.to(tl.float64), 0)
+            sum_qs += tl.sum(tl.where(q > 0, q.to(tl.float64) * s.to(tl.float64), 0.0), 0)
+            neg_q += tl.sum(tl.where(q < 0, 1.0, 0.0), 0)
+
+    log_z_s = tl.log(z_s)
+    log_z_st = tl.log(z_st).to(tl.float32)
+    log_z_tt = tl.log(z_tt).to(tl.float32)
+    # lse(s/T) - lse(t/T), for d = log q_T - log p_t = (s - t) / T - gap
+    gap = ((m_s - m_t).to(tl.float64) * inv_temp + tl.log(z_st / z_tt)).to(tl.float32)
+    # CE as a sum of non-negative terms (no cancellation when a prediction is confident):
+    # lse - s = log z_s + (m_s - s), and the smoothing term eps * (m_s - mean(s)).
+    m_s64 = m_s.to(tl.float64)
+    smooth_term = tl.where(eps > 0, eps * (m_s64 - sum_s / num_classes), 0.0)  # avoids 0 * -inf
+    if SOFT:
+        valid = (tl.abs(sum_q - 1.0) <= TOL) & (neg_q == 0)
+        q_mass = ((1.0 - eps) * sum_q + eps).to(tl.float32)
+        ce = q_mass * log_z_s + (1.0 - eps) * (m_s64 * sum_q - sum_qs) + smooth_term
+        label = 0
+        p_label_m1 = 0.0
+    else:
+        label = tl.load(y_row)
+        valid = (label >= 0) & (label < num_classes)
+        s_label = tl.load(s_row + tl.where(valid, label, 0)).to(tl.float32)
+        ce = log_z_s + (1.0 - eps) * (m_s - s_label).to(tl.float64) + smooth_term
+        q_mass = 1.0
+        # p_label - 1 = expm1(log p_label), from the accurate log-probability
+        p_label_m1 = _expm1(-(log_z_s + (m_s - s_label).to(tl.float64)).to(tl.float32), SERIES_RANGE)
+    log_z_s = log_z_s.to(tl.float32)
+
+    # Pass 2: KL = sum p_t (e^d - 1 - d): non-negative terms, exact for close distributions
+    # (sum p_t e^d = 1). The gradient's q_T - p_t = p_t expm1(d) there; for probabilities near 1
+    # (few classes) it is expm1(log q_T) - expm1(log p_t), the difference of the small complements.
+    poison = tl.where(valid, 0.0, float("nan"))
+    g_row = grad_ptr + row * stride_g
+    kl = tl.zeros((), tl.float64)
+    for k0 in range(0, num_classes, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        mask = offs < num_classes
+        s = tl.load(s_row + offs, mask=mask, other=0.0).to(tl.float32)
+        t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        log_q = (s - m_s) * inv_temp - log_z_st
+        log_p = (t - m_t) * inv_temp - log_z_tt
+        q_soft_t = tl.exp(log_q)
+        p_teacher = tl.exp(log_p)
+        d = (s - t) * inv_temp - gap
+        near = (p_teacher > 0) & (tl.abs(d) <= SERIES_RANGE)
+        phi = _exp_minus_1_minus_x(tl.where(near, d, 0.0))
+        likely = (q_soft_t > 0.5) | (p_teacher > 0.5)
+        far_diff = tl.where(
+            likely, _expm1(log_q, SERIES_RANGE) - _expm1(tl.where(likely, log_p, 0.0), SERIES_RANGE), q_soft_t - p_teacher
+        )
+        kd_diff = tl.where(near, p_teacher * (d + phi), far_diff)
+        # far apart: q_T - p_t - p_t d (no overflow of e^d); teacher-excluded classes add 0
+        kl_terms = tl.where(near, p_teacher * phi, tl.where(p_teacher > 0, far_diff - p_teacher * d, 0.0))
+        kl += tl.sum(kl_terms.to(tl.float64), 0)
+        if COMPUTE_GRAD:
+            p = tl.exp(s - m_s - log_z_s)
+            if SOFT:
+                q = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
+                ce_grad = q_mass * p - ((1.0 - eps) * q + eps / num_classes)
+            else:
+                ce_grad = tl.where(offs == label, p_label_m1 + eps, p) - eps / num_classes
+            grad = alpha * temperature * kd_diff + (1.0 - alpha) * ce_grad
+            tl.store(g_row + offs, grad + poison, mask=mask)
+
+    kd = (temperature * temperature * kl).to(tl.float32)
+    ce = tl.where(valid, ce.to(tl.float32), float("nan"))
+    tl.store(losses_ptr + row, alpha * kd + (1.0 - alpha) * ce)
+    tl.store(losses_ptr + num_rows + row, kd)
+    tl.store(losses_ptr + 2 * num_rows + row, ce)
+
+
+def kd_ce_rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    label_smoothing: float,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel: per-row losses (3, B) [total, kd, ce] and d total_b / d s (B, K), float32.
+
+    Rows may be strided; the class dimension must have stride 1 (the op wrapper ensures it).
+    """
+    rows, classes = student.shape
+    losses = torch.empty((3, rows), dtype=torch.float32, device=student.device)
+    grad = torch.empty((rows, classes) if compute_grad else (0, classes), dtype=torch.float32, device=student.device)
+    soft = target.dim() == 2
+    block = min(triton.next_power_of_2(classes), MAX_BLOCK_K)
+    kd_ce_rows_kernel[(rows,)](
+        student, teacher, target, losses, grad,
+        student.stride(0), teacher.stride(0), target.stride(0), grad.stride(0) if compute_grad else 0,
+        rows, classes,
+        alpha, temperature, label_smoothing,
+        SOFT=soft, COMPUTE_GRAD=compute_grad, BLOCK_K=block, NEG=NEG_BIG, TOL=SOFT_TARGET_TOL,
+        SERIES_RANGE=SERIES_RANGE,
+        num_warps=8 if block >= 1024 else 4,
+    )
+    return losses, grad

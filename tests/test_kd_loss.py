@@ -34,7 +34,7 @@ def _inputs(b, k, soft, device, dtype=torch.float32, scale=4.0):
     return s, t, target
 
 
-def _check_against_reference(backend, s, t, target, alpha, temp, eps, tol, grad_tol=None):
+def _check_against_reference(backend, s, t, target, alpha, temp, eps, tol, grad_tol=None, kd_tol=None):
     """Compare losses (per row) and the student gradient with the float64 reference."""
     s_in = s.clone().requires_grad_()
     before = [x.clone() for x in (s, t, target)]
@@ -44,7 +44,7 @@ def _check_against_reference(backend, s, t, target, alpha, temp, eps, tol, grad_
     want = reference.kd_ce_loss(s64, t.double(), target.double() if target.is_floating_point() else target, alpha, temp, eps, "none")
     for name, a, w in zip(("total", "kd", "ce"), got, want):
         assert a.dtype == (torch.float64 if s.dtype == torch.float64 else torch.float32)
-        assert_close(a, w, tol, f"{backend} {name}")
+        assert_close(a, w, kd_tol if (name == "kd" and kd_tol) else tol, f"{backend} {name}")
     upstream = torch.rand(s.shape[0], device=s.device, dtype=torch.float64) * 3 - 1  # not all ones
     (g_got,) = torch.autograd.grad(got[0], s_in, upstream.to(got[0].dtype))
     (g_want,) = torch.autograd.grad(want[0], s64, upstream)
@@ -97,7 +97,9 @@ def test_extreme_logits_and_teacher_minus_inf(backend):
         t = t * 1e4
         t[:, ::3] = float("-inf")  # classes the teacher rules out
         t[0, :2048] = float("-inf")  # a whole leading block ruled out (the Triton block size)
-        _check_against_reference(backend, s, t, target, 0.3, temp, 0.1, 1e-5)
+        # float32 logits near 1e4 are 1e-3 apart, so a float32 kernel resolves the KL of two
+        # near-one-hot distributions only to ~1e-4 of its size; total and CE stay at 1e-5.
+        _check_against_reference(backend, s, t, target, 0.3, temp, 0.1, 1e-5, kd_tol=1e-4)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -153,7 +153,9 @@ RowStats kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t label
       const acc_t far_diff = likely ? expm1_accurate(log_q) - expm1_accurate(likely ? log_p : acc_t(0))
                                     : q_student_t - p_teacher;
       const acc_t kd_diff = near ? p_teacher * (d + phi) : far_diff;
-      b_kl += near ? double(p_teacher * phi) : (p_teacher > 0 ? double(far_diff - p_teacher * d) : 0.0);
+      // KL = sum_k (q_T - p_t - p_t d): p_t (e^d - 1 - d) >= 0 where p_t > 0, q_T where the teacher
+      // rules the class out (both distributions sum to 1)
+      b_kl += near ? double(p_teacher * phi) : (p_teacher > 0 ? double(far_diff - p_teacher * d) : double(q_student_t));
       if (grad != nullptr) {
         const acc_t p = exp_branchless(s[k] - m_s - lz_s);
         const acc_t ce_grad = q != nullptr ? q_mass * p - ((1 - eps) * q[k] + smooth)

@@ -125,8 +125,8 @@ def kd_ce_rows_kernel(
         p_label_m1 = _expm1(-(log_z_s + (m_s - s_label).to(tl.float64)).to(tl.float32), SERIES_RANGE)
     log_z_s = log_z_s.to(tl.float32)
 
-    # Pass 2: KL = sum p_t (e^d - 1 - d): non-negative terms, exact for close distributions
-    # (sum p_t e^d = 1). The gradient's q_T - p_t = p_t expm1(d) there; for probabilities near 1
+    # Pass 2: KL = sum_k (q_T - p_t - p_t d) = sum p_t (e^d - 1 - d) where p_t > 0: non-negative
+    # terms, exact for close distributions. The gradient's q_T - p_t = p_t expm1(d) there; for probabilities near 1
     # (few classes) it is expm1(log q_T) - expm1(log p_t), the difference of the small complements.
     poison = tl.where(valid, 0.0, float("nan"))
     g_row = grad_ptr + row * stride_g
@@ -148,8 +148,10 @@ def kd_ce_rows_kernel(
             likely, _expm1(log_q, SERIES_RANGE) - _expm1(tl.where(likely, log_p, 0.0), SERIES_RANGE), q_soft_t - p_teacher
         )
         kd_diff = tl.where(near, p_teacher * (d + phi), far_diff)
-        # far apart: q_T - p_t - p_t d (no overflow of e^d); teacher-excluded classes add 0
-        kl_terms = tl.where(near, p_teacher * phi, tl.where(p_teacher > 0, far_diff - p_teacher * d, 0.0))
+        # far apart: q_T - p_t - p_t d (no overflow of e^d); classes the teacher rules out (p_t = 0)
+        # add the student's mass q_T there (the terms sum to KL because both distributions sum to 1)
+        kl_terms = tl.where(near, p_teacher * phi, tl.where(p_teacher > 0, far_diff - p_teacher * d, q_soft_t))
+        kl_terms = tl.where(mask, kl_terms, 0.0)
         kl += tl.sum(kl_terms.to(tl.float64), 0)
         if COMPUTE_GRAD:
             p = tl.exp(s - m_s - log_z_s)

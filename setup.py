@@ -35,17 +35,22 @@ def extension_modules():
             + ("the installed torch is a CPU-only build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) was found")
             + "; install a CUDA torch and toolkit, or set DVFL_SKIP_CUDA=1 for a CPU-only build"
         )
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp-simd"]
+    # -fopenmp (also enables): the CPU kernels' `omp simd` loops; -fno-trapping-math / -fno-math-errno let GCC
+    # if-convert (and so vectorise) branches over float math. Nothing relies on FP exceptions or errno;
+    # IEEE inf/NaN semantics are kept (no -ffast-math).
+    # -fopenmp: at::parallel_for is inline OpenMP; without it the rows run on one thread.
+    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     if with_cuda:
         return [
             CUDAExtension(
                 "dvfl_kernels._C",
                 cpu_sources + host_cuda_sources + cuda_sources,
                 define_macros=[("DVFL_WITH_CUDA", "1")],
-                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+                extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
+                extra_link_args=["-fopenmp"],
             )
         ]
-    return [CppExtension("dvfl_kernels._C", cpu_sources, extra_compile_args=cxx_flags)]
+    return [CppExtension("dvfl_kernels._C", cpu_sources, extra_compile_args=cxx_flags, extra_link_args=["-fopenmp"])]
 
 
 def build_ext_class():

@@ -25,7 +25,7 @@ namespace dvfl {
 namespace {
 
 // Rows per parallel task: enough classes per task that thread start-up is amortised.
-constexpr int64_t kElementsPerTask = 32768;
+constexpr int64_t kElementsPerTask = 4096;
 // Classes per block of the vectorised sums (see kd_ce_row).
 constexpr int64_t kSumBlock = 256;
 constexpr double kSoftTargetTol = 1e-4;  // as dvfl_kernels._checks.SOFT_TARGET_TOL
@@ -58,19 +58,81 @@ inline double exp_branchless(double x) { return std::exp(x); }
 constexpr double kSeriesRange = 0.5;
 
 // e^d - 1 - d for |d| <= kSeriesRange: d^2/2 (1 + d/3 (1 + d/4 (...))) to degree 10, accurate to a
-// few ulps however small d is. Vectorises.
+// few ulps however small d is. Multiplies by reciprocals (divisions would not vectorise well).
 template <typename T>
 inline T exp_minus_1_minus_x(T d) {
-  T p = T(1) + d / T(10);
-  for (int n = 9; n >= 3; --n) p = T(1) + d / T(n) * p;
+  T p = T(1) + d * T(1.0 / 10);
+  p = T(1) + d * T(1.0 / 9) * p;
+  p = T(1) + d * T(1.0 / 8) * p;
+  p = T(1) + d * T(1.0 / 7) * p;
+  p = T(1) + d * T(1.0 / 6) * p;
+  p = T(1) + d * T(1.0 / 5) * p;
+  p = T(1) + d * T(1.0 / 4) * p;
+  p = T(1) + d * T(1.0 / 3) * p;
   return T(0.5) * d * d * p;
 }
 
 template <typename T>
-inline T expm1_accurate(T x) {
-  const bool near = x <= T(kSeriesRange) && x >= -T(kSeriesRange);
-  return near ? x + exp_minus_1_minus_x(x) : exp_branchless(x) - T(1);
+inline bool in_series_range(T x) {
+  return (x <= T(kSeriesRange)) & (x >= -T(kSeriesRange));  // & not &&: no branch, vectorises
 }
+
+// expm1(x) given exp_x = e^x: the series near 0 (where exp_x - 1 would lose the low bits).
+template <typename T>
+inline T expm1_from(T x, T exp_x) {
+  return in_series_range(x) ? x + exp_minus_1_minus_x(x) : exp_x - T(1);
+}
+
+// Pass 3 over classes [k0, k1): returns the block's KL sum and, if kWriteGrad, writes d total / d s.
+// KL = sum_k (q_T - p_t - p_t d) with d = log q_T - log p_t, summed as p_t (e^d - 1 - d) >= 0 where
+// p_t > 0 (exact for close distributions) and q_T where the teacher rules the class out. The
+// gradient's q_T - p_t is p_t expm1(d) there, and the difference of the small complements
+// expm1(log q_T) - expm1(log p_t) for probabilities near 1 (few classes). Branch-free: vectorises.
+template <bool kWriteGrad, bool kSoft, typename acc_t>
+struct KlPass {
+  const acc_t *s, *t, *q;
+  int64_t label;
+  acc_t m_s, m_t, inv_t, log_z_s, log_z_st, log_z_tt, gap;
+  acc_t kd_scale, ce_scale, eps, smooth, q_mass, p_label_m1, poison;
+
+  acc_t run(int64_t k0, int64_t k1, acc_t* __restrict__ grad) const {
+    // Locals, not members: stores to grad could otherwise alias them and stop vectorisation.
+    const acc_t* __restrict__ s = this->s;
+    const acc_t* __restrict__ t = this->t;
+    const acc_t* __restrict__ q = this->q;
+    const int64_t label = this->label;
+    const acc_t m_s = this->m_s, m_t = this->m_t, inv_t = this->inv_t, log_z_s = this->log_z_s;
+    const acc_t log_z_st = this->log_z_st, log_z_tt = this->log_z_tt, gap = this->gap, kd_scale = this->kd_scale;
+    const acc_t ce_scale = this->ce_scale, eps = this->eps, smooth = this->smooth, q_mass = this->q_mass;
+    const acc_t p_label_m1 = this->p_label_m1, poison = this->poison;
+    acc_t kl = 0;
+#pragma omp simd reduction(+ : kl)
+    for (int64_t k = k0; k < k1; ++k) {
+      const acc_t log_q = (s[k] - m_s) * inv_t - log_z_st, log_p = (t[k] - m_t) * inv_t - log_z_tt;
+      const acc_t q_student_t = exp_branchless(log_q), p_teacher = exp_branchless(log_p);
+      const acc_t d = (s[k] - t[k]) * inv_t - gap;
+      const bool near = (p_teacher > 0) & in_series_range(d);
+      const acc_t phi = exp_minus_1_minus_x(near ? d : acc_t(0));
+      const bool likely = (q_student_t > acc_t(0.5)) | (p_teacher > acc_t(0.5));
+      const acc_t complement_diff = expm1_from(log_q, q_student_t) - expm1_from(log_p, p_teacher);
+      const acc_t far_diff = likely ? complement_diff : q_student_t - p_teacher;
+      const acc_t far_kl = p_teacher > 0 ? far_diff - p_teacher * d : q_student_t;
+      kl += near ? p_teacher * phi : far_kl;
+      if constexpr (kWriteGrad) {
+        const acc_t kd_diff = near ? p_teacher * (d + phi) : far_diff;
+        const acc_t p = exp_branchless(s[k] - m_s - log_z_s);
+        acc_t ce_grad;
+        if constexpr (kSoft) {
+          ce_grad = q_mass * p - ((1 - eps) * q[k] + smooth);
+        } else {
+          ce_grad = (k == label ? p_label_m1 + eps : p) - smooth;
+        }
+        grad[k] = kd_scale * kd_diff + ce_scale * ce_grad + poison;
+      }
+    }
+    return kl;
+  }
+};
 
 struct RowStats {
   double total, kd, ce;
@@ -81,7 +143,6 @@ struct RowStats {
 // is a sum of non-negative terms, so confident predictions and near-identical distributions keep
 // float32 accuracy (see dvfl_kernels/triton/kd_loss.py, which uses the same formulas).
 template <typename acc_t>
-__attribute__((target_clones("avx2", "default")))
 RowStats kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t label, int64_t K, acc_t alpha,
                    acc_t temperature, acc_t eps, acc_t* grad) {
   const acc_t inv_t = acc_t(1) / temperature;
@@ -132,39 +193,31 @@ RowStats kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t label
     valid = label >= 0 && label < K;
     const double margin = valid ? double(m_s - s[label]) : 0.0;  // m_s - s_label >= 0
     ce = log_z_s + (1 - eps) * margin + smooth_term;
-    p_label_m1 = expm1_accurate(acc_t(-(log_z_s + margin)));  // p_label - 1 from the accurate log-probability
+    const acc_t log_p_label = acc_t(-(log_z_s + margin));  // accurate log-probability of the label
+    p_label_m1 = expm1_from(log_p_label, exp_branchless(log_p_label));
   }
   if (!valid) ce = std::numeric_limits<double>::quiet_NaN();
 
   const acc_t lz_s = acc_t(log_z_s), kd_scale = alpha * temperature, ce_scale = 1 - alpha, smooth = eps / acc_t(K);
   const acc_t poison = valid ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN();
+  // Per class: KL = sum_k (q_T - p_t - p_t d) with d = log q_T - log p_t, summed as p_t (e^d - 1 - d)
+  // >= 0 where p_t > 0 (exact for close distributions) and q_T where the teacher rules the class out.
+  // The gradient's q_T - p_t is p_t expm1(d) there, and the difference of the small complements
+  // expm1(log q_T) - expm1(log p_t) for probabilities near 1 (few classes).
+  // Non-negative terms: float sums within blocks lose nothing that matters; blocks add in double.
   double kl = 0;
-  for (int64_t k0 = 0; k0 < K; k0 += kSumBlock) {
-    const int64_t k1 = std::min(K, k0 + kSumBlock);
-    double b_kl = 0;
-#pragma omp simd reduction(+ : b_kl)
-    for (int64_t k = k0; k < k1; ++k) {
-      const acc_t log_q = (s[k] - m_s) * inv_t - log_z_st, log_p = (t[k] - m_t) * inv_t - log_z_tt;
-      const acc_t q_student_t = exp_branchless(log_q), p_teacher = exp_branchless(log_p);
-      const acc_t d = (s[k] - t[k]) * inv_t - gap;  // log q_T - log p_t
-      const bool near = p_teacher > 0 && d <= acc_t(kSeriesRange) && d >= -acc_t(kSeriesRange);
-      const acc_t phi = exp_minus_1_minus_x(near ? d : acc_t(0));
-      const bool likely = q_student_t > acc_t(0.5) || p_teacher > acc_t(0.5);
-      const acc_t far_diff = likely ? expm1_accurate(log_q) - expm1_accurate(likely ? log_p : acc_t(0))
-                                    : q_student_t - p_teacher;
-      const acc_t kd_diff = near ? p_teacher * (d + phi) : far_diff;
-      // KL = sum_k (q_T - p_t - p_t d): p_t (e^d - 1 - d) >= 0 where p_t > 0, q_T where the teacher
-      // rules the class out (both distributions sum to 1)
-      b_kl += near ? double(p_teacher * phi) : (p_teacher > 0 ? double(far_diff - p_teacher * d) : double(q_student_t));
-      if (grad != nullptr) {
-        const acc_t p = exp_branchless(s[k] - m_s - lz_s);
-        const acc_t ce_grad = q != nullptr ? q_mass * p - ((1 - eps) * q[k] + smooth)
-                                           : (k == label ? p_label_m1 + eps : p) - smooth;
-        grad[k] = kd_scale * kd_diff + ce_scale * ce_grad + poison;
-      }
-    }
-    kl += b_kl;
+  auto kl_sum = [&](auto pass) {
+    for (int64_t k0 = 0; k0 < K; k0 += kSumBlock) kl += pass.run(k0, std::min(K, k0 + kSumBlock), grad);
+  };
+#define DVFL_KL_PASS(GRAD, SOFT)                                                                          \
+  kl_sum(KlPass<GRAD, SOFT, acc_t>{s, t, q, label, m_s, m_t, inv_t, lz_s, log_z_st, log_z_tt, gap, kd_scale, \
+                                   ce_scale, eps, smooth, q_mass, p_label_m1, poison})
+  if (grad != nullptr) {
+    if (q != nullptr) DVFL_KL_PASS(true, true); else DVFL_KL_PASS(true, false);
+  } else {
+    DVFL_KL_PASS(false, false);
   }
+#undef DVFL_KL_PASS
   const double kd = double(temperature) * double(temperature) * kl;
   return {double(alpha) * kd + (1 - double(alpha)) * ce, kd, ce};
 }

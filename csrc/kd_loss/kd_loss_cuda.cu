@@ -180,7 +180,6 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
       shared[2] = acc_t(log_z_s);
       shared[3] = acc_t(log(w.z_st));
       shared[4] = acc_t(log(w.z_tt));
-      shared[5] = acc_t((w.m_s - w.m_t) * inv_t + log(w.z_st / w.z_tt));  // lse(s/T) - lse(t/T)
       shared[6] = acc_t(q_mass);
       shared[7] = acc_t(p_label_m1);
       shared_label = label;
@@ -189,7 +188,7 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
   }
   __syncthreads();
   const acc_t m_s = shared[0], m_t = shared[1], log_z_s = shared[2], log_z_st = shared[3], log_z_tt = shared[4];
-  const acc_t gap = shared[5], q_mass = shared[6], p_label_m1 = shared[7];
+  const acc_t q_mass = shared[6], p_label_m1 = shared[7];
   const int64_t label = shared_label;
   const acc_t poison = isnan(shared_ce) ? acc_t(NAN) : acc_t(0);
   const acc_t kd_scale = alpha * temperature, ce_scale = 1 - alpha, smooth = eps / acc_t(K);
@@ -199,7 +198,7 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
     const acc_t s = to_acc(s_row[k]), t = to_acc(t_row[k]);
     const acc_t log_q = (s - m_s) * inv_t - log_z_st, log_p = (t - m_t) * inv_t - log_z_tt;
     const acc_t q_student_t = exp_acc(log_q), p_teacher = exp_acc(log_p);
-    const acc_t d = (s - t) * inv_t - gap;  // log q_T - log p_t
+    const acc_t d = log_q - log_p;  // each subtracts its own max: accurate for small d
     const bool near = p_teacher > acc_t(0) && fabs(d) <= acc_t(kSeriesRange);
     const acc_t phi = near ? exp_minus_1_minus_x(d) : acc_t(0);
     // probabilities near 1 (few classes): the difference of the small complements

@@ -201,7 +201,9 @@ def _fused_kd_ce_loss(op):
         target = target.to(_accumulation_dtype(student)) if target.is_floating_point() else target.long()
         compute_grad = student.requires_grad and torch.is_grad_enabled()
         losses, _ = op(student, teacher.detach(), target.detach(), alpha, temperature, label_smoothing, compute_grad)
-        return reference.reduce_losses(losses[0], losses[1], losses[2], reduction)
+        if reduction != "none":  # one reduction over the (3, B) rows, not three
+            losses = losses.mean(1) if reduction == "mean" else losses.sum(1)
+        return losses[0], losses[1], losses[2]
 
     return run
 

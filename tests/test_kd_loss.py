@@ -237,3 +237,28 @@ def test_unavailable_backend_is_named():
     s, t, target = _inputs(2, 3, False, "cpu")
     with pytest.raises(dvfl_kernels.BackendUnavailableError, match="backend 'cuda' is not available"):
         dvfl_kernels.kd_ce_loss(s, t, target, 0.3, 10.0, backend="cuda")
+
+
+def test_cpu_baseline_build_matches_reference():
+    """The non-AVX2 build of the CPU kernel, forced by DVFL_CPU_CAPABILITY=base in a fresh process."""
+    if "cpu" not in dvfl_kernels.available_backends("kd_ce_loss"):
+        pytest.skip(ops.LOAD_ERRORS.get("cpu", "no cpu backend"))
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, dvfl_kernels as K\n"
+        "from dvfl_kernels import reference\n"
+        "s = torch.randn(16, 1000) * 4; t = torch.randn(16, 1000) * 4; y = torch.randint(0, 1000, (16,))\n"
+        "s1 = s.clone().requires_grad_(); s2 = s.double().requires_grad_()\n"
+        "a = K.kd_ce_loss(s1, t, y, 0.3, 10.0, 0.1, reduction='none', backend='cpu')\n"
+        "w = reference.kd_ce_loss(s2, t.double(), y, 0.3, 10.0, 0.1, 'none')\n"
+        "g1, = torch.autograd.grad(a[0].sum(), s1); g2, = torch.autograd.grad(w[0].sum(), s2)\n"
+        "errs = [((x.double() - z).norm() / z.norm()).item() for x, z in zip(list(a) + [g1], list(w) + [g2])]\n"
+        "print(max(errs))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                            env=os.environ | {"DVFL_CPU_CAPABILITY": "base"})
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip().splitlines()[-1]) < 1e-5

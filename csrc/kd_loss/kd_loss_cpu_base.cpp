@@ -1,22 +1,3 @@
 // Baseline x86-64 (SSE2) build of the row kernel, for CPUs without AVX2.
 #define DVFL_CPU_CAPABILITY base
 #include "kd_loss_cpu_row.h"
-#include "kd_loss_cpu_kernels.h"
-
-namespace dvfl {
-namespace base {
-
-template <typename acc_t>
-void kd_ce_row_entry(const acc_t* s, const acc_t* t, const acc_t* q, int64_t label, int64_t K, acc_t alpha,
-                     acc_t temperature, acc_t eps, acc_t* scratch, acc_t* grad, double out[3]) {
-  const RowResult r = kd_ce_row<acc_t>(s, t, q, label, K, alpha, temperature, eps, scratch, grad);
-  out[0] = r.total, out[1] = r.kd, out[2] = r.ce;
-}
-
-template void kd_ce_row_entry<float>(const float*, const float*, const float*, int64_t, int64_t, float, float, float,
-                                     float*, float*, double[3]);
-template void kd_ce_row_entry<double>(const double*, const double*, const double*, int64_t, int64_t, double, double,
-                                      double, double*, double*, double[3]);
-
-}  // namespace base
-}  // namespace dvfl

@@ -20,6 +20,8 @@
 #include <cstring>
 #include <limits>
 
+#include "kd_loss_cpu_kernels.h"
+
 namespace dvfl {
 namespace DVFL_CPU_CAPABILITY {
 
@@ -243,6 +245,18 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
   const double kd = double(temperature) * double(temperature) * kl;
   return {double(alpha) * kd + (1 - double(alpha)) * ce, kd, ce};
 }
+
+// The entry point declared in kd_loss_cpu_kernels.h, instantiated for float and double.
+template <typename acc_t>
+void kd_ce_row_entry(const acc_t* s, const acc_t* t, const acc_t* q, int64_t label, int64_t K, acc_t alpha,
+                     acc_t temperature, acc_t eps, acc_t* scratch, acc_t* grad, double out[3]) {
+  const RowResult r = kd_ce_row<acc_t>(s, t, q, label, K, alpha, temperature, eps, scratch, grad);
+  out[0] = r.total, out[1] = r.kd, out[2] = r.ce;
+}
+template void kd_ce_row_entry<float>(const float*, const float*, const float*, int64_t, int64_t, float, float, float,
+                                     float*, float*, double[3]);
+template void kd_ce_row_entry<double>(const double*, const double*, const double*, int64_t, int64_t, double, double,
+                                      double, double*, double*, double[3]);
 
 }  // namespace DVFL_CPU_CAPABILITY
 }  // namespace dvfl

@@ -38,7 +38,8 @@ _AUTO_PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
     "spatial_context": {"cuda": ("triton",)},
     "temporal_context": {"cuda": ("triton",)},
     "modulate": {"cuda": ("triton",)},
-    # Triton before CUDA C++ on GPUs: see bench/ and bench/results/ for the measured choice.
+    # Triton before CUDA C++ on GPUs: not measured yet (no GPU was available when this was
+    # written); bench/run_gpu.sh times both, and this order should follow its results.
     "kd_ce_loss": {"cuda": ("triton", "cuda"), "cpu": ("cpu",)},
 }
 # Why a backend failed to load (e.g. the C++ extension), reported when it is asked for.

@@ -262,3 +262,11 @@ def test_cpu_baseline_build_matches_reference():
                             env=os.environ | {"DVFL_CPU_CAPABILITY": "base"})
     assert result.returncode == 0, result.stderr
     assert float(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def test_mixed_devices_are_named():
+    s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="teacher_logits is on meta but student_logits is on cpu"):
+        dvfl_kernels.kd_ce_loss(s, t.to("meta"), y, 0.3, 10.0)
+    with pytest.raises(ValueError, match="target is on meta but student_logits is on cpu"):
+        dvfl_kernels.kd_ce_loss(s, t, y.to("meta"), 0.3, 10.0)

@@ -1,0 +1,75 @@
+"""Reading frames with decord and writing videos with PyAV.
+
+decord readers must not be shared across forked workers (they hang), so every call opens its own
+reader, in whatever process it runs; the needed frames are read in one batched call.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class VideoReadError(RuntimeError):
+    """A video that is missing, unreadable or truncated; the message names the file."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+def _open(path: str):
+    import decord
+
+    if not os.path.isfile(path):
+        raise VideoReadError(path, "no such file")
+    try:
+        return decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+    except Exception as err:  # decord raises its own DECORDError (a RuntimeError) for bad files
+        raise VideoReadError(path, f"cannot open the video ({str(err).splitlines()[0]})") from None
+
+
+def video_length(path: str | os.PathLike) -> int:
+    """Number of frames the container reports."""
+    return len(_open(os.fspath(path)))
+
+
+def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Frames `indices` of the video as a uint8 tensor (len(indices), H, W, 3), RGB, in one batched read."""
+    path = os.fspath(path)
+    reader = _open(path)
+    indices = np.asarray(indices, dtype=np.int64)
+    length = len(reader)
+    if indices.size == 0 or indices.min() < 0 or indices.max() >= length:
+        raise VideoReadError(path, f"frame indices must lie in [0, {length}), got {indices.tolist()}")
+    try:
+        frames = reader.get_batch(indices.tolist()).asnumpy()
+    except Exception as err:  # truncated or corrupt data past the header
+        raise VideoReadError(path, f"cannot decode frames {indices.tolist()} ({str(err).splitlines()[0]})") from None
+    if frames.shape[0] != len(indices):
+        raise VideoReadError(path, f"decoded {frames.shape[0]} frames, wanted {len(indices)} (truncated video?)")
+    return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps: int = 25, crf: int = 18) -> None:
+    """Encode uint8 RGB frames (T, H, W, 3) as H.264 in an mp4 (H even, W a multiple of 16)."""
+    import av
+
+    frames = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames: expected uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    if frames.shape[1] % 2 or frames.shape[2] % 16:
+        # yuv420p needs even sizes; decord mis-copies frames whose width is not a multiple of 16
+        raise ValueError(f"frames: H must be even and W a multiple of 16, got {frames.shape[1]}x{frames.shape[2]}")
+    with av.open(os.fspath(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -1,0 +1,86 @@
+"""Frame sampling, decoding correctness (frames whose content encodes their index), and the errors
+for missing, corrupt and truncated videos."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dvflnet.data import VideoReadError, multiview_indices, read_frames, segment_indices, video_length, write_video
+
+LEVEL = 6  # frame i is filled with gray level i * LEVEL
+
+
+@pytest.fixture(scope="module")
+def indexed_video(tmp_path_factory):
+    frames = np.stack([np.full((48, 64, 3), i * LEVEL, np.uint8) for i in range(40)])
+    path = tmp_path_factory.mktemp("videos") / "indexed.mp4"
+    write_video(path, frames)
+    return path
+
+
+def _decoded_index(frames: torch.Tensor) -> list[int]:
+    return (frames.float().mean((1, 2, 3)) / LEVEL).round().long().tolist()
+
+
+def test_read_frames_returns_the_requested_frames(indexed_video):
+    assert video_length(indexed_video) == 40
+    wanted = [0, 5, 39, 17, 17, 2]
+    frames = read_frames(indexed_video, wanted)
+    assert frames.dtype == torch.uint8 and frames.shape == (6, 48, 64, 3)
+    assert _decoded_index(frames) == wanted
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_sampled_clip_decodes_to_the_sampled_frames(indexed_video, train):
+    indices = segment_indices(40, 8, 4, train=train, rng=np.random.default_rng(1))
+    assert _decoded_index(read_frames(indexed_video, indices)) == indices.tolist()
+
+
+@pytest.mark.parametrize("num_frames", [1, 3, 7, 8, 11, 31, 32, 33, 300])
+def test_segment_sampling_properties(num_frames):
+    rng = np.random.default_rng()
+    for _ in range(20):
+        idx = segment_indices(num_frames, 8, 4, train=True, rng=rng)
+        assert idx.shape == (8,) and idx.min() >= 0 and idx.max() < num_frames
+        assert (np.diff(idx) >= 0).all() or num_frames <= 8  # ordered unless wrapped
+    test = segment_indices(num_frames, 8, 4, train=False)
+    assert np.array_equal(test, segment_indices(num_frames, 8, 4, train=False))  # deterministic
+    span = num_frames - 4 + 1
+    if span >= 8:  # one frame per segment of the usable span, at its centre
+        seg = span / 8
+        assert np.array_equal(test, (np.arange(8) * seg + seg / 2).astype(int))
+        for k in range(8):
+            lo, hi = int(k * (span // 8)), int((k + 1) * (span // 8))
+            draws = {int(segment_indices(num_frames, 8, 4, True, rng)[k]) for _ in range(50)}
+            assert all(lo <= d < hi for d in draws)
+
+
+def test_multiview_clips_are_deterministic_and_distinct():
+    views = multiview_indices(40, 8, 4)
+    assert views.shape == (4, 8) and views.max() < 40
+    assert len({tuple(v) for v in views.tolist()}) == 4
+    assert np.array_equal(views, multiview_indices(40, 8, 4))
+
+
+def test_missing_corrupt_and_truncated_videos_name_the_file(tmp_path, indexed_video):
+    with pytest.raises(VideoReadError, match=r"nope\.mp4: no such file"):
+        read_frames(tmp_path / "nope.mp4", [0])
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x01 not a video" * 100)
+    with pytest.raises(VideoReadError, match=r"junk\.mp4: cannot open"):
+        read_frames(junk, [0])
+    truncated = tmp_path / "truncated.mp4"
+    data = indexed_video.read_bytes()
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises(VideoReadError, match=r"truncated\.mp4"):
+        read_frames(truncated, list(range(0, 40, 5)))
+    with pytest.raises(VideoReadError, match=r"indexed\.mp4: frame indices must lie in \[0, 40\)"):
+        read_frames(indexed_video, [0, 40])
+
+
+def test_write_video_rejects_bad_frames(tmp_path):
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 16, 16, 3), np.float32))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        write_video(tmp_path / "x.mp4", np.zeros((2, 16, 24, 3), np.uint8))

@@ -1,0 +1,173 @@
+"""A generated video dataset whose classes need temporal reasoning (the demo and test data).
+
+Each clip shows one textured shape on a textured background, with camera jitter and sensor noise.
+The class is how it changes over time: moving left / right / up / down, approaching / receding,
+rotating clockwise / anticlockwise, appearing / vanishing. Every class's trajectory is drawn so that
+the middle frames of all classes look alike (same position, size, pose and opacity ranges), so no
+single frame tells the class. Everything is seeded: the same seed gives the same files.
+
+    generate_dataset("data/synthetic", train_per_class=40, val_per_class=10, seed=0)
+
+writes mp4 clips (PyAV), `train.csv` / `val.csv` (`<path relative to root>,<label>`, no header, the
+public format) and `labels.csv` (`id,name`).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .video import write_video
+
+CLASSES = (
+    "move_left",
+    "move_right",
+    "move_up",
+    "move_down",
+    "approach",
+    "recede",
+    "rotate_clockwise",
+    "rotate_anticlockwise",
+    "appear",
+    "vanish",
+)
+SHAPES = ("triangle", "bar", "ell")  # none of them looks the same after a small rotation
+
+
+@dataclass
+class Trajectory:
+    """Per-frame state of the shape (pixels, radians, opacity), for tests and inspection."""
+
+    centers: np.ndarray  # (T, 2) x, y
+    scales: np.ndarray  # (T,)
+    angles: np.ndarray  # (T,)
+    alphas: np.ndarray  # (T,)
+
+
+def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator) -> Trajectory:
+    """Linear ramps around a shared middle state; only the ramped quantity differs by class."""
+    ramp = np.linspace(-0.5, 0.5, num_frames)
+    center = rng.uniform(0.35, 0.65, size=2) * size
+    scale = rng.uniform(0.14, 0.2) * size
+    angle = rng.uniform(0, 2 * np.pi)
+    alpha = rng.uniform(0.45, 0.75)  # every class is partly transparent, so mid-clip opacity tells nothing
+    centers = np.repeat(center[None], num_frames, 0)
+    scales, angles, alphas = np.full(num_frames, scale), np.full(num_frames, angle), np.full(num_frames, alpha)
+    travel = rng.uniform(0.25, 0.4) * size
+    direction = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
+    if label in direction:
+        centers = center[None] + np.outer(ramp, direction[label]) * travel
+    elif label in ("approach", "recede"):
+        growth = rng.uniform(0.5, 0.8) * (1 if label == "approach" else -1)
+        scales = scale * np.exp(ramp * 2 * growth)
+    elif label in ("rotate_clockwise", "rotate_anticlockwise"):
+        turn = rng.uniform(0.5, 1.0) * np.pi * (1 if label == "rotate_clockwise" else -1)
+        angles = angle + ramp * turn  # image y points down: increasing angle turns clockwise on screen
+    elif label in ("appear", "vanish"):
+        alphas = np.clip(alpha + ramp * (1 if label == "appear" else -1) * rng.uniform(1.4, 1.8), 0, 1)
+    else:
+        raise ValueError(f"label: unknown class {label!r}; known: {CLASSES}")
+    return Trajectory(centers, scales, angles, alphas)
+
+
+def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, scale: float, angle: float) -> np.ndarray:
+    """Soft (anti-aliased) mask of a shape centred at the origin of (xx, yy), rotated by `angle`."""
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = (c * xx + s * yy) / scale, (-s * xx + c * yy) / scale  # shape coordinates
+    if shape == "triangle":  # isosceles: base at u = -0.6 (half-width 0.8), apex at u = 1
+        inside = np.minimum(u + 0.6, (1.0 - u) * 0.5 - np.abs(v))
+    elif shape == "bar":  # long bar with a knob at one end
+        inside = np.maximum(np.minimum(1.0 - np.abs(u), 0.3 - np.abs(v)), 0.45 - np.hypot(u - 0.9, v))
+    else:  # "ell"
+        inside = np.maximum(np.minimum(1.0 - np.abs(u), 0.25 - np.abs(v + 0.75)), np.minimum(0.25 - np.abs(u + 0.75), 1.0 - np.abs(v)))
+    return np.clip(inside * scale + 0.5, 0.0, 1.0)  # one-pixel soft edge
+
+
+def _texture(size: int, rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
+    """A colour field: stripes or smooth noise around `base` (H, W, 3) float in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    if rng.random() < 0.5:
+        freq, theta = rng.uniform(3, 9), rng.uniform(0, np.pi)
+        pattern = 0.5 + 0.5 * np.sin(2 * np.pi * freq * (np.cos(theta) * xx + np.sin(theta) * yy))
+    else:
+        coarse = rng.random((5, 5))
+        pattern = np.kron(coarse, np.ones((size // 5 + 1, size // 5 + 1)))[:size, :size]
+    tint = rng.uniform(0.6, 1.0, size=3)
+    return np.clip(base[None, None] * (0.7 + 0.3 * pattern[..., None]) * tint, 0, 1)
+
+
+def render_clip(label: str, num_frames: int = 16, size: int = 64, seed: int = 0) -> tuple[np.ndarray, Trajectory]:
+    """One clip of class `label`: uint8 frames (T, size, size, 3) and the shape's trajectory."""
+    if size % 16:
+        raise ValueError(f"size: must be a multiple of 16 (decodable by decord), got {size}")
+    if num_frames < 2:
+        raise ValueError(f"num_frames: a class needs at least 2 frames to show, got {num_frames}")
+    rng = np.random.default_rng(seed)
+    trajectory = _trajectory(label, num_frames, size, rng)
+    background = _texture(size, rng, rng.uniform(0.1, 0.9, size=3))
+    foreground = _texture(size, rng, rng.uniform(0.1, 0.9, size=3))
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    jitter = rng.normal(0, 0.8, size=(num_frames, 2)).cumsum(0)  # a slowly drifting hand-held camera
+    jitter -= jitter.mean(0)
+    noise = rng.uniform(0.01, 0.04)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    frames = np.empty((num_frames, size, size, 3), np.uint8)
+    for t in range(num_frames):
+        cx, cy = trajectory.centers[t] + jitter[t]
+        mask = _shape_mask(shape, xx - cx, yy - cy, trajectory.scales[t], trajectory.angles[t]) * trajectory.alphas[t]
+        shifted = np.roll(background, (int(round(jitter[t, 1])), int(round(jitter[t, 0]))), axis=(0, 1))
+        image = shifted * (1 - mask[..., None]) + foreground * mask[..., None]
+        image = image + rng.normal(0, noise, image.shape)
+        frames[t] = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    return frames, trajectory
+
+
+@dataclass
+class SyntheticDataset:
+    root: str
+    train_csv: str
+    val_csv: str
+    labels_csv: str
+    classes: tuple[str, ...]
+
+
+def generate_dataset(
+    root: str | os.PathLike,
+    train_per_class: int = 40,
+    val_per_class: int = 10,
+    num_frames: int = 16,
+    size: int = 64,
+    classes: tuple[str, ...] = CLASSES,
+    fps: int = 12,
+    seed: int = 0,
+) -> SyntheticDataset:
+    """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs)."""
+    root = os.fspath(root)
+    unknown = [c for c in classes if c not in CLASSES]
+    if unknown:
+        raise ValueError(f"classes: unknown {unknown}; known: {CLASSES}")
+    rows: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
+    for split, per_class, split_seed in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+        for label, name in enumerate(classes):
+            folder = os.path.join(root, "videos", split, name)
+            os.makedirs(folder, exist_ok=True)
+            for n in range(per_class):
+                # one independent stream per (seed, split, class, clip): reproducible and order-free
+                clip_seed = int(np.random.SeedSequence([seed, split_seed, label, n]).generate_state(1)[0])
+                frames, _ = render_clip(name, num_frames, size, clip_seed)
+                relative = os.path.join("videos", split, name, f"{n:05d}.mp4")
+                write_video(os.path.join(root, relative), frames, fps=fps)
+                rows[split].append((relative, label))
+    paths = {}
+    for split, split_rows in rows.items():
+        paths[split] = os.path.join(root, f"{split}.csv")
+        with open(paths[split], "w", newline="") as f:
+            csv.writer(f).writerows(split_rows)
+    labels_csv = os.path.join(root, "labels.csv")
+    with open(labels_csv, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "name"])
+        writer.writerows(enumerate(classes))
+    return SyntheticDataset(root, paths["train"], paths["val"], labels_csv, tuple(classes))

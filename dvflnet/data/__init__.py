@@ -1,5 +1,19 @@
-"""Video data: frame sampling, decoding (decord) and encoding (PyAV)."""
+"""Video data: annotations, frame sampling, decoding (decord), encoding (PyAV), transforms, mixup."""
+from .dataset import AnnotationError, VideoCSVDataset, read_annotations
+from .mixup import mixup_cutmix, smooth_one_hot
 from .sampling import multiview_indices, segment_indices
 from .video import VideoReadError, read_frames, video_length, write_video
 
-__all__ = ["VideoReadError", "multiview_indices", "read_frames", "segment_indices", "video_length", "write_video"]
+__all__ = [
+    "AnnotationError",
+    "VideoCSVDataset",
+    "VideoReadError",
+    "mixup_cutmix",
+    "multiview_indices",
+    "read_annotations",
+    "read_frames",
+    "segment_indices",
+    "smooth_one_hot",
+    "video_length",
+    "write_video",
+]

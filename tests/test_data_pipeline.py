@@ -1,0 +1,114 @@
+"""Transforms (clip-consistent, shapes, crops), mixup / CutMix targets, and the CSV dataset:
+annotation errors with line numbers, label range, train / multi-view test items, bad-video policy."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dvflnet.data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmix, read_annotations, smooth_one_hot
+from dvflnet.data.synthetic import generate_dataset
+from dvflnet.data.transforms import MEAN, STD, color_jitter, eval_views, three_crops, train_transform
+
+
+def test_train_transform_is_the_same_for_every_frame():
+    frame = torch.randint(0, 256, (1, 90, 120, 3), dtype=torch.uint8)
+    clip = frame.expand(6, -1, -1, -1)
+    for seed in range(10):
+        out = train_transform(clip, torch.Generator().manual_seed(seed), size=32, short_side=40)
+        assert out.shape == (6, 3, 32, 32) and out.dtype == torch.float32 and torch.isfinite(out).all()
+        assert torch.equal(out, out[:1].expand_as(out))  # one crop / flip / jitter for the whole clip
+    a = train_transform(clip, torch.Generator().manual_seed(3), size=32, short_side=40)
+    assert torch.equal(a, train_transform(clip, torch.Generator().manual_seed(3), size=32, short_side=40))
+
+
+def test_normalisation_and_color_jitter_range():
+    gray = torch.full((2, 8, 8, 3), 128.0)
+    assert torch.allclose(eval_views(gray, size=8, short_side=8)[0][:, 0], torch.tensor((128 - MEAN[0]) / STD[0]))
+    clip = torch.rand(3, 16, 16, 3) * 255
+    jittered = color_jitter(clip, torch.Generator().manual_seed(0))
+    assert jittered.min() >= 0 and jittered.max() <= 255 and not torch.equal(jittered, clip)
+
+
+def test_three_crops_cover_left_centre_right():
+    clip = torch.arange(64, dtype=torch.float32).view(1, 1, 64, 1).expand(2, 32, 64, 3)
+    left, centre, right = three_crops(clip, 32)
+    assert left[0, 0, 0, 0] == 0 and centre[0, 0, 0, 0] == 16 and right[0, 0, -1, 0] == 63
+    views = eval_views(torch.rand(4, 50, 80, 3) * 255, size=32, num_crops=3)
+    assert len(views) == 3 and all(v.shape == (4, 3, 32, 32) for v in views)
+
+
+def test_mixup_cutmix_targets_are_distributions_and_box_is_shared():
+    clips = torch.rand(6, 4, 3, 16, 16)
+    labels = torch.tensor([0, 1, 2, 3, 4, 0])
+    before = clips.clone()
+    saw_cutmix = saw_mixup = False
+    for seed in range(30):
+        mixed, targets = mixup_cutmix(clips, labels, 5, torch.Generator().manual_seed(seed), smoothing=0.1)
+        assert torch.equal(clips, before)
+        assert torch.allclose(targets.sum(1), torch.ones(6)) and (targets > 0).all()
+        pasted = (mixed != clips) & (mixed == clips.flip(0))
+        if pasted.any() and ((mixed == clips) | (mixed == clips.flip(0))).all():
+            saw_cutmix = True
+            assert torch.equal(pasted[:, :1].expand_as(pasted), pasted)  # the same box on every frame
+            area = pasted[0, 0, 0].float().mean().item()
+            # lambda is the box's true area: target mass on the own class follows it
+            own = smooth_one_hot(labels, 5, 0.1)
+            assert torch.allclose(targets, own * (1 - area) + own.flip(0) * area, atol=1e-6)
+        elif not torch.equal(mixed, clips):
+            saw_mixup = True
+    assert saw_cutmix and saw_mixup
+    assert torch.allclose(smooth_one_hot(torch.tensor([2]), 4, 0.1), torch.tensor([[0.025, 0.025, 0.925, 0.025]]))
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    return generate_dataset(root, train_per_class=2, val_per_class=1, num_frames=12, size=64,
+                            classes=("move_left", "move_right", "appear"), seed=0)
+
+
+def test_dataset_train_and_multiview_items(tiny_dataset):
+    train = VideoCSVDataset(tiny_dataset.root, tiny_dataset.train_csv, num_frames=4, frame_interval=2,
+                            size=32, short_side=40, num_classes=3)
+    clip, label = train[3]
+    assert len(train) == 6 and clip.shape == (4, 3, 32, 32) and label == 1
+    assert torch.equal(clip, train[3][0])  # reproducible for a (seed, epoch, index)
+    train.set_epoch(1)
+    assert not torch.equal(clip, train[3][0])
+    test = VideoCSVDataset(tiny_dataset.root, tiny_dataset.val_csv, num_frames=4, mode="test",
+                           num_clips=4, num_crops=3, size=32, num_classes=3)
+    views, label = test[2]
+    assert views.shape == (12, 4, 3, 32, 32) and label == 2
+    assert torch.equal(views, test[2][0])
+
+
+def test_annotation_errors_name_the_line(tmp_path, tiny_dataset):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a.mp4,0\nb.mp4,zero\n")
+    with pytest.raises(AnnotationError, match=r"bad\.csv:2: label 'zero' is not an integer"):
+        read_annotations(str(bad), str(tmp_path))
+    bad.write_text("a.mp4,0\n\nc.mp4 7\n")
+    with pytest.raises(AnnotationError, match=r"bad\.csv:3: expected '<video path>,<label>'"):
+        read_annotations(str(bad), str(tmp_path))
+    with pytest.raises(AnnotationError, match=r"train\.csv:\d+: label 2 is outside \[0, 2\)"):
+        VideoCSVDataset(tiny_dataset.root, tiny_dataset.train_csv, num_classes=2)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_annotations(str(tmp_path / "none.csv"), str(tmp_path))
+
+
+def test_bad_video_policy(tmp_path, tiny_dataset):
+    csv = tmp_path / "mixed.csv"
+    good = open(tiny_dataset.train_csv).read().splitlines()[0]
+    (tmp_path / "broken.mp4").write_bytes(b"junk" * 64)
+    csv.write_text(f"{tmp_path}/broken.mp4,0\n{tmp_path}/missing.mp4,1\n" + good.replace("videos/", f"{tiny_dataset.root}/videos/") + "\n")
+    strict = VideoCSVDataset("/", str(csv), num_frames=4, size=32, short_side=40, bad_video="fail")
+    with pytest.raises(VideoReadError, match=r"broken\.mp4"):
+        strict[0]
+    lenient = VideoCSVDataset("/", str(csv), num_frames=4, size=32, short_side=40, bad_video="skip")
+    with pytest.warns(UserWarning, match=r"skipping unreadable video .*broken\.mp4"):
+        clip, label = lenient[0]
+    assert clip.shape == (4, 3, 32, 32) and label == 0
+    assert len(lenient.skipped) == 2 and lenient.skipped[0].endswith("broken.mp4")
+    with pytest.raises(ValueError, match="bad_video"):
+        VideoCSVDataset("/", str(csv), mode="test", bad_video="skip")

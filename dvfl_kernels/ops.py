@@ -171,10 +171,6 @@ def kd_ce_loss(
 # pass; the backward is that gradient scaled by the upstream gradient of each row's total.
 
 
-def _accumulation_dtype(student: torch.Tensor) -> torch.dtype:
-    return torch.float64 if student.dtype == torch.float64 else torch.float32
-
-
 def _kd_setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(output[1])
     ctx.student_dtype = inputs[0].dtype
@@ -190,7 +186,7 @@ def _kd_backward(ctx, grad_losses, _grad_of_grad):
 
 
 def _fake_kd_ce_loss_rows(student, teacher, target, alpha, temperature, label_smoothing, compute_grad):
-    dtype = _accumulation_dtype(student)
+    dtype = reference.compute_dtype(student)
     rows, classes = student.shape
     return student.new_empty((3, rows), dtype=dtype), student.new_empty((rows if compute_grad else 0, classes), dtype=dtype)
 
@@ -199,7 +195,7 @@ def _fused_kd_ce_loss(op):
     """The kd_ce_loss backend running custom op `op` (per-row losses, then the reduction)."""
 
     def run(student, teacher, target, alpha, temperature, label_smoothing, reduction):
-        target = target.to(_accumulation_dtype(student)) if target.is_floating_point() else target.long()
+        target = target.to(reference.compute_dtype(student)) if target.is_floating_point() else target.long()
         compute_grad = student.requires_grad and torch.is_grad_enabled()
         losses, _ = op(student, teacher.detach(), target.detach(), alpha, temperature, label_smoothing, compute_grad)
         if reduction != "none":  # one reduction over the (3, B) rows, not three

@@ -81,7 +81,7 @@ def modulate(q: torch.Tensor, m_s: torch.Tensor, m_t: torch.Tensor) -> torch.Ten
     return q * m_s * m_t
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
     # Half-precision logits are computed (and the losses returned) in float32.
     return torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
 
@@ -102,7 +102,7 @@ def kd_ce_loss(
     soft distribution (B, K) (mixup / cutmix), smoothed the same way. total = alpha kd + (1-alpha) ce.
     The teacher is treated as a constant: no gradient flows to it.
     """
-    dtype = _compute_dtype(student_logits)
+    dtype = compute_dtype(student_logits)
     s = student_logits.to(dtype)
     t = teacher_logits.detach().to(dtype)
     num_classes = s.shape[-1]

@@ -11,12 +11,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
 #include <string>
-#include <limits>
 #include <tuple>
 #include <vector>
 

@@ -29,11 +29,11 @@ SERIES_RANGE = 0.5
 
 
 @triton.jit
-def _online_update(m, z, x, scale):
-    """Running (max of x, sum exp((x - max) * scale)) after the block x; the sum in float64."""
-    m_new = tl.maximum(m, tl.max(x, 0))
-    rescale = tl.exp((m - m_new) * scale).to(tl.float64)
-    return m_new, z * rescale + tl.sum(tl.exp((x - m_new) * scale).to(tl.float64), 0)
+def _rescaled_sum(z, m_old, m_new, x, scale):
+    """sum exp((x - max) * scale) carried from the running max m_old to m_new, plus the block x;
+    accumulated in float64."""
+    rescale = tl.exp((m_old - m_new) * scale).to(tl.float64)
+    return z * rescale + tl.sum(tl.exp((x - m_new) * scale).to(tl.float64), 0)
 
 
 @triton.jit
@@ -77,7 +77,6 @@ def kd_ce_rows_kernel(
     # Sums accumulate in float64 (exps stay float32).
     m_s = tl.full((), NEG, tl.float32)
     z_s = tl.zeros((), tl.float64)  # sum exp(s - m_s)
-    m_s2 = tl.full((), NEG, tl.float32)  # the same max, tracked for the / T sum
     z_st = tl.zeros((), tl.float64)  # sum exp((s - m_s) / T)
     m_t = tl.full((), NEG, tl.float32)
     z_tt = tl.zeros((), tl.float64)  # sum exp((t - m_t) / T)
@@ -90,9 +89,12 @@ def kd_ce_rows_kernel(
         mask = offs < num_classes
         s = tl.load(s_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
         t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
-        m_s, z_s = _online_update(m_s, z_s, s, 1.0)
-        m_s2, z_st = _online_update(m_s2, z_st, s, inv_temp)
-        m_t, z_tt = _online_update(m_t, z_tt, t, inv_temp)
+        m_s_new = tl.maximum(m_s, tl.max(s, 0))
+        z_s = _rescaled_sum(z_s, m_s, m_s_new, s, 1.0)
+        z_st = _rescaled_sum(z_st, m_s, m_s_new, s, inv_temp)  # one max serves both student sums
+        m_t_new = tl.maximum(m_t, tl.max(t, 0))
+        z_tt = _rescaled_sum(z_tt, m_t, m_t_new, t, inv_temp)
+        m_s, m_t = m_s_new, m_t_new
         sum_s += tl.sum(tl.where(mask, s, 0.0).to(tl.float64), 0)
         if SOFT:
             q = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)

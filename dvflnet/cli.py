@@ -5,7 +5,8 @@ import argparse
 import json
 import sys
 
-from .models import MODEL_CONFIGS
+from .data.video import VideoReadError
+from .models import MODEL_CONFIGS, CheckpointError
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -46,6 +47,53 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_config(args: argparse.Namespace) -> dict:
+    from .engine.config import load_config
+
+    cfg = load_config(args.config, args.opts)
+    if args.output:
+        cfg["output"] = args.output
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import run_training
+
+    summary = run_training(_run_config(args), distill=args.command == "distill")
+    if summary.get("best_top1") is not None:
+        print(f"best top-1 {summary['best_top1']:.2f}% ({summary['best']}); last checkpoint {summary['last']}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .engine import run_evaluation
+
+    cfg = _run_config(args)
+    if args.checkpoint:
+        cfg["eval"]["checkpoint"] = args.checkpoint
+    for views, report in run_evaluation(cfg).items():
+        print(f"{views} views: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  ({report['num_videos']} videos; "
+              f"per-class accuracy and confusion matrix in {cfg['output']}/eval_{views}.json)")
+    return 0
+
+
+def cmd_generate_data(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate_dataset
+
+    dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size, seed=args.seed)
+    print(f"wrote {len(dataset.classes)} classes x ({args.train_per_class} train + {args.val_per_class} val) videos: "
+          f"{dataset.train_csv}, {dataset.val_csv}, {dataset.labels_csv}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DEMO_CONFIG, load_demo_config, run_demo
+
+    opts = list(args.opts) + (["output", args.output] if args.output else [])
+    run_demo(load_demo_config(args.config or DEMO_CONFIG, opts))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvflnet", description="DVFL-Net / Video-FocalNet models and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +108,34 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--device", default="cpu")
     flops.add_argument("--json", action="store_true", help="one JSON object per model")
     flops.set_defaults(func=cmd_flops)
+
+    for name, help_text in (("train", "train a model (a teacher, or a student from scratch)"),
+                            ("distill", "distil a student from a frozen, trained teacher"),
+                            ("evaluate", "evaluate a checkpoint: 1x1 and 4x3 views, per-class accuracy, confusion")):
+        run = sub.add_parser(name, help=help_text, description=f"{help_text}. Launch with torchrun for several processes.")
+        run.add_argument("--config", required=True, help="a YAML file (see configs/)")
+        run.add_argument("--output", help="run folder (overrides the config's output)")
+        run.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. train.epochs 30 data.num_workers 8")
+        if name == "evaluate":
+            run.add_argument("--checkpoint", help="weights to evaluate (default: <output>/best.pt)")
+            run.set_defaults(func=cmd_evaluate)
+        else:
+            run.set_defaults(func=cmd_train)
+
+    gen = sub.add_parser("generate-data", help="write the synthetic temporal-reasoning video dataset (mp4 + CSVs)")
+    gen.add_argument("root")
+    gen.add_argument("--train-per-class", type=int, default=40)
+    gen.add_argument("--val-per-class", type=int, default=10)
+    gen.add_argument("--frames", type=int, default=16)
+    gen.add_argument("--size", type=int, default=64)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate_data)
+
+    demo = sub.add_parser("demo", help="generate videos, train a teacher and a student, distil, evaluate, print a table")
+    demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
+    demo.add_argument("--output", help="demo folder (default: runs/demo)")
+    demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.seed 1")
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -67,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError, CheckpointError, VideoReadError) as err:  # ConfigError, AnnotationError, ...
         print(f"dvflnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -62,7 +62,7 @@ def test_keep_last_and_best(tmp_path):
     names = sorted(os.listdir(tmp_path))
     assert names == ["best.pt", "checkpoint_2.pt", "checkpoint_3.pt"]
     best = manager.load(str(tmp_path / "best.pt"))
-    assert best["epoch"] == 1 and best["best_metric"] == 0.5
+    assert best["w"] == 1 and best["best_metric"] == 0.5
     assert manager.latest().endswith("checkpoint_3.pt")
 
 

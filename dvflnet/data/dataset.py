@@ -55,7 +55,7 @@ class VideoCSVDataset(Dataset):
     def __init__(
         self, root: str, csv: str, num_frames: int = 8, frame_interval: int = 4, mode: str = "train",
         num_clips: int = 1, num_crops: int = 1, size: int = 224, short_side: int = 256, flip: float = 0.5,
-        num_classes: int | None = None, bad_video: str = "fail", seed: int = 0,
+        num_classes: int | None = None, bad_video: str = "fail", seed: int = 0, crop_area: tuple[float, float] = (0.08, 1.0),
     ):
         if mode not in ("train", "test"):
             raise ValueError(f"mode: expected 'train' or 'test', got {mode!r}")
@@ -64,7 +64,7 @@ class VideoCSVDataset(Dataset):
         self.items = read_annotations(csv, root, num_classes)
         self.num_frames, self.frame_interval, self.mode = num_frames, frame_interval, mode
         self.num_clips, self.num_crops, self.size, self.short_side, self.flip = num_clips, num_crops, size, short_side, flip
-        self.bad_video, self.seed = bad_video, seed
+        self.bad_video, self.seed, self.crop_area = bad_video, seed, tuple(crop_area)
         self.epoch = 0
         self.skipped: list[str] = []
 
@@ -85,7 +85,7 @@ class VideoCSVDataset(Dataset):
             generator = self._generator(index)
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
             clip = read_frames(path, segment_indices(length, self.num_frames, self.frame_interval, True, rng))
-            return train_transform(clip, generator, self.size, self.short_side, self.flip), label
+            return train_transform(clip, generator, self.size, self.short_side, self.flip, crop_area=self.crop_area), label
         if self.num_clips == 1:
             indices = segment_indices(length, self.num_frames, self.frame_interval, train=False)[None]
         else:

@@ -85,8 +85,8 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, scale: float, angle:
     return np.clip(inside * scale + 0.5, 0.0, 1.0)  # one-pixel soft edge
 
 
-def _texture(size: int, rng: np.random.Generator, base: np.ndarray) -> np.ndarray:
-    """A colour field: stripes or smooth noise around `base` (H, W, 3) float in [0, 1]."""
+def _texture(size: int, rng: np.random.Generator, base: np.ndarray, strength: float = 0.3) -> np.ndarray:
+    """A colour field: stripes or smooth noise (amplitude `strength`) around `base`, (H, W, 3) in [0, 1]."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     if rng.random() < 0.5:
         freq, theta = rng.uniform(3, 9), rng.uniform(0, np.pi)
@@ -95,21 +95,37 @@ def _texture(size: int, rng: np.random.Generator, base: np.ndarray) -> np.ndarra
         coarse = rng.random((5, 5))
         pattern = np.kron(coarse, np.ones((size // 5 + 1, size // 5 + 1)))[:size, :size]
     tint = rng.uniform(0.6, 1.0, size=3)
-    return np.clip(base[None, None] * (0.7 + 0.3 * pattern[..., None]) * tint, 0, 1)
+    return np.clip(base[None, None] * (1 - strength + strength * pattern[..., None]) * tint, 0, 1)
 
 
-def render_clip(label: str, num_frames: int = 16, size: int = 64, seed: int = 0) -> tuple[np.ndarray, Trajectory]:
-    """One clip of class `label`: uint8 frames (T, size, size, 3) and the shape's trajectory."""
+def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Background and foreground base colours whose brightness differs by at least 0.35: the shape
+    is always visible, whatever its colours."""
+    background = rng.uniform(0.1, 0.9, size=3)
+    brightness = background.mean()
+    target = brightness + (0.35 + rng.uniform(0, 0.2)) * (1 if brightness < 0.5 else -1)
+    foreground = rng.uniform(0.1, 0.9, size=3)
+    foreground = np.clip(foreground - foreground.mean() + target, 0.02, 0.98)
+    return background, foreground
+
+
+def render_clip(
+    label: str, num_frames: int = 16, size: int = 64, seed: int = 0, camera_jitter: float = 0.8, clutter: float = 0.3
+) -> tuple[np.ndarray, Trajectory]:
+    """One clip of class `label`: uint8 frames (T, size, size, 3) and the shape's trajectory.
+    camera_jitter: per-frame step (pixels at size 64, scaled with size) of the drifting camera;
+    clutter: amplitude of the background texture (0: a flat colour). Both set how hard the data is."""
     if size % 16:
         raise ValueError(f"size: must be a multiple of 16 (decodable by decord), got {size}")
     if num_frames < 2:
         raise ValueError(f"num_frames: a class needs at least 2 frames to show, got {num_frames}")
     rng = np.random.default_rng(seed)
     trajectory = _trajectory(label, num_frames, size, rng)
-    background = _texture(size, rng, rng.uniform(0.1, 0.9, size=3))
-    foreground = _texture(size, rng, rng.uniform(0.1, 0.9, size=3))
+    background_colour, foreground_colour = _contrasting_colours(rng)
+    background = _texture(size, rng, background_colour, clutter)
+    foreground = _texture(size, rng, foreground_colour)
     shape = SHAPES[rng.integers(len(SHAPES))]
-    jitter = rng.normal(0, 0.8, size=(num_frames, 2)).cumsum(0)  # a slowly drifting hand-held camera
+    jitter = rng.normal(0, camera_jitter * size / 64, size=(num_frames, 2)).cumsum(0)  # a drifting hand-held camera
     jitter -= jitter.mean(0)
     noise = rng.uniform(0.01, 0.04)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -142,6 +158,8 @@ def generate_dataset(
     classes: tuple[str, ...] = CLASSES,
     fps: int = 12,
     seed: int = 0,
+    camera_jitter: float = 0.8,
+    clutter: float = 0.3,
 ) -> SyntheticDataset:
     """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs)."""
     root = os.fspath(root)
@@ -156,7 +174,7 @@ def generate_dataset(
             for n in range(per_class):
                 # one independent stream per (seed, split, class, clip): reproducible and order-free
                 clip_seed = int(np.random.SeedSequence([seed, split_seed, label, n]).generate_state(1)[0])
-                frames, _ = render_clip(name, num_frames, size, clip_seed)
+                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter)
                 relative = os.path.join("videos", split, name, f"{n:05d}.mp4")
                 write_video(os.path.join(root, relative), frames, fps=fps)
                 rows[split].append((relative, label))

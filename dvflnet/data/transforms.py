@@ -105,10 +105,10 @@ def normalize(clip: torch.Tensor) -> torch.Tensor:
 
 def train_transform(
     clip: torch.Tensor, generator: torch.Generator, size: int = 224, short_side: int = 256, flip: float = 0.5,
-    jitter: float = 0.8, grayscale: float = 0.2,
+    jitter: float = 0.8, grayscale: float = 0.2, crop_area: tuple[float, float] = (0.08, 1.0),
 ) -> torch.Tensor:
     """The recipe's training augmentation; returns normalised (T, 3, size, size)."""
-    x = random_resized_crop(resize_short_side(clip, short_side), size, generator)
+    x = random_resized_crop(resize_short_side(clip, short_side), size, generator, area=crop_area)
     if torch.rand((), generator=generator).item() < flip:
         x = x.flip(2)
     if torch.rand((), generator=generator).item() < jitter:

@@ -63,8 +63,9 @@ def restore_rng_state(state: dict) -> None:
 
 
 class CheckpointManager:
-    """`save(state, epoch, metric)` writes checkpoint_<epoch>.pt atomically, keeps the newest `keep_last`,
-    and copies the best (highest metric) to best.pt; `latest()` / `load(path)` for resuming."""
+    """`save(state, step, metric)` writes checkpoint_<step>.pt atomically (step: the optimizer step, so
+    mid-epoch and epoch-end checkpoints sort together), keeps the newest `keep_last`, and copies the
+    best (highest metric) to best.pt; `latest()` / `load(path)` for resuming."""
 
     def __init__(self, folder: str, keep_last: int = 3):
         if keep_last < 1:
@@ -72,7 +73,7 @@ class CheckpointManager:
         self.folder, self.keep_last = folder, keep_last
         self.best_metric: float | None = None
 
-    def _epoch_files(self) -> list[tuple[int, str]]:
+    def _numbered_files(self) -> list[tuple[int, str]]:
         if not os.path.isdir(self.folder):
             return []
         found = []
@@ -84,21 +85,21 @@ class CheckpointManager:
                     continue
         return sorted(found)
 
-    def save(self, state: dict, epoch: int, metric: float | None = None) -> str:
-        path = os.path.join(self.folder, f"checkpoint_{epoch}.pt")
+    def save(self, state: dict, step: int, metric: float | None = None) -> str:
+        path = os.path.join(self.folder, f"checkpoint_{step}.pt")
         is_best = metric is not None and (self.best_metric is None or metric > self.best_metric)
         if is_best:
             self.best_metric = metric
-        state = dict(state, epoch=epoch, best_metric=self.best_metric)
+        state = dict(state, best_metric=self.best_metric)
         save_atomic(state, path)
         if is_best:
             save_atomic(state, os.path.join(self.folder, "best.pt"))
-        for _, old in self._epoch_files()[: -self.keep_last]:
+        for _, old in self._numbered_files()[: -self.keep_last]:
             os.unlink(old)
         return path
 
     def latest(self) -> str | None:
-        files = self._epoch_files()
+        files = self._numbered_files()
         return files[-1][1] if files else None
 
     def load(self, path: str) -> dict:

@@ -1,0 +1,126 @@
+"""The demo: the whole DVFL-Net story on generated videos, on a laptop CPU in minutes.
+
+1. generate a synthetic video dataset whose classes need temporal reasoning (mp4 + CSVs),
+2. train a teacher, 3. train the student from scratch, 4. distil the student from the teacher,
+5. evaluate all three (1 clip x 1 crop and 4 clips x 3 crops) and print a table.
+
+Settings come from ``configs/demo.yaml``: a ``dataset`` section (generate_dataset arguments), a
+``base`` run config shared by the runs, and per-run sections ``teacher`` / ``student`` / ``distill``
+merged over it (distill = student settings + teacher + kd).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import os
+import time
+
+import yaml
+
+from .complexity import count_flops, count_parameters
+from .data.synthetic import generate_dataset
+from .engine.config import DEFAULTS, ConfigError, merge_config
+from .engine.loop import build_model, run_evaluation, run_training
+
+DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
+RUNS = ("teacher", "student", "distill")
+
+
+def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> dict:
+    """The demo file with --opts applied (dotted keys into it, e.g. ``base.train.epochs 3``); every
+    run section is checked against the run-config keys, the dataset section against generate_dataset."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"demo config: no such file: {path}")
+    with open(path) as f:
+        spec = yaml.safe_load(f) or {}
+    opts = list(opts or [])
+    if len(opts) % 2:
+        raise ConfigError(f"--opts: expected KEY VALUE pairs, got an odd count: {opts}")
+    for dotted, text in zip(opts[::2], opts[1::2]):
+        node, keys = spec, dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = yaml.safe_load(text)
+    missing = [s for s in ("output", "dataset", "base", *RUNS) if s not in spec]
+    if missing:
+        raise ConfigError(f"{path}: missing section(s) {missing}")
+    known = set(inspect.signature(generate_dataset).parameters) - {"root"}
+    unknown = set(spec["dataset"]) - known
+    if unknown:
+        raise ConfigError(f"{path}: dataset: unknown key(s) {sorted(unknown)} (known: {sorted(known)})")
+    run_configs(spec, "")  # raises on any unknown run-config key
+    return spec
+
+
+def run_configs(spec: dict, data_root: str) -> dict[str, dict]:
+    """The three run configs: DEFAULTS <- base <- run section, with the generated data and outputs."""
+    configs = {}
+    for run in RUNS:
+        cfg = merge_config(copy.deepcopy(DEFAULTS), spec["base"], "demo base")
+        if run == "distill":
+            merge_config(cfg, spec["student"], "demo student")
+        merge_config(cfg, spec[run] or {}, f"demo {run}")
+        cfg["output"] = os.path.join(spec["output"], run)
+        cfg["resume"] = None  # every demo run starts fresh
+        cfg["data"].update(
+            root=data_root, train_csv=os.path.join(data_root, "train.csv"), val_csv=os.path.join(data_root, "val.csv"),
+            labels_csv=os.path.join(data_root, "labels.csv"),
+        )
+        configs[run] = cfg
+    configs["distill"]["teacher"].update(name=configs["teacher"]["model"]["name"], kwargs=configs["teacher"]["model"]["kwargs"])
+    return configs
+
+
+def _prepare_data(spec: dict) -> str:
+    """Generate the dataset once per settings; a stamp file records them so a rerun reuses it."""
+    root = os.path.join(spec["output"], "data")
+    stamp = os.path.join(root, "settings.json")
+    wanted = json.dumps(spec["dataset"], sort_keys=True)
+    if os.path.isfile(stamp) and open(stamp).read() == wanted:
+        return root
+    generate_dataset(root, **spec["dataset"])
+    with open(stamp, "w") as f:
+        f.write(wanted)
+    return root
+
+
+def run_demo(spec: dict) -> list[dict]:
+    start = time.perf_counter()
+    print(f"[1/5] generating videos under {spec['output']}/data", flush=True)
+    root = _prepare_data(spec)
+    configs = run_configs(spec, root)
+    rows = []
+    titles = {"teacher": "training the teacher", "student": "training the student from scratch",
+              "distill": "distilling the student from the teacher"}
+    for number, run in enumerate(RUNS, start=2):
+        print(f"[{number}/5] {titles[run]} ({configs[run]['model']['kwargs']}, {configs[run]['train']['epochs']} epochs)", flush=True)
+        summary = run_training(configs[run], distill=run == "distill")
+        # the demo evaluates the end of training (not a val-selected epoch); the student learns
+        # from the teacher's final weights
+        configs[run]["eval"]["checkpoint"] = summary["last"]
+        if run == "teacher":
+            configs["distill"]["teacher"]["checkpoint"] = summary["last"]
+        rows.append({"run": run, "train_time_s": summary["train_time_s"]})
+    print("[5/5] evaluating (1 clip x 1 crop, 4 clips x 3 crops)", flush=True)
+    for row in rows:
+        cfg = configs[row["run"]]
+        results = run_evaluation(cfg)
+        model = build_model(dict(cfg["model"], pretrained=None), cfg["data"])
+        row.update(params=count_parameters(model),
+                   gflops=count_flops(model, cfg["data"]["num_frames"], cfg["data"]["size"]) / 1e9,
+                   **{f"{k}_{m}": v[m] for k, v in results.items() for m in ("top1", "top5")})
+    print_table(rows)
+    with open(os.path.join(spec["output"], "results.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec['output']}/results.json", flush=True)
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    views = [key[: -len("_top1")] for key in rows[0] if key.endswith("_top1")]
+    header = f"{'model':<10}{'params':>10}{'GFLOPs':>9}{'train s':>9}" + "".join(f"{v + ' top1':>11}{v + ' top5':>11}" for v in views)
+    print(header)
+    for row in rows:
+        print(f"{row['run']:<10}{row['params']:>10,}{row['gflops']:>9.3f}{row['train_time_s']:>9.0f}"
+              + "".join(f"{row[v + '_top1']:>11.1f}{row[v + '_top5']:>11.1f}" for v in views))

@@ -1,0 +1,366 @@
+"""Training, distillation and evaluation: the recipe as plain functions, top-down.
+
+    summary = run_training(cfg)                 # a teacher, or a student from scratch
+    summary = run_training(cfg, distill=True)   # student + frozen teacher (loaded whole, head included)
+    results = run_evaluation(cfg)               # 1x1 and 4x3 views, per-class accuracy, confusion
+
+`cfg` is the nested dict of ``dvflnet.engine.config`` (DEFAULTS <- YAML <- --opts). Under torchrun
+every process runs the same function; rank 0 writes logs, checkpoints and reports.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..data import VideoCSVDataset, mixup_cutmix
+from ..losses import DistillationLoss
+from ..models import create_model, load_checkpoint
+from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from .config import check_config
+from .distributed import DistInfo, ShardSampler, TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
+from .optim import build_optimizer, scaled_lr
+from .schedule import WarmupCosine
+
+
+# -- building blocks ---------------------------------------------------------------------------------
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The recipe's mixed precision: bf16 autocast on GPU; CPU runs in fp32 unless asked."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def build_model(model_cfg: dict, data_cfg: dict) -> nn.Module:
+    kwargs = dict(model_cfg.get("kwargs") or {})
+    if model_cfg.get("drop_path_rate") is not None:
+        kwargs["drop_path_rate"] = model_cfg["drop_path_rate"]
+    model = create_model(
+        model_cfg["name"], num_classes=data_cfg["num_classes"], num_frames=data_cfg["num_frames"],
+        img_size=data_cfg["size"], backend=model_cfg.get("backend", "auto"), **kwargs,
+    )
+    if model_cfg.get("pretrained"):
+        # a video checkpoint of another dataset keeps our fresh head; a 2D one seeds the spatial parts
+        print(load_checkpoint(model, model_cfg["pretrained"], reset_head=True))
+    return model
+
+
+def build_teacher(cfg: dict, device: torch.device) -> nn.Module:
+    """The trained teacher, whole: backbone and head from its checkpoint (strict), frozen, eval mode."""
+    teacher_cfg = dict(cfg["teacher"], drop_path_rate=None, pretrained=None, backend=cfg["model"]["backend"])
+    teacher = build_model(teacher_cfg, cfg["data"])
+    load_checkpoint(teacher, cfg["teacher"]["checkpoint"], strict=True)
+    return teacher.requires_grad_(False).eval().to(device)
+
+
+def train_dataset(cfg: dict) -> VideoCSVDataset:
+    data = cfg["data"]
+    return VideoCSVDataset(
+        data["root"], data["train_csv"], data["num_frames"], data["frame_interval"], "train", size=data["size"],
+        short_side=data["short_side"], flip=data["flip"], num_classes=data["num_classes"], bad_video=data["bad_video"],
+        seed=cfg["seed"], crop_area=data["crop_area"],
+    )
+
+
+def test_dataset(cfg: dict, clips: int, crops: int, csv: str | None = None) -> VideoCSVDataset:
+    data = cfg["data"]
+    return VideoCSVDataset(
+        data["root"], csv or data["val_csv"], data["num_frames"], data["frame_interval"], "test", num_clips=clips,
+        num_crops=crops, size=data["size"], short_side=data["test_short_side"], num_classes=data["num_classes"],
+    )
+
+
+def _loader(dataset, batch_size: int, sampler, num_workers: int, device: torch.device, drop_last: bool) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+        pin_memory=device.type == "cuda", persistent_workers=False,
+        # a generator of its own: creating the iterator must not draw from the global RNG, or a resumed
+        # run's dropout / drop-path stream would shift
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def _step_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.Generator:
+    """Mixup randomness per (seed, rank, epoch, micro-batch): a resumed run draws the same boxes."""
+    return torch.Generator().manual_seed((((seed * 1009 + rank) * 100003 + epoch) * 1000003 + batch) % 2**63)
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_allocated"}
+    # Linux reports ru_maxrss in KiB; the process's peak resident set so far
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_max_rss"}
+
+
+class JsonLog:
+    """Append one JSON object per line (rank 0 only); flushed so a crash keeps what was logged."""
+
+    def __init__(self, path: str | None):
+        self.file = open(path, "a") if path else None
+
+    def write(self, **record) -> None:
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+# -- evaluation ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: VideoCSVDataset, info: DistInfo, batch_size: int = 4, num_workers: int = 0,
+             amp_dtype: torch.dtype | None = None, progress: bool = False) -> dict:
+    """Top-1 / top-5, per-class accuracy and the confusion matrix over `dataset`'s test views.
+
+    Each rank scores its shard (every video exactly once over all ranks); the softmax scores of a
+    video's views are summed; results are gathered exactly (no padding) and checked for coverage.
+    """
+    model.eval()
+    sampler = ShardSampler(len(dataset), info)
+    loader = _loader(dataset, batch_size, sampler, num_workers, info.device, drop_last=False)
+    scores, labels = [], []
+    for views, label in tqdm(loader, desc="evaluate", disable=not (progress and info.is_main), leave=False):
+        views = views.to(info.device, non_blocking=True)  # (B, V, T, 3, H, W)
+        with autocast(info.device, amp_dtype):
+            logits = model(views.flatten(0, 1))
+        scores.append(logits.float().softmax(-1).unflatten(0, views.shape[:2]).sum(1).cpu())
+        labels.append(label)
+    num_classes = model.num_classes
+    local = (sampler.indices, torch.cat(scores) if scores else torch.zeros(0, num_classes), torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
+    gathered = all_gather_objects(local, info)
+    indices = [i for part in gathered for i in part[0]]
+    if sorted(indices) != list(range(len(dataset))):
+        raise RuntimeError(f"evaluation covered {len(set(indices))} distinct of {len(dataset)} videos ({len(indices)} results)")
+    order = torch.tensor(indices).argsort()
+    all_scores = torch.cat([part[1] for part in gathered])[order]
+    all_labels = torch.cat([part[2] for part in gathered])[order]
+    return classification_report(all_scores, all_labels, num_classes)
+
+
+def classification_report(scores: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict:
+    """scores (V, K), int labels (V,) -> top-1, top-5 (%), per-class accuracy (%), confusion[true][pred]."""
+    top = scores.topk(min(5, num_classes), dim=1).indices
+    hits = top == labels[:, None]
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, top[:, 0]), torch.ones_like(labels), accumulate=True)
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1).double() * 100
+    return {
+        "top1": hits[:, 0].double().mean().item() * 100,
+        "top5": hits.any(1).double().mean().item() * 100,
+        "num_videos": int(labels.numel()),
+        "per_class_top1": [round(v, 4) if n else None for v, n in zip(per_class.tolist(), confusion.sum(1).tolist())],
+        "confusion": confusion.tolist(),
+    }
+
+
+# -- training -----------------------------------------------------------------------------------------
+def run_training(cfg: dict, distill: bool = False) -> dict:
+    """Train (or distil) for cfg.train.epochs, resuming from cfg.resume; returns a summary."""
+    check_config(cfg, distill)
+    info = init_distributed(cfg.get("device"))
+    try:
+        return _train(cfg, distill, info)
+    finally:
+        shutdown_distributed(info)
+
+
+def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
+    train, data = cfg["train"], cfg["data"]
+    torch.manual_seed(cfg["seed"] + info.rank)
+    out = cfg["output"]
+    if info.is_main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=1)
+    log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
+
+    dataset = train_dataset(cfg)
+    val_set = test_dataset(cfg, *train["eval_views"]) if train["eval_every"] else None
+    model = build_model(cfg["model"], data).to(info.device)
+    teacher = build_teacher(cfg, info.device) if distill else None
+    amp_dtype = autocast_dtype(train["amp"], info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+
+    global_batch = train["batch_size"] * train["accumulation"] * info.world_size
+    optimizer = build_optimizer(model, scaled_lr(train["base_lr"], global_batch, train["reference_batch"]),
+                                train["weight_decay"], train["momentum"], train["optimizer"])
+    sampler = TrainSampler(len(dataset), train["batch_size"], info, cfg["seed"])
+    batches_per_epoch = len(sampler) // train["batch_size"] // train["accumulation"] * train["accumulation"]
+    steps_per_epoch = batches_per_epoch // train["accumulation"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.accumulation: {train['accumulation']} micro-batches per step is more than the "
+                         f"{len(sampler) // train['batch_size']} each process gets per epoch")
+    schedule = WarmupCosine(
+        scaled_lr(train["base_lr"], global_batch, train["reference_batch"]), train["epochs"] * steps_per_epoch,
+        train["warmup_epochs"] * steps_per_epoch, scaled_lr(train["warmup_lr"], global_batch, train["reference_batch"]),
+        scaled_lr(train["min_lr"], global_batch, train["reference_batch"]),
+    )
+    if distill:
+        criterion = DistillationLoss(cfg["kd"]["alpha"], cfg["kd"]["temperature"],
+                                     0.0 if train["mixup"] else train["label_smoothing"])
+    manager = CheckpointManager(out, train["keep_last"])
+
+    # resume: model, optimizer, scaler, epoch / position, step, best metric, every rank's RNG states
+    epoch, batch_in_epoch, step = 0, 0, 0
+    resume = manager.latest() if cfg["resume"] == "auto" else cfg["resume"]
+    if resume:
+        state = manager.load(resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        if len(state["rng"]) == info.world_size:
+            restore_rng_state(state["rng"][info.rank])
+        else:
+            warnings.warn(f"{resume}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
+                          "random streams restart from the seed", stacklevel=2)
+        if info.is_main:
+            print(f"resumed from {resume} at epoch {epoch}, step {step}")
+
+    ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
+    forward = torch.compile(ddp) if cfg["model"].get("compile") else ddp
+
+    def checkpoint(metric: float | None = None) -> None:
+        rng = all_gather_objects(capture_rng_state(), info)
+        if info.is_main:
+            manager.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+                "rng": rng, "config": cfg,
+            }, step, metric)
+        barrier(info)
+
+    summary = {"epochs": [], "output": out}
+    while epoch < train["epochs"]:
+        model.train()
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, batch_in_epoch * train["batch_size"])
+        loader = _loader(dataset, train["batch_size"], sampler, data["num_workers"], info.device, drop_last=True)
+        if info.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(info.device)
+        start, clips_seen, loss_sum, loss_count = time.perf_counter(), 0, torch.zeros((), device=info.device), 0
+        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
+                   disable=not (info.is_main and train["progress"]), dynamic_ncols=True)
+        for clips, labels in loader:
+            if batch_in_epoch >= batches_per_epoch:
+                break
+            clips, labels = clips.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+            targets = labels
+            if train["mixup"]:
+                clips, targets = mixup_cutmix(
+                    clips, labels, data["num_classes"], _step_generator(cfg["seed"], info.rank, epoch, batch_in_epoch),
+                    train["label_smoothing"], train["cutmix_prob"], train["mixup_alpha"], train["cutmix_alpha"],
+                )
+                targets = targets.to(info.device)
+            last_micro = (batch_in_epoch + 1) % train["accumulation"] == 0
+            sync = contextlib.nullcontext() if last_micro or not info.enabled else ddp.no_sync()
+            with sync:
+                with autocast(info.device, amp_dtype):
+                    logits = forward(clips)
+                    if distill:
+                        with torch.no_grad():
+                            teacher_logits = teacher(clips)
+                if distill:
+                    loss = criterion(logits.float(), teacher_logits.float(), targets)
+                else:
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if train["mixup"] else train["label_smoothing"])
+                scaler.scale(loss / train["accumulation"]).backward()
+            loss_sum += loss.detach()
+            loss_count += 1
+            clips_seen += clips.shape[0] * info.world_size
+            batch_in_epoch += 1
+            if not last_micro:
+                continue
+
+            lr = schedule.apply(optimizer, step)
+            scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train["clip_grad"])
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % train["log_every"] == 0 or batch_in_epoch == batches_per_epoch:
+                record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                          "clips_per_s": clips_seen / (time.perf_counter() - start)}
+                if distill:
+                    record.update({k: v.item() for k, v in criterion.last_parts.items()})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()})
+                log.write(event="step", epoch=epoch, step=step, **record)
+            if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < batches_per_epoch:
+                checkpoint()
+        bar.close()
+
+        record = {"epoch": epoch, "step": step, "train_loss": (loss_sum / max(loss_count, 1)).item(),
+                  "time_s": time.perf_counter() - start, "clips_per_s": clips_seen / (time.perf_counter() - start),
+                  **_peak_memory(info.device)}
+        epoch, batch_in_epoch = epoch + 1, 0
+        metric = None
+        if val_set is not None and (epoch % train["eval_every"] == 0 or epoch == train["epochs"]):
+            result = evaluate(model, val_set, info, cfg["eval"]["batch_size"], data["num_workers"], amp_dtype)
+            metric = result["top1"]
+            record.update(val_top1=result["top1"], val_top5=result["top5"])
+        log.write(event="epoch", **record)
+        summary["epochs"].append(record)
+        if info.is_main:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+            print(f"epoch {epoch}/{train['epochs']}: {shown}", flush=True)
+        checkpoint(metric)
+
+    log.close()
+    summary.update(best_top1=manager.best_metric, last=manager.latest(),
+                   best=os.path.join(out, "best.pt") if manager.best_metric is not None else None,
+                   train_time_s=sum(r["time_s"] for r in summary["epochs"]))
+    return summary
+
+
+# -- evaluation runs ---------------------------------------------------------------------------------
+def run_evaluation(cfg: dict) -> dict:
+    """Evaluate cfg.eval.checkpoint (default: output/best.pt) with every view setting in cfg.eval.views;
+    writes eval_<clips>x<crops>.json (metrics, per-class accuracy, confusion) to cfg.output."""
+    check_config(cfg)
+    info = init_distributed(cfg.get("device"))
+    try:
+        path = cfg["eval"]["checkpoint"] or os.path.join(cfg["output"], "best.pt")
+        model = build_model(dict(cfg["model"], pretrained=None), cfg["data"])
+        load_checkpoint(model, path, strict=True)
+        model.to(info.device)
+        amp_dtype = autocast_dtype(cfg["train"]["amp"], info.device)
+        results = {}
+        for clips, crops in cfg["eval"]["views"]:
+            report = evaluate(model, test_dataset(cfg, clips, crops), info, cfg["eval"]["batch_size"],
+                              cfg["data"]["num_workers"], amp_dtype, progress=cfg["train"]["progress"])
+            report.update(checkpoint=path, views=[clips, crops], classes=_class_names(cfg))
+            results[f"{clips}x{crops}"] = report
+            if info.is_main:
+                os.makedirs(cfg["output"], exist_ok=True)
+                with open(os.path.join(cfg["output"], f"eval_{clips}x{crops}.json"), "w") as f:
+                    json.dump(report, f)
+        return results
+    finally:
+        shutdown_distributed(info)
+
+
+def _class_names(cfg: dict) -> list[str] | None:
+    path = cfg["data"]["labels_csv"]
+    if not path:
+        return None
+    with open(path) as f:
+        rows = [line.strip().split(",", 1) for line in f if line.strip()]
+    return [name for _, name in rows[1:]] if rows and rows[0] == ["id", "name"] else [name for _, name in rows]

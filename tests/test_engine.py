@@ -1,0 +1,294 @@
+"""The engine end to end on generated videos: training and distillation lower the loss, exact resume
+from a mid-epoch checkpoint, evaluation covers every video once (also over 2 gloo processes under
+torchrun), configs and overrides, the CLI, and the demo."""
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from dvflnet.cli import main as cli_main
+from dvflnet.data.synthetic import generate_dataset
+from dvflnet.engine import (
+    DEFAULTS, ConfigError, DistInfo, ShardSampler, TrainSampler, check_config, classification_report, load_config,
+    run_evaluation, run_training,
+)
+
+CLASSES = ("move_left", "move_right", "approach", "recede")
+TINY_MODEL = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return generate_dataset(root, train_per_class=4, val_per_class=3, num_frames=8, size=32, classes=CLASSES, seed=3)
+
+
+def tiny_config(videos, output, **overrides) -> dict:
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(output=str(output), resume=None, device="cpu")
+    cfg["data"].update(root=videos.root, train_csv=videos.train_csv, val_csv=videos.val_csv, labels_csv=videos.labels_csv,
+                       num_classes=len(CLASSES), num_frames=4, frame_interval=1, size=32, short_side=36,
+                       test_short_side=32, crop_area=[0.8, 1.0], num_workers=0)
+    cfg["model"].update(kwargs=dict(TINY_MODEL), drop_path_rate=0.1)
+    cfg["train"].update(epochs=2, warmup_epochs=1, batch_size=4, base_lr=0.5, log_every=1, progress=False,
+                        eval_views=[1, 1])
+    cfg["eval"].update(views=[[1, 1], [2, 3]], batch_size=3)
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        cfg[section][key] = value
+    return cfg
+
+
+def _steps(output) -> list[dict]:
+    with open(os.path.join(output, "log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_state(summary) -> dict:
+    return torch.load(summary["last"], weights_only=True)["model"]
+
+
+# -- training and distillation ----------------------------------------------------------------------
+TEACHER_EPOCHS = 20
+
+
+def fitting_config(videos, output, **overrides) -> dict:
+    """Settings under which a tiny model fits 16 videos within a few dozen steps: AdamW at 1e-3, no
+    mixup, no crop, no drop-path (the test is that the loop learns, not the recipe's regularisers)."""
+    cfg = tiny_config(videos, output, train__warmup_epochs=1, train__mixup=False, train__optimizer="adamw",
+                      train__base_lr=0.128, **overrides)
+    cfg["model"]["drop_path_rate"] = 0.0
+    cfg["data"].update(crop_area=[1.0, 1.0], short_side=32)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def teacher_run(videos, tmp_path_factory):
+    """A small model trained to fit the 16 training videos (no mixup, AdamW: fast and steady)."""
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = fitting_config(videos, out, train__epochs=TEACHER_EPOCHS, train__eval_every=4)
+    cfg["model"]["kwargs"] = {"embed_dim": 16, "depths": [1, 1, 1, 1]}
+    return cfg, run_training(cfg)
+
+
+def test_training_lowers_the_loss_and_logs_everything(teacher_run):
+    cfg, summary = teacher_run
+    epochs = summary["epochs"]
+    assert [e["epoch"] for e in epochs] == list(range(TEACHER_EPOCHS))
+    first, last = sum(e["train_loss"] for e in epochs[:3]) / 3, sum(e["train_loss"] for e in epochs[-3:]) / 3
+    assert last < 0.8 * first, [e["train_loss"] for e in epochs]
+    for record in epochs:
+        assert record["time_s"] > 0 and record["peak_memory_bytes"] > 0 and record["clips_per_s"] > 0
+    assert "val_top1" in epochs[3] and "val_top1" not in epochs[2] and "val_top1" in epochs[-1]  # eval_every 4
+    lines = _steps(cfg["output"])
+    steps = [r for r in lines if r["event"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, TEACHER_EPOCHS * 4 + 1))  # 16 videos / batch 4 = 4 steps per epoch
+    assert all(set(r) >= {"loss", "lr", "grad_norm", "clips_per_s"} for r in steps)
+    assert sum(r["event"] == "epoch" for r in lines) == TEACHER_EPOCHS
+    assert os.path.isfile(summary["best"]) and summary["best_top1"] == max(e.get("val_top1", -1) for e in epochs)
+    assert len(glob.glob(os.path.join(cfg["output"], "checkpoint_*.pt"))) == 3  # keep_last
+
+
+def test_distillation_lowers_the_loss_and_keeps_the_teacher_frozen(teacher_run, videos, tmp_path):
+    teacher_cfg, teacher_summary = teacher_run
+    teacher_before = _final_state(teacher_summary)
+    cfg = fitting_config(videos, tmp_path, train__epochs=16, train__eval_every=0)
+    cfg["teacher"].update(name=teacher_cfg["model"]["name"], kwargs=teacher_cfg["model"]["kwargs"], checkpoint=teacher_summary["last"])
+    cfg["kd"].update(alpha=0.5, temperature=4.0)
+    summary = run_training(cfg, distill=True)
+    losses = [e["train_loss"] for e in summary["epochs"]]
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+    steps = [r for r in _steps(tmp_path) if r["event"] == "step"]
+    assert all("kd" in r and "ce" in r for r in steps)
+    assert all(torch.equal(v, _final_state(teacher_summary)[k]) for k, v in teacher_before.items())
+
+
+def test_distillation_needs_a_teacher_checkpoint(videos, tmp_path):
+    with pytest.raises(ConfigError, match="teacher.checkpoint"):
+        run_training(tiny_config(videos, tmp_path), distill=True)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_is_exact(videos, tmp_path):
+    """2 epochs straight == resume from the checkpoint after step 3 (mid-epoch 0) + the rest, bit for
+    bit: mixup boxes, drop-path draws, data order and augmentation all continue where they stopped."""
+    cfg = tiny_config(videos, tmp_path / "straight", train__save_every_steps=3, train__keep_last=10, train__eval_every=1)
+    straight = run_training(cfg)
+    assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "straight" / "checkpoint_*.pt"))) == [
+        "checkpoint_3.pt", "checkpoint_4.pt", "checkpoint_6.pt", "checkpoint_8.pt"]
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(tmp_path / "straight" / "checkpoint_3.pt", resumed_dir / "checkpoint_3.pt")
+    resumed = run_training(dict(cfg, output=str(resumed_dir), resume="auto"))
+    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    final_straight, final_resumed = _final_state(straight), _final_state(resumed)
+    assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
+    state_straight = torch.load(straight["last"], weights_only=True)["optimizer"]["state"]
+    state_resumed = torch.load(resumed["last"], weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(state_straight[k]["momentum_buffer"], state_resumed[k]["momentum_buffer"]) for k in state_straight)
+    # the epoch after resuming is the same epoch: identical validation result
+    assert resumed["epochs"][-1]["val_top1"] == straight["epochs"][-1]["val_top1"]
+
+
+def test_gradient_accumulation_equals_a_big_batch(videos, tmp_path):
+    """batch 2 x 2 micro-batches takes the same optimizer steps as batch 4 (no dropout, no mixup)."""
+    common = dict(train__mixup=False, train__epochs=1, train__warmup_epochs=0, train__eval_every=0)
+    big = tiny_config(videos, tmp_path / "big", **common)
+    small = tiny_config(videos, tmp_path / "small", train__batch_size=2, train__accumulation=2, **common)
+    for cfg in (big, small):
+        cfg["model"]["drop_path_rate"] = 0.0
+        cfg["data"].update(crop_area=[1.0, 1.0], short_side=32)
+    a, b = _final_state(run_training(big)), _final_state(run_training(small))
+    # same samples per step; the augmentations are per video, so the batches hold the same clips
+    assert all(torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-6) for k in a)
+    assert [r["step"] for r in _steps(tmp_path / "small") if r["event"] == "step"] == [1, 2, 3, 4]
+
+
+# -- evaluation --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("length", [1, 5, 12])
+@pytest.mark.parametrize("world", [1, 2, 3, 7])
+def test_evaluation_shards_cover_every_video_exactly_once(length, world):
+    shards = [ShardSampler(length, DistInfo(rank=r, world_size=world)).indices for r in range(world)]
+    flat = [i for shard in shards for i in shard]
+    assert sorted(flat) == list(range(length))
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_train_sampler_gives_equal_whole_batches_and_resumes_mid_epoch(world):
+    samplers = [TrainSampler(10, 2, DistInfo(rank=r, world_size=world), seed=1) for r in range(world)]
+    for s in samplers:
+        s.set_epoch(3)
+    shares = [list(s) for s in samplers]
+    assert len({len(share) for share in shares}) == 1 and len(shares[0]) % 2 == 0
+    assert set().union(*map(set, shares)) <= set(range(10))
+    samplers[0].set_epoch(3, start=2)
+    assert list(samplers[0]) == shares[0][2:]
+    samplers[0].set_epoch(4)
+    assert list(samplers[0]) != shares[0]  # a new order every epoch
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainSampler(3, 4, DistInfo())
+
+
+def test_classification_report():
+    scores = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.3, 0.6]])
+    labels = torch.tensor([0, 1, 1, 1])
+    report = classification_report(scores, labels, 3)
+    assert report["top1"] == 50.0 and report["top5"] == 100.0 and report["num_videos"] == 4
+    assert report["confusion"] == [[1, 0, 0], [1, 1, 1], [0, 0, 0]]
+    assert report["per_class_top1"] == [100.0, pytest.approx(100 / 3, abs=1e-3), None]
+
+
+def test_evaluation_views_and_reports(teacher_run, tmp_path):
+    cfg, summary = teacher_run
+    cfg = dict(cfg, output=str(tmp_path), eval=dict(cfg["eval"], checkpoint=summary["last"]))
+    results = run_evaluation(cfg)
+    assert set(results) == {"1x1", "2x3"}
+    for views, report in results.items():
+        assert report["num_videos"] == 12 and sum(map(sum, report["confusion"])) == 12
+        assert report["classes"] == list(CLASSES)
+        with open(tmp_path / f"eval_{views}.json") as f:
+            assert json.load(f)["top1"] == report["top1"]
+
+
+# -- configs, CLI, torchrun, demo ----------------------------------------------------------------------
+def test_config_files_overrides_and_errors(tmp_path):
+    parent = tmp_path / "parent.yaml"
+    parent.write_text("data: {num_classes: 7, flip: 0.0}\ntrain: {epochs: 3}\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("_base_: parent.yaml\ntrain: {epochs: 5, batch_size: 2}\nmodel: {kwargs: {embed_dim: 24}}\n")
+    cfg = load_config(str(child), ["train.epochs", "9", "data.crop_area", "[0.5, 1.0]", "model.kwargs.depths", "[1,1,1,1]"])
+    assert cfg["data"]["num_classes"] == 7 and cfg["data"]["flip"] == 0.0 and cfg["train"]["batch_size"] == 2
+    assert cfg["train"]["epochs"] == 9 and cfg["data"]["crop_area"] == [0.5, 1.0]
+    assert cfg["model"]["kwargs"] == {"embed_dim": 24, "depths": [1, 1, 1, 1]}
+    assert cfg["train"]["base_lr"] == DEFAULTS["train"]["base_lr"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epoch: 3}\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'train.epoch'"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match="unknown key 'train.lr'"):
+        load_config(None, ["train.lr", "0.1"])
+    with pytest.raises(ConfigError, match="odd count"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="data.num_classes"):
+        check_config(load_config(None))
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+
+
+@pytest.mark.parametrize("dataset,classes", [("ucf101", 101), ("hmdb51", 51), ("ucf50", 50), ("ssv2", 174), ("k400", 400)])
+def test_shipped_configs_follow_the_recipe(dataset, classes):
+    for variant, model in (("base", "video_focalnet_base"), ("small", "video_focalnet_small"),
+                           ("tiny", "video_focalnet_tiny"), ("nano", "vfl_net_nano"), ("nano_kd", "vfl_net_nano")):
+        cfg = load_config(os.path.join(CONFIG_DIR, dataset, f"{variant}.yaml"))
+        check_config(cfg, distill=variant == "nano_kd")
+        assert cfg["model"]["name"] == model and cfg["data"]["num_classes"] == classes
+        assert cfg["data"]["flip"] == (0.0 if dataset == "ssv2" else 0.5)
+        assert (cfg["train"]["optimizer"], cfg["train"]["epochs"], cfg["train"]["warmup_epochs"]) == ("sgd", 120, 20)
+        if variant == "nano_kd":
+            assert cfg["teacher"]["name"] == "video_focalnet_base" and (cfg["kd"]["alpha"], cfg["kd"]["temperature"]) == (0.3, 10.0)
+
+
+def _write_yaml(cfg: dict, path) -> str:
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    return str(path)
+
+
+def test_cli_train_evaluate_distill_generate(videos, tmp_path, capsys):
+    data_root = tmp_path / "generated"
+    assert cli_main(["generate-data", str(data_root), "--train-per-class", "1", "--val-per-class", "1", "--size", "32", "--frames", "4"]) == 0
+    assert len(open(data_root / "train.csv").readlines()) == 10
+    config = _write_yaml(tiny_config(videos, tmp_path / "unused", train__epochs=1, train__warmup_epochs=0), tmp_path / "run.yaml")
+    assert cli_main(["train", "--config", config, "--output", str(tmp_path / "t")]) == 0
+    assert cli_main(["evaluate", "--config", config, "--output", str(tmp_path / "t"), "--opts", "eval.views", "[[1, 1]]"]) == 0
+    assert "1x1 views: top-1" in capsys.readouterr().out
+    assert cli_main(["distill", "--config", config, "--output", str(tmp_path / "d"), "--opts", "teacher.name", "vfl_net_nano",
+                     "teacher.checkpoint", str(tmp_path / "t" / "best.pt"), "teacher.kwargs", json.dumps(TINY_MODEL)]) == 0
+    assert cli_main(["train", "--config", config, "--opts", "train.epoch", "1"]) == 2
+    assert "unknown key 'train.epoch'" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--config", config, "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+
+
+def test_torchrun_two_gloo_processes(videos, tmp_path):
+    """DDP over 2 CPU processes: training runs in step, evaluation gathers each video exactly once."""
+    cfg = tiny_config(videos, tmp_path / "ddp", train__epochs=1, train__warmup_epochs=0, train__batch_size=2)
+    config = _write_yaml(cfg, tmp_path / "ddp.yaml")
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dvflnet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for command in (["train", "--config", config], ["evaluate", "--config", config]):
+        done = subprocess.run(base + command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = [r for r in _steps(tmp_path / "ddp") if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 16 videos / (2 processes x 2 clips)
+    for views in ("1x1", "2x3"):
+        with open(tmp_path / "ddp" / f"eval_{views}.json") as f:
+            report = json.load(f)
+        assert report["num_videos"] == 12 and sum(map(sum, report["confusion"])) == 12
+
+
+def test_demo_end_to_end(tmp_path, capsys):
+    """The demo's whole path at toy size (the real settings are in configs/demo.yaml)."""
+    opts = ["dataset.train_per_class", "2", "dataset.val_per_class", "1", "dataset.num_frames", "8",
+            "base.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4", "base.data.num_workers", "0",
+            "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL), "base.eval.views", "[[1, 1], [2, 3]]"]
+    assert cli_main(["demo", "--output", str(tmp_path), "--opts", *opts]) == 0
+    out = capsys.readouterr().out
+    for run in ("teacher", "student", "distill"):
+        assert f"\n{run}" in out
+    with open(tmp_path / "results.json") as f:
+        rows = json.load(f)
+    assert [r["run"] for r in rows] == ["teacher", "student", "distill"]
+    assert all(0 <= r["1x1_top1"] <= 100 and r["params"] > 0 and r["gflops"] > 0 for r in rows)
+    assert cli_main(["demo", "--output", str(tmp_path), "--opts", "base.train.epoch", "1"]) == 2

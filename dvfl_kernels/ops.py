@@ -245,5 +245,134 @@ def _load_triton() -> bool:
     return True
 
 
+# ---- focal modulation on Triton: custom ops (named so fvcore's handles count them), fake kernels,
+# autograd. The forward ops return what their backward needs (pre-activations, global means) as
+# extra outputs; the public functions return the context alone.
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def _load_triton_focal() -> None:
+    from .triton import focal_modulation as focal
+
+    @torch.library.custom_op("dvfl::spatial_context", mutates_args=())
+    def spatial_context_op(
+        z: torch.Tensor, g: torch.Tensor, weights: list[torch.Tensor], normalize: bool, save: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return focal.spatial_context_forward(z, g, weights, normalize, save)
+
+    @spatial_context_op.register_fake
+    def _(z, g, weights, normalize, save):
+        n, h, w, c = z.shape
+        return (z.new_empty(z.shape), z.new_empty((len(weights) if save else 0, n, h, w, c), dtype=torch.float32),
+                z.new_empty((n, c), dtype=torch.float32))
+
+    @torch.library.custom_op("dvfl::spatial_context_backward", mutates_args=())
+    def spatial_context_backward_op(
+        grad: torch.Tensor, z: torch.Tensor, g: torch.Tensor, weights: list[torch.Tensor], pre: torch.Tensor,
+        mean: torch.Tensor, normalize: bool,
+    ) -> list[torch.Tensor]:
+        dz, dg, dweights = focal.spatial_context_backward(grad, z, g, weights, pre, mean, normalize)
+        return [dz, dg, *dweights]
+
+    @spatial_context_backward_op.register_fake
+    def _(grad, z, g, weights, pre, mean, normalize):
+        return [z.new_empty(z.shape), g.new_empty(g.shape), *(w.new_empty(w.shape) for w in weights)]
+
+    def spatial_setup(ctx, inputs, output):
+        z, g, weights, normalize, save = inputs
+        ctx.save_for_backward(z, g, output[1], output[2], *weights)
+        ctx.normalize, ctx.saved = normalize, save
+        ctx.mark_non_differentiable(output[1], output[2])
+
+    def spatial_backward(ctx, grad, _grad_pre, _grad_mean):
+        if not ctx.saved:
+            raise RuntimeError("dvfl::spatial_context: ran with save=False, so it kept nothing for backward")
+        z, g, pre, mean, *weights = ctx.saved_tensors
+        dz, dg, *dweights = torch.ops.dvfl.spatial_context_backward(grad, z, g, weights, pre, mean, ctx.normalize)
+        return dz, dg, dweights, None, None
+
+    torch.library.register_autograd("dvfl::spatial_context", spatial_backward, setup_context=spatial_setup)
+
+    @torch.library.custom_op("dvfl::temporal_context", mutates_args=())
+    def temporal_context_op(
+        z_t: torch.Tensor, g_t: torch.Tensor, weights: list[torch.Tensor], num_frames: int, normalize: bool, save: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return focal.temporal_context_forward(z_t, g_t, weights, num_frames, normalize, save)
+
+    @temporal_context_op.register_fake
+    def _(z_t, g_t, weights, num_frames, normalize, save):
+        n, h, w, c = z_t.shape
+        return (z_t.new_empty(z_t.shape), z_t.new_empty((len(weights) if save else 0, n, h, w, c), dtype=torch.float32),
+                z_t.new_empty((n // num_frames, h, w, c), dtype=torch.float32))
+
+    @torch.library.custom_op("dvfl::temporal_context_backward", mutates_args=())
+    def temporal_context_backward_op(
+        grad: torch.Tensor, z_t: torch.Tensor, g_t: torch.Tensor, weights: list[torch.Tensor], num_frames: int,
+        pre: torch.Tensor, mean: torch.Tensor, normalize: bool,
+    ) -> list[torch.Tensor]:
+        dz, dg, dweights = focal.temporal_context_backward(grad, z_t, g_t, weights, num_frames, pre, mean, normalize)
+        return [dz, dg, *dweights]
+
+    @temporal_context_backward_op.register_fake
+    def _(grad, z_t, g_t, weights, num_frames, pre, mean, normalize):
+        return [z_t.new_empty(z_t.shape), g_t.new_empty(g_t.shape), *(w.new_empty(w.shape) for w in weights)]
+
+    def temporal_setup(ctx, inputs, output):
+        z_t, g_t, weights, num_frames, normalize, save = inputs
+        ctx.save_for_backward(z_t, g_t, output[1], output[2], *weights)
+        ctx.num_frames, ctx.normalize, ctx.saved = num_frames, normalize, save
+        ctx.mark_non_differentiable(output[1], output[2])
+
+    def temporal_backward(ctx, grad, _grad_pre, _grad_mean):
+        if not ctx.saved:
+            raise RuntimeError("dvfl::temporal_context: ran with save=False, so it kept nothing for backward")
+        z_t, g_t, pre, mean, *weights = ctx.saved_tensors
+        dz, dg, *dweights = torch.ops.dvfl.temporal_context_backward(
+            grad, z_t, g_t, weights, ctx.num_frames, pre, mean, ctx.normalize
+        )
+        return dz, dg, dweights, None, None, None
+
+    torch.library.register_autograd("dvfl::temporal_context", temporal_backward, setup_context=temporal_setup)
+
+    @torch.library.custom_op("dvfl::modulate", mutates_args=())
+    def modulate_op(q: torch.Tensor, m_s: torch.Tensor, m_t: torch.Tensor) -> torch.Tensor:
+        return focal.modulate_forward(q, m_s, m_t)
+
+    @modulate_op.register_fake
+    def _(q, m_s, m_t):
+        return q.new_empty(q.shape)
+
+    @torch.library.custom_op("dvfl::modulate_backward", mutates_args=())
+    def modulate_backward_op(grad: torch.Tensor, q: torch.Tensor, m_s: torch.Tensor, m_t: torch.Tensor) -> list[torch.Tensor]:
+        return list(focal.modulate_backward(grad, q, m_s, m_t))
+
+    @modulate_backward_op.register_fake
+    def _(grad, q, m_s, m_t):
+        return [q.new_empty(q.shape), m_s.new_empty(m_s.shape), m_t.new_empty(m_t.shape)]
+
+    def modulate_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def modulate_backward(ctx, grad):
+        return tuple(torch.ops.dvfl.modulate_backward(grad, *ctx.saved_tensors))
+
+    torch.library.register_autograd("dvfl::modulate", modulate_backward, setup_context=modulate_setup)
+
+    def spatial(z, g, weights, normalize):
+        return torch.ops.dvfl.spatial_context(z, g, weights, normalize, _needs_grad(z, g, *weights))[0]
+
+    def temporal(z_t, g_t, weights, num_frames, normalize):
+        return torch.ops.dvfl.temporal_context(z_t, g_t, weights, num_frames, normalize, _needs_grad(z_t, g_t, *weights))[0]
+
+    register_backend("spatial_context", "triton", spatial)
+    register_backend("temporal_context", "triton", temporal)
+    register_backend("modulate", "triton", torch.ops.dvfl.modulate)
+
+
 HAS_EXTENSION = _load_extension()
 HAS_TRITON = _load_triton()
+if HAS_TRITON:
+    _load_triton_focal()

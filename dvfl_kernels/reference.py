@@ -28,7 +28,7 @@ def spatial_context(
     gates = g.permute(0, 3, 1, 2)
     acc = torch.zeros_like(ctx)
     for level, weight in enumerate(weights):
-        ctx = F.gelu(F.conv2d(ctx, weight, padding=weight.shape[-1] // 2, groups=channels))
+        ctx = F.gelu(F.conv2d(ctx, weight.to(ctx.dtype), padding=weight.shape[-1] // 2, groups=channels))
         acc = acc + ctx * gates[:, level : level + 1]
     acc = acc + F.gelu(ctx.mean((2, 3), keepdim=True)) * gates[:, num_levels : num_levels + 1]
     if normalize:
@@ -47,7 +47,7 @@ def dense_temporal_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     padded = F.pad(x, (0, 0) * (x.dim() - 2) + (pad, pad))
     # one (k, C_out, C_in) copy: a strided weight[:, :, j] slice sends F.linear down a path ~20x
     # slower on CPU
-    per_tap = weight.permute(2, 0, 1).contiguous()
+    per_tap = weight.permute(2, 0, 1).to(x.dtype).contiguous()
     out = F.linear(padded[:, 0:frames], per_tap[0])
     for tap in range(1, taps):
         out = out + F.linear(padded[:, tap : tap + frames], per_tap[tap])

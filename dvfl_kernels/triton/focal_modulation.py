@@ -54,6 +54,12 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2)
 
 
+def _channels_dense(*tensors: torch.Tensor):
+    """The kernels index channels with stride 1 and take any other strides; anything else (a
+    permuted tensor, or the stride-0 gradient of a sum) is copied once here."""
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
+
+
 # ---- spatial context ---------------------------------------------------------------------------------
 @triton.jit
 def spatial_forward_kernel(
@@ -152,6 +158,7 @@ def _spatial_grid(n: int, h: int, w: int, c: int):
 def spatial_context_forward(z, g, weights, normalize: bool, save: bool):
     """A_s (z's dtype) and, when `save`, what backward needs: pre (L, N, H, W, C) fp32 and the
     global mean (N, C) fp32."""
+    z, g = _channels_dense(z, g)
     n, h, w, c = z.shape
     levels = len(weights)
     scale = 1.0 / (levels + 1) if normalize else 1.0
@@ -179,6 +186,7 @@ def spatial_context_forward(z, g, weights, normalize: bool, save: bool):
 
 def spatial_context_backward(grad, z, g, weights, pre, mean, normalize: bool):
     """(dz, dg, [dweight per level]) of spatial_context_forward."""
+    grad, z, g = _channels_dense(grad, z, g)
     n, h, w, c = z.shape
     levels = len(weights)
     scale = 1.0 / (levels + 1) if normalize else 1.0
@@ -328,6 +336,7 @@ def _temporal_blocks(c: int) -> tuple[int, int, int]:
 
 def temporal_context_forward(z_t, g_t, weights, num_frames: int, normalize: bool, save: bool):
     """A_t (z_t's dtype) and, when `save`, pre (L, N, H, W, C) fp32 and the temporal mean (B, H, W, C)."""
+    z_t, g_t = _channels_dense(z_t, g_t)
     n, h, w, c = z_t.shape
     levels, m = len(weights), n * h * w
     scale = 1.0 / (levels + 1) if normalize else 1.0
@@ -356,6 +365,7 @@ def temporal_context_forward(z_t, g_t, weights, num_frames: int, normalize: bool
 
 
 def temporal_context_backward(grad, z_t, g_t, weights, num_frames: int, pre, mean, normalize: bool):
+    grad, z_t, g_t = _channels_dense(grad, z_t, g_t)
     n, h, w, c = z_t.shape
     levels, m = len(weights), n * h * w
     scale = 1.0 / (levels + 1) if normalize else 1.0
@@ -443,6 +453,9 @@ MODULATE_BLOCK_C = 64
 
 
 def _modulate_launch(q, m_s, m_t, grad=None):
+    q, m_s, m_t = _channels_dense(q, m_s, m_t)
+    if grad is not None:
+        (grad,) = _channels_dense(grad)
     n, h, w, c = q.shape
     rows = n * h * w
     grid = (triton.cdiv(rows, MODULATE_BLOCK_M), triton.cdiv(c, MODULATE_BLOCK_C))

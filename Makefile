@@ -19,7 +19,7 @@ $(STAMP): setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dvflnet flops
+	$(VENV)/bin/dvflnet demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -26,18 +26,39 @@ Temporal context: the same structure with the dense C x C temporal convolution a
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 # Pixels x channels per program of the depthwise kernels: 64 x 32 fp32 lanes keep a tap's input tile
-# (8 KiB) plus the accumulator in registers with 4 warps; the k x k halo reloads hit L1/L2.
+# (8 KiB) plus the accumulator in registers with 4 warps; the k x k halo reloads hit L1/L2. The
+# forward kernel autotunes the channel block (the pixel block fixes how many column-sum partials
+# exist, so it stays put); the backward kernel's partial buffers depend on both, so it uses these.
 SPATIAL_BLOCK_P = 64
 SPATIAL_BLOCK_C = 32
+# Interpreted runs (no GPU) have nothing to time: one config each.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
+
+
+def _configs(candidates: list[triton.Config]) -> list[triton.Config]:
+    return candidates[:1] if _INTERPRETED else candidates
+
+
+# Keyed on the channel count and kernel size, never on N, H or W: a training run tunes once per
+# stage and level, whatever the batch or a last smaller batch.
+SPATIAL_FORWARD_CONFIGS = _configs([
+    triton.Config({"BLOCK_C": bc}, num_warps=w) for bc in (32, 16, 64) for w in (4, 2, 8)
+])
+TEMPORAL_GEMM_CONFIGS = _configs([
+    triton.Config({"BLOCK_M": bm}, num_warps=w, num_stages=st)
+    for bm in (64, 32, 128) for w in (4, 8) for st in (2, 3, 4)
+])
 # Rows per chunk of the split-M temporal weight-gradient GEMM (partials summed afterwards).
 WGRAD_CHUNK_M = 1024
-INV_SQRT2 = 0.7071067811865476
-INV_SQRT_2PI = 0.3989422804014327
+INV_SQRT2 = tl.constexpr(0.7071067811865476)
+INV_SQRT_2PI = tl.constexpr(0.3989422804014327)
 
 
 @triton.jit
@@ -48,6 +69,12 @@ def _gelu(x):
 @triton.jit
 def _gelu_grad(x):
     return 0.5 * (1.0 + tl.math.erf(x * INV_SQRT2)) + x * tl.exp(-0.5 * x * x) * INV_SQRT_2PI
+
+
+def _gelu_grad_host(x: torch.Tensor) -> torch.Tensor:
+    """GELU'(x) for the small (N, C) / (B, H, W, C) global-mean tensors, in float64."""
+    x = x.double()
+    return (0.5 * (1 + torch.erf(x * INV_SQRT2.value)) + x * torch.exp(-0.5 * x * x) * INV_SQRT_2PI.value).float()
 
 
 def _strides(t: torch.Tensor) -> tuple[int, int, int]:
@@ -61,6 +88,7 @@ def _channels_dense(*tensors: torch.Tensor):
 
 
 # ---- spatial context ---------------------------------------------------------------------------------
+@triton.autotune(configs=SPATIAL_FORWARD_CONFIGS, key=["C", "K"], restore_value=["acc_ptr"])
 @triton.jit
 def spatial_forward_kernel(
     src_ptr, src_sn, src_sh, src_sw,
@@ -162,10 +190,11 @@ def spatial_context_forward(z, g, weights, normalize: bool, save: bool):
     n, h, w, c = z.shape
     levels = len(weights)
     scale = 1.0 / (levels + 1) if normalize else 1.0
-    grid = _spatial_grid(n, h, w, c)
+    tiles = triton.cdiv(h * w, SPATIAL_BLOCK_P)
+    grid = lambda meta: (tiles, n, triton.cdiv(c, meta["BLOCK_C"]))  # noqa: E731
     acc = torch.empty((n, h, w, c), dtype=torch.float32, device=z.device)
     pre = torch.empty((levels if save else 0, n, h, w, c), dtype=torch.float32, device=z.device)
-    colsum = torch.empty((n, grid[0], c), dtype=torch.float32, device=z.device)
+    colsum = torch.empty((n, tiles, c), dtype=torch.float32, device=z.device)
     src = z
     for level, weight in enumerate(weights):
         last = level == levels - 1
@@ -174,8 +203,7 @@ def spatial_context_forward(z, g, weights, normalize: bool, save: bool):
             src, *_strides(src), weight.contiguous(), g, *_strides(g), level,
             acc, pre[level] if save else acc, z_next, colsum,
             h, w, c, scale,
-            K=weight.shape[-1], FIRST=level == 0, LAST=last, SAVE_PRE=save,
-            BLOCK_P=SPATIAL_BLOCK_P, BLOCK_C=SPATIAL_BLOCK_C,
+            K=weight.shape[-1], FIRST=level == 0, LAST=last, SAVE_PRE=save, BLOCK_P=SPATIAL_BLOCK_P,
         )
         src = z_next
     mean = colsum.sum(1) / (h * w)
@@ -197,8 +225,7 @@ def spatial_context_backward(grad, z, g, weights, pre, mean, normalize: bool):
     gate_last = g[..., levels].float()
     grad32 = grad.float()
     d_sum = torch.einsum("nhwc,nhw->nc", grad32, gate_last)
-    x = mean.double()
-    gelu_grad_mean = (0.5 * (1 + torch.erf(x * INV_SQRT2)) + x * torch.exp(-0.5 * x * x) * INV_SQRT_2PI).float()
+    gelu_grad_mean = _gelu_grad_host(mean)
     dm = (d_sum * gelu_grad_mean * (scale / (h * w))).contiguous()
     dg = torch.empty((n, h, w, levels + 1), dtype=torch.float32, device=z.device)
     dg[..., levels] = torch.einsum("nhwc,nc->nhw", grad32, gelu_mean) * scale
@@ -230,6 +257,7 @@ def spatial_context_backward(grad, z, g, weights, pre, mean, normalize: bool):
 
 
 # ---- temporal context ------------------------------------------------------------------------------------
+@triton.autotune(configs=TEMPORAL_GEMM_CONFIGS, key=["C", "K", "BACKWARD"], restore_value=["acc_ptr"])
 @triton.jit
 def temporal_gemm_kernel(
     src_ptr, src_sn, src_sh, src_sw,  # (N, H, W, C_in) strided, N = B*T
@@ -267,8 +295,8 @@ def temporal_gemm_kernel(
                 wt = tl.load(w_ptr + j * C * C + cols[None, :] * C + kk[:, None], mask=(kk < C)[:, None] & cmask[None, :], other=0.0)
                 if IEEE:
                     acc += tl.dot(x.to(tl.float32), wt.to(tl.float32), input_precision="ieee")
-                else:
-                    acc += tl.dot(x.to(wt.dtype), wt)
+                else:  # half inputs and weights: tensor-core dot, fp32 accumulation
+                    acc += tl.dot(x, wt)
     mask = rmask[:, None] & cmask[None, :]
     out = rows[:, None] * C + cols[None, :]
     gate = tl.load(g_ptr + n * g_sn + h * g_sh + w * g_sw + gate_index, mask=rmask, other=0.0).to(tl.float32)
@@ -328,10 +356,10 @@ def temporal_weight_grad_kernel(
         tl.store(part_ptr + ((chunk * K + j) * C + offs_o[:, None]) * C + offs_i[None, :], acc, mask=omask[:, None] & imask[None, :])
 
 
-def _temporal_blocks(c: int) -> tuple[int, int, int]:
-    block_n = min(64, max(16, triton.next_power_of_2(c)))
-    block_k = min(32, max(16, triton.next_power_of_2(c)))
-    return 64, block_n, block_k
+def _temporal_blocks(c: int) -> tuple[int, int]:
+    """Output-channel and reduction blocks of the temporal GEMM (tl.dot needs >= 16); the row block
+    is autotuned. The output-channel block fixes how many gate-gradient partials exist."""
+    return min(64, max(16, triton.next_power_of_2(c))), min(32, max(16, triton.next_power_of_2(c)))
 
 
 def temporal_context_forward(z_t, g_t, weights, num_frames: int, normalize: bool, save: bool):
@@ -340,8 +368,8 @@ def temporal_context_forward(z_t, g_t, weights, num_frames: int, normalize: bool
     n, h, w, c = z_t.shape
     levels, m = len(weights), n * h * w
     scale = 1.0 / (levels + 1) if normalize else 1.0
-    block_m, block_n, block_k = _temporal_blocks(c)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c, block_n))
+    block_n, block_k = _temporal_blocks(c)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c, block_n))  # noqa: E731
     acc = torch.empty((n, h, w, c), dtype=torch.float32, device=z_t.device)
     pre = torch.empty((levels if save else 0, n, h, w, c), dtype=torch.float32, device=z_t.device)
     ieee = z_t.dtype == torch.float32 or z_t.dtype == torch.float64
@@ -349,12 +377,12 @@ def temporal_context_forward(z_t, g_t, weights, num_frames: int, normalize: bool
     for level, weight in enumerate(weights):
         z_next = torch.empty((n, h, w, c), dtype=z_t.dtype, device=z_t.device)
         temporal_gemm_kernel[grid](
-            src, *_strides(src), weight.permute(2, 0, 1).contiguous(), acc,
+            src, *_strides(src), weight.permute(2, 0, 1).to(torch.float32 if ieee else z_t.dtype).contiguous(), acc,
             acc, 0, 0, 0, g_t, *_strides(g_t), level,
             acc, pre[level] if save else acc, z_next, acc, acc, acc,
             num_frames, h, w, c, m, scale,
             K=weight.shape[-1], BACKWARD=False, HAS_CONV=True, GATED=True, FIRST=level == 0, LAST=False,
-            SAVE_PRE=save, IEEE=ieee, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            SAVE_PRE=save, IEEE=ieee, BLOCK_N=block_n, BLOCK_K=block_k,
         )
         src = z_next
     mean = src.float().unflatten(0, (-1, num_frames)).mean(1)
@@ -369,17 +397,16 @@ def temporal_context_backward(grad, z_t, g_t, weights, num_frames: int, pre, mea
     n, h, w, c = z_t.shape
     levels, m = len(weights), n * h * w
     scale = 1.0 / (levels + 1) if normalize else 1.0
-    block_m, block_n, block_k = _temporal_blocks(c)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(c, block_n))
+    block_n, block_k = _temporal_blocks(c)
+    grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c, block_n))  # noqa: E731
     clips = grad.float().unflatten(0, (-1, num_frames))
     gate_last = g_t[..., levels].float().unflatten(0, (-1, num_frames))
     gelu_mean = torch.nn.functional.gelu(mean)
-    x = mean.double()
-    gelu_grad_mean = (0.5 * (1 + torch.erf(x * INV_SQRT2)) + x * torch.exp(-0.5 * x * x) * INV_SQRT_2PI).float()
+    gelu_grad_mean = _gelu_grad_host(mean)
     dm = (torch.einsum("bthwc,bthw->bhwc", clips, gate_last) * gelu_grad_mean * (scale / num_frames)).contiguous()
     dg = torch.empty((n, h, w, levels + 1), dtype=torch.float32, device=z_t.device)
     dg[..., levels] = (torch.einsum("bthwc,bhwc->bthw", clips, gelu_mean) * scale).flatten(0, 1)
-    gpart = torch.empty((grid[1], m), dtype=torch.float32, device=z_t.device)
+    gpart = torch.empty((triton.cdiv(c, block_n), m), dtype=torch.float32, device=z_t.device)
     dweights = [None] * levels
     dnext = None
     for level in range(levels, -1, -1):
@@ -397,7 +424,7 @@ def temporal_context_backward(grad, z_t, g_t, weights, num_frames: int, pre, mea
             out, out, out, dm, out, gpart,
             num_frames, h, w, c, m, scale,
             K=k, BACKWARD=True, HAS_CONV=has_conv, GATED=gated, FIRST=False, LAST=level == levels,
-            SAVE_PRE=False, IEEE=True, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+            SAVE_PRE=False, IEEE=True, BLOCK_N=block_n, BLOCK_K=block_k,
         )
         if has_conv:
             dweights[level] = _temporal_weight_grad(dnext, pre[level - 1] if level >= 1 else z_t, level >= 1, k, num_frames).to(kernel.dtype)

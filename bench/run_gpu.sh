@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build with CUDA kernels, run the whole test suite (every backend,
-# Triton compiled for real), then every benchmark, and write the raw results under bench/results/.
+# One command for a GPU machine: build with CUDA kernels, validate the Triton focal kernels at the
+# real stage shapes against float64, run the whole test suite (every backend, Triton compiled for
+# real), then every benchmark, and write the raw results under bench/results/.
 #   bash bench/run_gpu.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,5 +19,7 @@ FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="9.0" $py -m pip install -q --no-build-isolati
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu-$stamp.txt" || true
 $py -c "import dvfl_kernels as k; print({op: k.available_backends(op) for op in ('kd_ce_loss', 'spatial_context', 'temporal_context', 'modulate')})" | tee -a "$out/gpu-$stamp.txt"
 set -o pipefail
+# validate first (real stage shapes vs float64, poisoned memory), then test, then time
+$py bench/validate_gpu.py "$out/validate-gpu-$stamp.json" 2>&1 | tee "$out/validate-gpu-$stamp.log"
 $py -m pytest -q tests 2>&1 | tee "$out/tests-gpu-$stamp.log"
 $py -m pytest bench/ --benchmark-only -q --benchmark-json="$out/bench-gpu-$stamp.json" 2>&1 | tee "$out/bench-gpu-$stamp.log"

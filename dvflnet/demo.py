@@ -20,7 +20,7 @@ import yaml
 
 from .complexity import count_flops, count_parameters
 from .data.synthetic import generate_dataset
-from .engine.config import DEFAULTS, ConfigError, merge_config
+from .engine.config import DEFAULTS, ConfigError, merge_config, parse_opts
 from .engine.loop import build_model, run_evaluation, run_training
 
 DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
@@ -34,14 +34,11 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
         raise FileNotFoundError(f"demo config: no such file: {path}")
     with open(path) as f:
         spec = yaml.safe_load(f) or {}
-    opts = list(opts or [])
-    if len(opts) % 2:
-        raise ConfigError(f"--opts: expected KEY VALUE pairs, got an odd count: {opts}")
-    for dotted, text in zip(opts[::2], opts[1::2]):
+    for dotted, value in parse_opts(opts):
         node, keys = spec, dotted.split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
-        node[keys[-1]] = yaml.safe_load(text)
+        node[keys[-1]] = value
     missing = [s for s in ("output", "dataset", "base", *RUNS) if s not in spec]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}")

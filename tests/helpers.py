@@ -50,3 +50,18 @@ def kernel_device(backend: str) -> str:
     if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
+
+
+def golden_modulation_layer(backend: str):
+    """The public code's SpatioTemporalFocalModulation fixture: (layer on `backend`, fixture dict)."""
+    from dvflnet.models import SpatioTemporalFocalModulation
+
+    fixture = torch.load(GOLDEN_DIR / "focal_modulation_layer.pt", weights_only=True)
+    cfg = fixture["config"]
+    layer = SpatioTemporalFocalModulation(
+        cfg["dim"], cfg["focal_window"], cfg["focal_level"], cfg["focal_factor"],
+        use_postln_in_modulation=cfg["use_postln_in_modulation"], normalize_modulator=cfg["normalize_modulator"],
+        num_frames=cfg["num_frames"], backend=backend,
+    )
+    layer.load_state_dict(fixture["state_dict"], strict=True)
+    return layer, fixture

@@ -101,7 +101,7 @@ def test_resume_is_exact(tmp_path):
     _train(resumed, opt, sched, 3, 0)
     manager = CheckpointManager(str(tmp_path))
     manager.save({"model": resumed.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "step": 3, "rng": capture_rng_state()}, epoch=0)
+                  "step": 3, "rng": capture_rng_state()}, step=3)
     torch.manual_seed(123)  # anything in between must not matter
 
     state = manager.load(manager.latest())

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import dvfl_kernels
 from dvfl_kernels import ops, reference
-from dvflnet.models import SpatioTemporalFocalModulation, VideoFocalNet
-from helpers import GOLDEN_DIR, assert_close, kernel_device, strided_view as _strided_view
+from dvflnet.models import VideoFocalNet
+from helpers import GOLDEN_DIR, assert_close, golden_modulation_layer, kernel_device, strided_view as _strided_view
 
 pytestmark = pytest.mark.skipif(not ops.HAS_TRITON, reason=f"triton: {ops.LOAD_ERRORS.get('triton')}")
 DEVICE = kernel_device("triton")
@@ -212,20 +212,8 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.dvfl.modulate.default, (q, s, t))
 
 
-def _golden_layer():
-    fixture = torch.load(GOLDEN_DIR / "focal_modulation_layer.pt", weights_only=True)
-    cfg = fixture["config"]
-    layer = SpatioTemporalFocalModulation(
-        cfg["dim"], cfg["focal_window"], cfg["focal_level"], cfg["focal_factor"],
-        use_postln_in_modulation=cfg["use_postln_in_modulation"], normalize_modulator=cfg["normalize_modulator"],
-        num_frames=cfg["num_frames"], backend="triton",
-    )
-    layer.load_state_dict(fixture["state_dict"], strict=True)
-    return layer, fixture
-
-
 def test_golden_layer_and_model_on_triton():
-    layer, fixture = _golden_layer()
+    layer, fixture = golden_modulation_layer("triton")
     with torch.no_grad():
         assert_close(layer(fixture["input"]), fixture["output"], 1e-5, "modulation layer (triton)")
     fixture = torch.load(GOLDEN_DIR / "video_focalnet_small_config.pt", weights_only=True)
@@ -237,7 +225,7 @@ def test_golden_layer_and_model_on_triton():
 
 def test_compiled_layer_fullgraph():
     """The custom ops trace as single nodes: torch.compile(fullgraph=True) runs forward and backward."""
-    layer, fixture = _golden_layer()
+    layer, fixture = golden_modulation_layer("triton")
     x = fixture["input"][:4].clone().requires_grad_()
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     out = compiled(x)

@@ -14,20 +14,13 @@ from dvflnet.models import (
     create_model,
     list_models,
 )
-from helpers import GOLDEN_DIR, assert_close
+from helpers import GOLDEN_DIR, assert_close, golden_modulation_layer
 
 TINY = dict(img_size=64, embed_dim=8, depths=[1, 1, 1, 1], num_classes=5, num_frames=4, drop_path_rate=0.0)
 
 
 def test_golden_focal_modulation_layer():
-    fixture = torch.load(GOLDEN_DIR / "focal_modulation_layer.pt", weights_only=True)
-    cfg = fixture["config"]
-    layer = SpatioTemporalFocalModulation(
-        cfg["dim"], cfg["focal_window"], cfg["focal_level"], cfg["focal_factor"],
-        use_postln_in_modulation=cfg["use_postln_in_modulation"],
-        normalize_modulator=cfg["normalize_modulator"], num_frames=cfg["num_frames"], backend="reference",
-    )
-    layer.load_state_dict(fixture["state_dict"], strict=True)
+    layer, fixture = golden_modulation_layer("reference")
     with torch.no_grad():
         out = layer(fixture["input"])
     assert_close(out, fixture["output"], 1e-5, "modulation layer")

@@ -372,7 +372,10 @@ def temporal_context_forward(z_t, g_t, weights, num_frames: int, normalize: bool
     grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(c, block_n))  # noqa: E731
     acc = torch.empty((n, h, w, c), dtype=torch.float32, device=z_t.device)
     pre = torch.empty((levels if save else 0, n, h, w, c), dtype=torch.float32, device=z_t.device)
-    ieee = z_t.dtype == torch.float32 or z_t.dtype == torch.float64
+    # fp32: IEEE dot products (1e-5 accuracy). Half inputs: tensor-core dots on the GPU; Triton 3.9's
+    # interpreter computes bf16 tl.dot wrongly, so interpreted runs take the fp32 path instead (the
+    # half path is compiled in the tests and validated on a GPU by bench/validate_gpu.py).
+    ieee = z_t.dtype in (torch.float32, torch.float64) or (_INTERPRETED and z_t.dtype == torch.bfloat16)
     src = z_t
     for level, weight in enumerate(weights):
         z_next = torch.empty((n, h, w, c), dtype=z_t.dtype, device=z_t.device)

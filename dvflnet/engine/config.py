@@ -128,12 +128,17 @@ def load_config(path: str | None = None, opts: list[str] | None = None) -> dict:
     cfg = copy.deepcopy(DEFAULTS)
     for where, data in _read_yaml(path) if path else []:
         merge_config(cfg, data, where)
+    for key, value in parse_opts(opts):
+        set_by_path(cfg, key, value)
+    return cfg
+
+
+def parse_opts(opts: list[str] | None) -> list[tuple[str, object]]:
+    """["train.epochs", "30", ...] -> [("train.epochs", 30), ...] (values parsed as YAML)."""
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(f"--opts: expected KEY VALUE pairs, got an odd count: {opts}")
-    for key, text in zip(opts[::2], opts[1::2]):
-        set_by_path(cfg, key, yaml.safe_load(text))
-    return cfg
+    return [(key, yaml.safe_load(text)) for key, text in zip(opts[::2], opts[1::2])]
 
 
 def check_config(cfg: dict, distill: bool = False) -> None:

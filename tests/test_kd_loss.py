@@ -143,9 +143,10 @@ def test_kernels_mark_invalid_rows_with_nan(backend):
     assert torch.isfinite(losses[:, 0]).all() and torch.isnan(losses[[0, 2], 1:]).all()
     assert torch.isfinite(grad[0]).all() and torch.isnan(grad[1:]).all()
     soft = torch.softmax(torch.randn(3, 7, device=device), -1)
-    soft[1] *= 1.01
-    soft[2, 0] -= 0.5
-    soft[2, 1] += 0.5
+    soft[1] *= 1.01  # sums to 1.01
+    moved = soft[2, 0].item() + 0.25
+    soft[2, 0] = -0.25  # a negative entry (whatever the random draw), still summing to 1
+    soft[2, 1] += moved
     losses, _ = op(s, t, soft, 0.3, 10.0, 0.0, False)
     assert torch.isfinite(losses[:, 0]).all() and torch.isnan(losses[[0, 2], 1:]).all()
 

@@ -20,9 +20,9 @@ Spatial context (per level l = 1..L, one launch each; then the global term):
            re-read: (1 + k/BLOCK_W)-ish), read g's column, read+write A (fp32), write pre_l and z_l;
            backward, per level: read dpre_{l+1}, pre_l, dA, one g column; write dpre_l.
 Temporal context: the same structure with the dense C x C temporal convolution as a GEMM per tap
-  (rows = N*H*W positions, the T shift is a row offset of +-HW... no: of +-1 frame = +-1 in N),
-  tl.dot over C, GELU / gate / accumulate in the epilogue; the weight gradient is a split-M GEMM
-  with per-chunk partials, summed in a fixed order.
+  (rows = N*H*W positions; a tap reads the row one frame earlier or later, i.e. n -+ 1 in N = B*T,
+  masked at the clip's ends), tl.dot over C, GELU / gate / accumulate in the epilogue; the weight
+  gradient is a split-M GEMM with per-chunk partials, summed in a fixed order.
 """
 from __future__ import annotations
 

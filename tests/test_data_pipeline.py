@@ -2,7 +2,6 @@
 annotation errors with line numbers, label range, train / multi-view test items, bad-video policy."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -267,7 +267,6 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
                     clips, labels, data["num_classes"], _step_generator(cfg["seed"], info.rank, epoch, batch_in_epoch),
                     train["label_smoothing"], train["cutmix_prob"], train["mixup_alpha"], train["cutmix_alpha"],
                 )
-                targets = targets.to(info.device)
             last_micro = (batch_in_epoch + 1) % train["accumulation"] == 0
             sync = contextlib.nullcontext() if last_micro or not info.enabled else ddp.no_sync()
             with sync:

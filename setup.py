@@ -39,7 +39,7 @@ def extension_modules():
     # if-convert (and so vectorise) branches over float math. Nothing relies on FP exceptions or errno;
     # IEEE inf/NaN semantics are kept (no -ffast-math).
     # -fopenmp: at::parallel_for is inline OpenMP; without it the rows run on one thread.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"] + os.environ.get("DVFL_EXTRA_CXXFLAGS", "").split()
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"] + os.environ.get("DVFL_EXTRA_CXXFLAGS", "").split()
     if with_cuda:
         return [
             CUDAExtension(

@@ -1,4 +1,5 @@
-"""Focal modulation: eager reference vs torch.compile(reference) vs the Triton kernels.
+"""Focal modulation: eager reference vs torch.compile(reference) vs the Triton kernels (GPU) vs the
+C++ CPU kernels (CPU).
 
 Op level: the four stages of a batch of 8 clips x 8 frames at 224x224 (N = 64; stage 1 56x56 with
 C = 96 (nano) / 128 (base), stage 2 28x28 x 2C, stage 3 14x14 x 4C, stage 4 7x7 x 8C; 2 focal
@@ -37,6 +38,10 @@ def _function(op: str, impl: str, device: str):
         if device != "cuda":
             pytest.skip("the Triton kernels are timed on a GPU only (here they would run interpreted)")
         backend = "triton"
+    elif impl == "cpu":
+        if device != "cpu":
+            pytest.skip("the C++ CPU kernels are timed on CPU tensors")
+        backend = "cpu"
     else:
         backend = "reference"
     fn = {
@@ -74,14 +79,14 @@ def _bytes(op: str, positions: int, channels: int, element: int, backward: bool)
     return positions * element * (forward + (3 * channels + 2 * (LEVELS + 1) if backward else 0))
 
 
-@pytest.mark.parametrize("impl", ["eager", "compiled", "triton"])
+@pytest.mark.parametrize("impl", ["eager", "compiled", "triton", "cpu"])
 @pytest.mark.parametrize("op", ["spatial_context", "temporal_context", "modulate"])
 @pytest.mark.parametrize("stage,width", CASES, ids=[f"stage{s}-C{w * 2 ** (s - 1)}" for s, w in CASES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 def test_focal_op(benchmark, device, op, impl, stage, width, dtype, mode):
-    if device != "cuda" and (dtype == torch.bfloat16 or width == 128):
-        pytest.skip("CPU runs time fp32 at the nano widths only")
+    if device != "cuda" and (width == 128 or (dtype == torch.bfloat16 and impl == "compiled")):
+        pytest.skip("CPU runs time the nano widths, bf16 eager and cpu only (compiling each case takes minutes)")
     fn = _function(op, impl, device)
     n = 64 if device == "cuda" else 8
     size, channels = STAGES[stage], width * 2 ** (stage - 1)
@@ -112,7 +117,7 @@ def test_focal_op(benchmark, device, op, impl, stage, width, dtype, mode):
 @pytest.mark.parametrize("case", ["nano-train-step", "base-forward"])
 def test_model(benchmark, device, backend, compiled, case):
     if device != "cuda":
-        pytest.skip("model-level cases run on a GPU (a 224x224 batch of 8 clips takes minutes per step on 2 CPU cores)")
+        pytest.skip("GPU model cases (batch 8); the CPU ones are in test_bench_model_cpu.py")
     name = "vfl_net_nano" if case == "nano-train-step" else "video_focalnet_base"
     model = create_model(name, num_classes=400, backend=backend).to(device)
     clips = torch.randn(8, 8, 3, 224, 224, device=device)

@@ -40,17 +40,20 @@ def dense_temporal_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Dense C_in -> C_out convolution along dim 1 (time) of a channels-last (B, T, ..., C) tensor.
 
     Zero padding k // 2, no bias: out[:, t] = sum_j x[:, t + j - k//2] @ weight[:, :, j].T.
-    Each tap is one linear over the zero-padded clip, so the multiply-adds equal nn.Conv1d's.
+    One linear computes every tap's product, y[..., j, :] = x @ weight[:, :, j].T (the multiply-adds
+    of nn.Conv1d); the output then sums each tap's product shifted by j - k//2 frames. x may be a
+    channel slice of a wider tensor: the linear reads it as a 2-D view, with no copy, in any dtype.
     """
     frames, taps = x.shape[1], weight.shape[-1]
     pad = taps // 2
-    padded = F.pad(x, (0, 0) * (x.dim() - 2) + (pad, pad))
-    # one (k, C_out, C_in) copy: a strided weight[:, :, j] slice sends F.linear down a path ~20x
-    # slower on CPU
-    per_tap = weight.permute(2, 0, 1).to(x.dtype).contiguous()
-    out = F.linear(padded[:, 0:frames], per_tap[0])
-    for tap in range(1, taps):
-        out = out + F.linear(padded[:, tap : tap + frames], per_tap[tap])
+    stacked = weight.permute(2, 0, 1).flatten(0, 1).to(x.dtype)  # (k*C_out, C_in), row j*C_out + o
+    y = F.linear(x, stacked).unflatten(-1, (taps, -1))  # (B, T, ..., k, C_out)
+    out = torch.zeros_like(y[..., 0, :])
+    for tap in range(taps):
+        shift = tap - pad  # output frame t reads input frame t + shift
+        first, last = max(0, -shift), min(frames, frames - shift)
+        if first < last:
+            out[:, first:last] += y[:, first + shift : last + shift, ..., tap, :]
     return out
 
 

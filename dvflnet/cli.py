@@ -47,6 +47,46 @@ def cmd_flops(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Median inference time per clip of a model variant on this machine, per backend and precision."""
+    import statistics
+    import time
+
+    import torch
+
+    from dvflnet.models import create_model
+
+    for name in ("frames", "size", "rounds"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"dvflnet bench: --{name} must be at least 1, got {getattr(args, name)}")
+    if args.warmup < 0 or args.threads < 0:
+        raise SystemExit("dvflnet bench: --warmup and --threads must be >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    clip = torch.randn(1, args.frames, 3, args.size, args.size)
+    rows = []
+    for backend in args.backend:
+        for dtype in args.dtype:
+            model = create_model(args.model, num_classes=args.classes, backend=backend).eval()
+            x = clip
+            if dtype == "bf16-weights":
+                model, x = model.to(torch.bfloat16), clip.to(torch.bfloat16)
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16-autocast")
+            times = []
+            with torch.inference_mode(), autocast:
+                for i in range(args.warmup + args.rounds):
+                    start = time.perf_counter()
+                    model(x)
+                    if i >= args.warmup:
+                        times.append(time.perf_counter() - start)
+            rows.append((backend, dtype, statistics.median(times) * 1e3, min(times) * 1e3))
+    print(f"{args.model}, one clip 1x{args.frames}x3x{args.size}x{args.size}, {torch.get_num_threads()} threads, "
+          f"{args.rounds} rounds (median / min ms)")
+    for backend, dtype, median, best in rows:
+        print(f"  {backend:<10} {dtype:<14} {median:9.1f} {best:9.1f}")
+    return 0
+
+
 def _run_config(args: argparse.Namespace) -> dict:
     from .engine.config import load_config
 
@@ -108,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     flops.add_argument("--device", default="cpu")
     flops.add_argument("--json", action="store_true", help="one JSON object per model")
     flops.set_defaults(func=cmd_flops)
+
+    bench = sub.add_parser("bench", help="time one clip's inference on this CPU per backend and precision")
+    bench.add_argument("model", nargs="?", default="vfl_net_nano")
+    bench.add_argument("--backend", nargs="+", default=["reference", "cpu"], choices=["reference", "cpu", "auto"])
+    bench.add_argument("--dtype", nargs="+", default=["fp32", "bf16-autocast", "bf16-weights"],
+                       choices=["fp32", "bf16-autocast", "bf16-weights"])
+    bench.add_argument("--frames", type=int, default=8)
+    bench.add_argument("--size", type=int, default=224)
+    bench.add_argument("--classes", type=int, default=400)
+    bench.add_argument("--rounds", type=int, default=7)
+    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    bench.set_defaults(func=cmd_bench)
 
     for name, help_text in (("train", "train a model (a teacher, or a student from scratch)"),
                             ("distill", "distil a student from a frozen, trained teacher"),

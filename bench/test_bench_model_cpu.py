@@ -1,0 +1,72 @@
+"""VFL-Net nano on this CPU: one clip (1 x 8 x 3 x 224 x 224) per inference, and a training step.
+
+Cases, in one run so their ratios compare (medians; absolute times drift with the machine's load):
+- inference: backend reference | cpu, eager | torch.compile, float32 | bf16 autocast | bf16 weights;
+- training step (batch 1 clip, SGD, float32 and bf16 autocast): reference | cpu, eager.
+The peer a CPU user would pick instead, OpenVINO (and ONNX Runtime) on the exported model, is
+timed by bench/peer_openvino.py in the same session (see the README's table).
+Goals (reported, never asserted): bf16 within 1.25x of OpenVINO bf16, >= 6x eager float32 on the
+reference backend and >= 3x its torch.compile; float32 within 1.2x of OpenVINO float32; the
+training step >= 1.5x eager.
+"""
+import pytest
+import torch
+
+from dvflnet.models import create_model
+
+MODES = ["fp32", "bf16-autocast", "bf16-weights"]
+
+
+def _model(backend: str, mode: str, train: bool = False):
+    torch.manual_seed(0)
+    model = create_model("vfl_net_nano", num_classes=400, backend=backend, drop_path_rate=0.0).train(train)
+    clip = torch.randn(1, 8, 3, 224, 224)
+    if mode == "bf16-weights":
+        model, clip = model.to(torch.bfloat16), clip.to(torch.bfloat16)
+    return model, clip
+
+
+def _autocast(mode: str):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16-autocast")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_nano_inference(benchmark, device, backend, compiled, mode):
+    if device != "cpu":
+        pytest.skip("the CPU deployment cases")
+    model, clip = _model(backend, mode)
+    forward = torch.compile(model) if compiled else model
+
+    def step():
+        with torch.inference_mode(), _autocast(mode):
+            return forward(clip)
+
+    step()
+    step()
+    benchmark.extra_info.update(model="vfl_net_nano", backend=backend, compiled=compiled, mode=mode,
+                                clip="1x8x3x224x224", threads=torch.get_num_threads())
+    benchmark.pedantic(step, rounds=7, iterations=1)
+
+
+@pytest.mark.parametrize("mode", ["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_nano_training_step(benchmark, device, backend, mode):
+    if device != "cpu":
+        pytest.skip("the CPU training-step cases (GPU ones: test_bench_focal.test_model)")
+    model, clip = _model(backend, mode, train=True)
+    labels = torch.tensor([3])
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        with _autocast(mode):
+            loss = torch.nn.functional.cross_entropy(model(clip).float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    step()
+    benchmark.extra_info.update(model="vfl_net_nano", backend=backend, mode=mode, batch=1, threads=torch.get_num_threads())
+    benchmark.pedantic(step, rounds=3, iterations=1)

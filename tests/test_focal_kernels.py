@@ -1,0 +1,382 @@
+"""Every fast focal-modulation backend (the C++ CPU kernels, Triton) against the float64 reference:
+forward and every gradient over a shape sweep (odd H and W, H or W below the kernel, T in {1, 2, 8},
+C not a multiple of 16, N = 1, 1-3 levels, normalize on/off), strided views padded with NaN,
+fp32 / bf16 / fp16, poisoned outputs, deterministic weight gradients, opcheck, torch.compile, the
+golden fixtures and a training run. Without a GPU the Triton kernels run in Triton's interpreter
+(conftest sets TRITON_INTERPRET=1), so the shapes stay small."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dvfl_kernels
+from dvfl_kernels import ops, reference
+from dvflnet.models import VideoFocalNet
+from helpers import GOLDEN_DIR, assert_close, golden_modulation_layer, kernel_device, strided_view as _strided_view
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def _available(backend: str) -> bool:
+    return "spatial_context" in ops._IMPLEMENTATIONS and backend in ops.available_backends("spatial_context")
+
+
+@pytest.fixture(params=["cpu", "triton"])
+def backend(request):
+    if not _available(request.param):
+        pytest.skip(f"{request.param}: {ops.LOAD_ERRORS.get(request.param, 'not built')}")
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def poisoned_empty(monkeypatch):
+    """Every uninitialised float tensor starts as NaN, so any element a kernel fails to write shows."""
+    real_empty = torch.empty
+
+    def empty(*args, **kwargs):
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", empty)
+
+
+def strided_view(t: torch.Tensor) -> torch.Tensor:
+    """A NaN-padded channel slice of a wider buffer whose gradient is kept on the view itself."""
+    view = _strided_view(t)
+    view.retain_grad()
+    return view
+
+
+def _inputs(n, h, w, c, levels, kind, dtype, generator):
+    """float64 z, g (as slices of one wider projection output) and weights; fast-path copies in
+    `dtype` as NaN-padded strided views."""
+    f = torch.randn(n, h, w, 2 * c + levels + 1, dtype=torch.float64, generator=generator)
+    z, g = f[..., :c], f[..., c : c + levels + 1]
+    if kind == "spatial":
+        weights = [torch.randn(c, 1, 2 * l + 3, 2 * l + 3, dtype=torch.float64, generator=generator) / (2 * l + 3) for l in range(1, levels + 1)]
+    else:
+        weights = [torch.randn(c, c, 2 * l + 1, dtype=torch.float64, generator=generator) / (c * (2 * l + 1)) ** 0.5 for l in range(1, levels + 1)]
+    return z, g, weights
+
+
+def _check_context(backend, kind, n, h, w, c, levels, normalize, num_frames=1, dtype=torch.float32, weight_dtype=torch.float32, seed=0):
+    DEVICE = kernel_device(backend)
+    generator = torch.Generator().manual_seed(seed)
+    z, g, weights = _inputs(n, h, w, c, levels, kind, dtype, generator)
+    z_ref, g_ref = z.clone().requires_grad_(), g.clone().requires_grad_()
+    w_ref = [wt.clone().requires_grad_() for wt in weights]
+    z_fast, g_fast = strided_view(z.to(DEVICE, dtype)), strided_view(g.to(DEVICE, dtype))
+    w_fast = [wt.to(DEVICE, weight_dtype).requires_grad_() for wt in weights]
+    if kind == "spatial":
+        ref = reference.spatial_context(z_ref, g_ref, w_ref, normalize)
+        out = dvfl_kernels.spatial_context(z_fast, g_fast, w_fast, normalize, backend=backend)
+    else:
+        ref = reference.temporal_context(z_ref, g_ref, w_ref, num_frames, normalize)
+        out = dvfl_kernels.temporal_context(z_fast, g_fast, w_fast, num_frames, normalize, backend=backend)
+    assert out.dtype == dtype and out.shape == ref.shape
+    upstream = torch.randn(ref.shape, dtype=torch.float64, generator=generator)
+    ref.backward(upstream)
+    out.backward(upstream.to(DEVICE, dtype))
+    tol = TOLERANCE[dtype]
+    what = f"{kind} N={n} H={h} W={w} C={c} L={levels} T={num_frames} norm={normalize} {dtype}"
+    assert_close(out, ref, tol, what + " output")
+    assert_close(z_fast.grad, z_ref.grad, tol, what + " dz")
+    assert_close(g_fast.grad, g_ref.grad, tol, what + " dg")
+    for level, (fast, slow) in enumerate(zip(w_fast, w_ref)):
+        assert fast.grad.dtype == weight_dtype
+        assert_close(fast.grad, slow.grad, tol, what + f" dweight[{level}]")
+
+
+# (N, H, W, C, levels): odd sizes, H or W below the largest kernel (5, 7, 9), N = 1, C not a multiple of 16
+SPATIAL_CASES = [
+    (2, 5, 7, 20, 2),
+    (1, 3, 2, 5, 2),
+    (1, 1, 1, 3, 1),
+    (3, 9, 4, 33, 1),
+    (1, 6, 11, 7, 3),
+]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("case", SPATIAL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_spatial_context_matches_float64_reference(backend, case, normalize):
+    _check_context(backend, "spatial", *case, normalize=normalize)
+
+
+# (B, T, H, W, C, levels)
+TEMPORAL_CASES = [
+    (2, 2, 3, 5, 20, 2),
+    (1, 1, 2, 3, 5, 2),
+    (1, 8, 2, 3, 17, 3),
+    (3, 8, 1, 2, 24, 1),
+    (2, 2, 1, 1, 40, 2),
+]
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("case", TEMPORAL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_temporal_context_matches_float64_reference(backend, case, normalize):
+    clips, frames, h, w, c, levels = case
+    _check_context(backend, "temporal", clips * frames, h, w, c, levels, normalize, num_frames=frames)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("kind", ["spatial", "temporal"])
+def test_half_precision_inputs(backend, kind, dtype):
+    """bf16 / fp16 activations with fp32 weights (what autocast hands the op), fp32 accumulation."""
+    frames = 2 if kind == "temporal" else 1
+    _check_context(backend, kind, 2 * frames, 5, 6, 24, 2, False, num_frames=frames, dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["spatial", "temporal"]),
+    clips=st.integers(1, 2), frames=st.sampled_from([1, 2, 3]), h=st.integers(1, 6), w=st.integers(1, 6),
+    c=st.integers(1, 24), levels=st.integers(1, 2), normalize=st.booleans(), seed=st.integers(0, 2**16),
+)
+def test_shape_sweep(backend, kind, clips, frames, h, w, c, levels, normalize, seed):
+    if not _available(backend):
+        pytest.skip(f"{backend}: not available")
+    if kind == "spatial":
+        _check_context(backend, kind, clips * frames, h, w, c, levels, normalize, seed=seed)
+    else:
+        _check_context(backend, kind, clips * frames, h, w, c, levels, normalize, num_frames=frames, seed=seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_modulate(backend, dtype):
+    DEVICE = kernel_device(backend)
+    generator = torch.Generator().manual_seed(1)
+    full = torch.randn(3, 5, 7, 3 * 21, dtype=torch.float64, generator=generator)
+    parts = [full[..., i * 21 : (i + 1) * 21] for i in range(3)]  # strided slices, as in the model
+    ref_inputs = [p.clone().requires_grad_() for p in parts]
+    fast_inputs = [strided_view(p.to(DEVICE, dtype)) for p in parts]
+    ref = reference.modulate(*ref_inputs)
+    out = dvfl_kernels.modulate(*fast_inputs, backend=backend)
+    upstream = torch.randn(ref.shape, dtype=torch.float64, generator=generator)
+    ref.backward(upstream)
+    out.backward(upstream.to(DEVICE, dtype))
+    assert_close(out, ref, TOLERANCE[dtype], "modulate")
+    for name, fast, slow in zip(("q", "m_s", "m_t"), fast_inputs, ref_inputs):
+        assert_close(fast.grad, slow.grad, TOLERANCE[dtype], f"d{name}")
+
+
+@pytest.mark.parametrize("kind", ["spatial", "temporal"])
+def test_weight_gradients_are_deterministic(backend, kind):
+    """Per-tile partials reduced in a fixed order: two runs give bit-identical gradients."""
+    DEVICE = kernel_device(backend)
+    generator = torch.Generator().manual_seed(2)
+    z, g, weights = _inputs(2, 9, 9, 40, 2, kind, torch.float32, generator)  # 2 pixel tiles x 2 channel blocks
+    grads = []
+    for _ in range(2):
+        w_fast = [wt.float().to(DEVICE).requires_grad_() for wt in weights]
+        args = (z.float().to(DEVICE), g.float().to(DEVICE), w_fast)
+        out = (dvfl_kernels.spatial_context(*args, backend=backend) if kind == "spatial"
+               else dvfl_kernels.temporal_context(*args, 2, backend=backend))
+        out.backward(torch.ones_like(out))
+        grads.append([wt.grad for wt in w_fast])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.parametrize("kind", ["spatial", "temporal", "modulate"])
+def test_gradient_of_a_sum_and_permuted_inputs(backend, kind):
+    """The upstream gradient of out.sum() has stride 0 everywhere; a permuted input has channel
+    stride != 1: both are copied to channel-dense once, and the results stay exact."""
+    generator = torch.Generator().manual_seed(5)
+    z, g, weights = _inputs(2, 3, 4, 6, 2, "spatial" if kind == "spatial" else "temporal", torch.float32, generator)
+    z_cl = z.transpose(-1, -2).contiguous().transpose(-1, -2)  # channel stride != 1
+    results = []
+    for which, dtype in ((backend, torch.float32), ("reference", torch.float64)):
+        inputs = [t.to(kernel_device(which), dtype).requires_grad_() for t in (z_cl, g, *weights)]
+        zz, gg, *ws = inputs
+        if kind == "spatial":
+            out = dvfl_kernels.spatial_context(zz, gg, ws, backend=which)
+        elif kind == "temporal":
+            out = dvfl_kernels.temporal_context(zz, gg, ws, 2, backend=which)
+        else:
+            out = dvfl_kernels.modulate(zz, zz * 2, zz.flip(0), backend=which)
+        out.sum().backward()
+        results.append([out] + [t.grad for t in inputs if t.grad is not None])
+    for fast, slow in zip(*results):
+        assert_close(fast, slow, 1e-5, kind)
+
+
+def test_inputs_are_not_written(backend):
+    generator = torch.Generator().manual_seed(3)
+    z, g, weights = _inputs(2, 4, 4, 8, 2, "temporal", torch.float32, generator)
+    z, g, weights = z.float(), g.float(), [wt.float().requires_grad_() for wt in weights]
+    before = [t.clone() for t in (z, g, *weights)]
+    dvfl_kernels.temporal_context(z, g, weights, 2, backend=backend).sum().backward()
+    assert all(torch.equal(a, b) for a, b in zip(before, (z, g, *weights)))
+
+
+def test_opcheck(backend):
+    generator = torch.Generator().manual_seed(4)
+    z, g, weights = _inputs(2, 3, 4, 6, 2, "spatial", torch.float32, generator)
+    args = (z.float().requires_grad_(), g.float().requires_grad_(), [wt.float().requires_grad_() for wt in weights], False, True, backend)
+    torch.library.opcheck(torch.ops.dvfl.spatial_context.default, args)
+    z, g, weights = _inputs(4, 2, 3, 6, 2, "temporal", torch.float32, generator)
+    args = (z.float().requires_grad_(), g.float().requires_grad_(), [wt.float().requires_grad_() for wt in weights], 2, True, True, backend)
+    torch.library.opcheck(torch.ops.dvfl.temporal_context.default, args)
+    q, s, t = (torch.randn(2, 3, 4, 5, requires_grad=True) for _ in range(3))
+    torch.library.opcheck(torch.ops.dvfl.modulate.default, (q, s, t, backend))
+
+
+def test_golden_layer_and_model(backend):
+    layer, fixture = golden_modulation_layer(backend)
+    with torch.no_grad():
+        assert_close(layer(fixture["input"]), fixture["output"], 1e-5, f"modulation layer ({backend})")
+    fixture = torch.load(GOLDEN_DIR / "video_focalnet_small_config.pt", weights_only=True)
+    model = VideoFocalNet(**fixture["config"], backend=backend).eval()
+    model.load_state_dict(fixture["state_dict"], strict=True)
+    with torch.no_grad():
+        assert_close(model(fixture["input"][:1]), fixture["logits"][:1], 1e-5, f"logits ({backend})")
+
+
+def test_compiled_layer_fullgraph(backend):
+    """The custom ops trace as single nodes: torch.compile(fullgraph=True) runs forward and backward."""
+    layer, fixture = golden_modulation_layer(backend)
+    x = fixture["input"][:4].clone().requires_grad_()
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    out.sum().backward()
+    reference_layer = copy.deepcopy(layer)
+    reference_layer.backend = "reference"
+    x_ref = fixture["input"][:4].clone().requires_grad_()
+    ref = reference_layer(x_ref)
+    ref.sum().backward()
+    assert_close(out, ref, 1e-5, "compiled layer")
+    assert_close(x.grad, x_ref.grad, 1e-5, "compiled layer dx")
+
+
+def test_training_matches_the_reference_backend(backend):
+    """A few SGD steps of a small model: the fast backend's loss curve follows the reference's."""
+    config = dict(img_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, num_frames=2, drop_path_rate=0.0)
+    torch.manual_seed(0)
+    models = {"reference": VideoFocalNet(**config, backend="reference")}
+    models[backend] = copy.deepcopy(models["reference"])
+    models[backend].set_backend(backend)
+    clips, labels = torch.randn(2, 2, 3, 32, 32), torch.tensor([0, 2])
+    curves = {}
+    for name, model in models.items():
+        opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+        curves[name] = []
+        for _ in range(3):
+            loss = torch.nn.functional.cross_entropy(model(clips), labels)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            curves[name].append(loss.item())
+    assert curves[backend] == pytest.approx(curves["reference"], rel=1e-4), curves
+    assert curves[backend][-1] < curves[backend][0]
+
+
+# ---- the C++ CPU kernels: what only they run here ------------------------------------------------------
+cpu_only = pytest.mark.skipif(not _available("cpu"), reason=f"cpu: {ops.LOAD_ERRORS.get('cpu')}")
+
+
+@cpu_only
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16], ids=["fp32-weights", "bf16-weights"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["spatial", "temporal"])
+def test_cpu_stage_like_shapes(kind, dtype, weight_dtype):
+    """A stage-3-like shape (2 clips x 8 frames, 14 x 14, C = 96 + 3: full and partial channel blocks),
+    float32 and bfloat16 activations, with float32 (autocast) or bfloat16 (model.to(bf16)) weights."""
+    if dtype == torch.float32 and weight_dtype == torch.bfloat16:
+        pytest.skip("bf16 weights come with bf16 activations")
+    _check_context("cpu", kind, 16, 14, 14, 99, 2, True, num_frames=8, dtype=dtype, weight_dtype=weight_dtype)
+
+
+@cpu_only
+@pytest.mark.parametrize("kind", ["spatial", "temporal"])
+def test_cpu_baseline_build_matches(kind):
+    """The baseline (non-AVX-512) build of the kernels, forced in a child process, passes the same check."""
+    code = (
+        "import sys; sys.path.insert(0, 'tests'); import test_focal_kernels as t; from dvfl_kernels import ops;"
+        "assert ops._EXTENSION.focal_cpu_capability() == 'base';"
+        f"t._check_context('cpu', '{kind}', 4, 5, 7, 21, 2, False, num_frames=2);"
+        f"t._check_context('cpu', '{kind}', 4, 5, 7, 21, 2, True, num_frames=2, dtype=t.torch.bfloat16)"
+    )
+    env = {**os.environ, "DVFL_CPU_CAPABILITY": "base"}
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@cpu_only
+def test_cpu_spatial_weight_gradients_do_not_depend_on_thread_count():
+    """Spatial weight gradients are per-row partials summed in row order: 1 and 2 threads agree bit for bit."""
+    generator = torch.Generator().manual_seed(7)
+    z, g, weights = _inputs(3, 9, 9, 40, 2, "spatial", torch.float32, generator)
+    threads, grads = torch.get_num_threads(), []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            w_fast = [wt.float().requires_grad_() for wt in weights]
+            dvfl_kernels.spatial_context(z.float(), g.float(), w_fast, backend="cpu").backward(torch.ones(3, 9, 9, 40))
+            grads.append([wt.grad for wt in w_fast])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@cpu_only
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_cpu_inference_saves_nothing(mode):
+    generator = torch.Generator().manual_seed(8)
+    z, g, weights = _inputs(4, 5, 6, 12, 2, "temporal", torch.float32, generator)
+    z, g, weights = z.float(), g.float(), [wt.float() for wt in weights]
+    with getattr(torch, mode)():
+        out, pre, mean = torch.ops.dvfl.temporal_context(z, g, weights, 2, False, False, "cpu")
+    assert pre.shape[0] == 0 and mean.shape == (2, 5, 6, 12)
+    assert_close(out, reference.temporal_context(z.double(), g.double(), [w.double() for w in weights], 2), 1e-5, mode)
+
+
+@cpu_only
+@pytest.mark.parametrize("cast", ["autocast", "bf16-weights"])
+def test_cpu_bf16_model_logits_follow_fp32(cast):
+    """A small model in bfloat16 on the cpu backend: logits within 1e-2 (relative) of its float32
+    logits on the reference backend, and the same argmax."""
+    torch.manual_seed(0)
+    config = dict(img_size=64, embed_dim=24, depths=[1, 1, 2, 1], num_classes=10, num_frames=4, drop_path_rate=0.0)
+    model = VideoFocalNet(**config, backend="reference").eval()
+    clips = torch.randn(3, 4, 3, 64, 64)
+    with torch.inference_mode():
+        ref = model(clips)
+        model.set_backend("cpu")
+        if cast == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(clips)
+        else:
+            out = model.to(torch.bfloat16)(clips.to(torch.bfloat16))
+    assert_close(out.float(), ref, 1e-2, cast)
+    assert torch.equal(out.float().argmax(-1), ref.argmax(-1))
+
+
+@cpu_only
+def test_auto_runs_the_cpu_kernels_on_cpu():
+    assert ops.select_backend("spatial_context", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["spatial_context"]["cpu"]
+    assert ops.select_backend("temporal_context", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["temporal_context"]["cpu"]
+    assert ops.select_backend("modulate", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["modulate"]["cpu"]
+
+
+@cpu_only
+def test_cli_bench_times_each_backend(capsys):
+    from dvflnet.cli import main
+
+    argv = ["bench", "vfl_net_nano", "--size", "32", "--frames", "2", "--rounds", "1", "--warmup", "0",
+            "--dtype", "fp32", "bf16-weights"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and lines[1].split()[:2] == ["reference", "fp32"] and lines[4].split()[:2] == ["cpu", "bf16-weights"]
+    with pytest.raises(SystemExit, match="--rounds must be at least 1"):
+        main(argv[:6] + ["--rounds", "0"])

@@ -70,3 +70,33 @@ def test_nano_training_step(benchmark, device, backend, mode):
     step()
     benchmark.extra_info.update(model="vfl_net_nano", backend=backend, mode=mode, batch=1, threads=torch.get_num_threads())
     benchmark.pedantic(step, rounds=3, iterations=1)
+
+
+@pytest.mark.parametrize("run", ["teacher", "student"])
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_demo_training_step(benchmark, device, backend, run):
+    """One optimiser step of the demo's small models at the demo's batch and clip size (float32)."""
+    if device != "cpu":
+        pytest.skip("the CPU training-step cases")
+    from dvflnet.demo import load_demo_config, run_configs
+
+    cfg = run_configs(load_demo_config(), "")[run]
+    data, train = cfg["data"], cfg["train"]
+    torch.manual_seed(0)
+    model = create_model(cfg["model"]["name"], num_classes=data["num_classes"], backend=backend,
+                         drop_path_rate=cfg["model"]["drop_path_rate"], **cfg["model"]["kwargs"]).train()
+    clips = torch.randn(train["batch_size"], data["num_frames"], 3, data["size"], data["size"])
+    labels = torch.arange(train["batch_size"]) % data["num_classes"]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(clips), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    step()
+    benchmark.extra_info.update(model=f"demo {run}", backend=backend, batch=train["batch_size"],
+                                clip=f"{data['num_frames']}x3x{data['size']}x{data['size']}", threads=torch.get_num_threads())
+    benchmark.pedantic(step, rounds=7, iterations=1)

@@ -106,19 +106,24 @@ def kd_ce_loss(
     kd_b = T^2 * KL(softmax(t_b / T) || softmax(s_b / T)); ce_b = CE(s_b, target_b) where target is
     int labels (B,) with optional label smoothing (PyTorch's definition: eps/K on every class) or a
     soft distribution (B, K) (mixup / cutmix), smoothed the same way. total = alpha kd + (1-alpha) ce.
-    The teacher is treated as a constant: no gradient flows to it.
+    The teacher is treated as a constant: no gradient flows to it. A teacher row of all -inf
+    logits has kd_b = 0. temperature is in (0, _checks.MAX_KD_TEMPERATURE].
     """
     dtype = compute_dtype(student_logits)
     s = student_logits.to(dtype)
     t = teacher_logits.detach().to(dtype)
     num_classes = s.shape[-1]
+    # A teacher row with no finite logit (all -inf) is no distribution: its KD term is defined as 0
+    # (and passes no gradient). Any finite stand-in row keeps the masked-out arithmetic free of NaN.
+    no_teacher = torch.isneginf(t).all(-1)
+    t = torch.where(no_teacher[:, None], 0.0, t)
 
     log_p_teacher = F.log_softmax(t / temperature, dim=-1)
     p_teacher = log_p_teacher.exp()
     log_p_student_soft = F.log_softmax(s / temperature, dim=-1)
     # 0 * log 0 = 0: classes the teacher rules out (logit -inf) contribute nothing.
     kl_terms = torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student_soft), 0.0)
-    kd = temperature * temperature * kl_terms.sum(-1)
+    kd = torch.where(no_teacher, 0.0, temperature * temperature * kl_terms.sum(-1))
 
     log_p_student = F.log_softmax(s, dim=-1)
     if target.is_floating_point():

@@ -6,6 +6,7 @@ count is the same whichever backend the model runs.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -48,6 +49,31 @@ FLOP_HANDLES = {
     "dvfl::temporal_context": temporal_context_flop_jit,
     "dvfl::modulate": None,
 }
+
+
+def modulation_macs(module: nn.Module, x_shape: tuple[int, ...]) -> int:
+    """Multiply-adds of one SpatioTemporalFocalModulation call on x (N, H, W, C): the f, f_temporal,
+    h, h_temporal and proj projections and the convolutions the fused ops replace (fvcore's count)."""
+    positions, c = math.prod(x_shape[:-1]), x_shape[-1]
+    projections = module.f.out_features + module.f_temporal.out_features + 3 * c  # f, f_t; h, h_t, proj
+    convs = sum(k * k + c * k for k in module.kernel_sizes)  # depthwise k x k; dense C -> C over k taps
+    return positions * c * (projections + convs)
+
+
+def thop_custom_ops() -> dict:
+    """``custom_ops`` for thop (the public get_flops.py's counter): thop counts module calls, and the
+    fused focal ops call no convolution module, so without this it misses most of the modulation.
+
+        from thop import profile
+        macs, params = profile(model, inputs=(clip,), custom_ops=thop_custom_ops())
+    """
+    from .models.video_focalnet import SpatioTemporalFocalModulation
+
+    def count(module, inputs, output) -> None:
+        # thop stops at a module with a counter: the whole modulation, its projections included
+        module.total_ops += torch.DoubleTensor([int(modulation_macs(module, tuple(inputs[0].shape)))])
+
+    return {SpatioTemporalFocalModulation: count}
 
 
 def count_flops(model: nn.Module, frames: int = 8, size: int = 224, batch: int = 1, device="cpu") -> int:

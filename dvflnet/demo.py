@@ -14,6 +14,7 @@ import copy
 import inspect
 import json
 import os
+import shutil
 import time
 
 import yaml
@@ -39,9 +40,13 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-    missing = [s for s in ("output", "dataset", "base", *RUNS) if s not in spec]
+    sections = ("output", "dataset", "base", *RUNS)
+    missing = [s for s in sections if s not in spec]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}")
+    unknown = sorted(set(spec) - set(sections))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {unknown} at the top level (known: {', '.join(sections)})")
     known = set(inspect.signature(generate_dataset).parameters) - {"root"}
     unknown = set(spec["dataset"]) - known
     if unknown:
@@ -92,6 +97,7 @@ def run_demo(spec: dict) -> list[dict]:
               "distill": "distilling the student from the teacher"}
     for number, run in enumerate(RUNS, start=2):
         print(f"[{number}/5] {titles[run]} ({configs[run]['model']['kwargs']}, {configs[run]['train']['epochs']} epochs)", flush=True)
+        shutil.rmtree(configs[run]["output"], ignore_errors=True)  # every demo run starts fresh
         summary = run_training(configs[run], distill=run == "distill")
         # the demo evaluates the end of training (not a val-selected epoch); the student learns
         # from the teacher's final weights

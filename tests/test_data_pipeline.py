@@ -85,7 +85,7 @@ def test_dataset_train_and_multiview_items(tiny_dataset):
 def test_annotation_errors_name_the_line(tmp_path, tiny_dataset):
     bad = tmp_path / "bad.csv"
     bad.write_text("a.mp4,0\nb.mp4,zero\n")
-    with pytest.raises(AnnotationError, match=r"bad\.csv:2: label 'zero' is not an integer"):
+    with pytest.raises(AnnotationError, match=r"bad\.csv:2: label 'zero' is not a non-negative integer"):
         read_annotations(str(bad), str(tmp_path))
     bad.write_text("a.mp4,0\n\nc.mp4 7\n")
     with pytest.raises(AnnotationError, match=r"bad\.csv:3: expected '<video path>,<label>'"):

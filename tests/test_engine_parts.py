@@ -15,14 +15,43 @@ from dvflnet.models import VideoFocalNet
 TINY = dict(img_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, num_frames=2, drop_path_rate=0.3, drop_rate=0.1)
 
 
-def test_weight_decay_only_on_weights_with_two_or_more_dims():
+def test_weight_decay_on_weights_decays_only_weights_with_two_or_more_dims():
     model = VideoFocalNet(**TINY, use_layerscale=True)
-    opt = build_optimizer(model, lr=0.1)
+    opt = build_optimizer(model, lr=0.1, decay_on="weights")
     decayed, free = opt.param_groups
     assert decayed["weight_decay"] == 1e-4 and free["weight_decay"] == 0.0
     assert all(p.ndim >= 2 for p in decayed["params"]) and all(p.ndim < 2 for p in free["params"])
     assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.9
+
+
+def test_weight_decay_on_nothing_is_the_default_and_decays_nothing():
+    model = VideoFocalNet(**TINY)
+    decayed, free = build_optimizer(model, lr=0.1).param_groups
+    assert decayed["params"] == [] and len(free["params"]) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="decay_on"):
+        build_optimizer(model, lr=0.1, decay_on="all")
+
+
+def _public_builder_groups(model):
+    """The public Video-FocalNets / DVFL-Net optimizer builder's grouping, written from its
+    description: a parameter is exempt if it is 1-D, a bias, named in no_weight_decay(), or has any
+    of no_weight_decay_keywords() as a substring of its name."""
+    skip, keywords = model.no_weight_decay(), model.no_weight_decay_keywords()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = len(param.shape) == 1 or name.endswith(".bias") or name in skip or any(k in name for k in keywords)
+        (no_decay if exempt else decay).append(name)
+    return decay, no_decay
+
+
+def test_public_optimizer_builder_exempts_every_parameter_like_the_public_model():
+    # The public model returns {''} from both hooks, so its builder decays nothing; ours must too.
+    model = VideoFocalNet(**TINY, use_layerscale=True)
+    decay, no_decay = _public_builder_groups(model)
+    assert decay == [] and no_decay == [name for name, _ in model.named_parameters()]
 
 
 def test_warmup_cosine_schedule():
@@ -61,7 +90,7 @@ def test_keep_last_and_best(tmp_path):
         manager.save({"w": torch.tensor(float(epoch))}, epoch, metric)
     names = sorted(os.listdir(tmp_path))
     assert names == ["best.pt", "checkpoint_2.pt", "checkpoint_3.pt"]
-    best = manager.load(str(tmp_path / "best.pt"))
+    best = torch.load(str(tmp_path / "best.pt"), weights_only=True)
     assert best["w"] == 1 and best["best_metric"] == 0.5
     assert manager.latest().endswith("checkpoint_3.pt")
 
@@ -101,7 +130,7 @@ def test_resume_is_exact(tmp_path):
     _train(resumed, opt, sched, 3, 0)
     manager = CheckpointManager(str(tmp_path))
     manager.save({"model": resumed.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "step": 3, "rng": capture_rng_state()}, step=3)
+                  "scaler": {}, "epoch": 0, "batch_in_epoch": 3, "step": 3, "rng": capture_rng_state()}, step=3)
     torch.manual_seed(123)  # anything in between must not matter
 
     state = manager.load(manager.latest())

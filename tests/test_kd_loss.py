@@ -102,6 +102,26 @@ def test_extreme_logits_and_teacher_minus_inf(backend):
         _check_against_reference(backend, s, t, target, 0.3, temp, 0.1, 1e-5, kd_tol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_degenerate_inputs_get_the_references_answer(backend, dtype):
+    """A teacher row of all -inf has kd = 0 and passes no KD gradient (reference.kd_ce_loss's
+    definition); float64 logits give float64 losses; temperatures beyond MAX_KD_TEMPERATURE, where
+    float32 cannot resolve T^2 KL, are refused by every backend alike."""
+    device = kernel_device(backend)
+    for soft in (False, True):
+        s, t, target = _inputs(5, 37, soft, device, dtype=dtype)
+        t[1] = float("-inf")
+        t[3] = float("-inf")
+        _check_against_reference(backend, s, t, target, 0.3, 10.0, 0.1, 1e-5 if dtype == torch.float32 else 1e-9)
+        total, kd, ce = dvfl_kernels.kd_ce_loss(s, t, target, 0.3, 10.0, reduction="none", backend=backend)
+        assert kd[1] == 0 and kd[3] == 0 and total.dtype == kd.dtype == ce.dtype == dtype
+    for temperature in (100.0 + 1e-9, 1e4, float("inf")):
+        with pytest.raises(ValueError, match=r"temperature: expected a finite value in \(0.0, 100.0\]"):
+            dvfl_kernels.kd_ce_loss(s, t, target, 0.3, temperature, backend=backend)
+    dvfl_kernels.kd_ce_loss(s, t, target, 0.3, 100.0, backend=backend)  # the limit itself is allowed
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_rows_reductions_and_no_grad(backend):
     device = kernel_device(backend)

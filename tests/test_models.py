@@ -59,6 +59,14 @@ def test_nano_state_dict_keys_and_shapes_exactly():
     assert got == SPEC_NANO_KEYS
 
 
+def test_parameters_are_registered_in_the_public_models_order():
+    # Optimizer states saved by the public training code list tensors by position: the order of
+    # named_parameters() / state_dict() must be the public model's (the spec table's) exactly.
+    model = create_model("vfl_net_nano", num_classes=101)
+    assert list(model.state_dict()) == list(SPEC_NANO_KEYS)
+    assert [name for name, _ in model.named_parameters()] == list(SPEC_NANO_KEYS)
+
+
 def _expected_keys(dim: int, depths: list[int]) -> dict:
     """The nano table (embed 96, one block per stage where it has one) generalised: blocks repeated
     per stage, widths scaled by dim/96 (a C-multiple scales; 2C+3 and C+3 keep their +3)."""

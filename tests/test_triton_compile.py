@@ -20,6 +20,8 @@ HALF = {"fp32": "*fp32", "bf16": "*bf16", "fp16": "*fp16"}
 
 def _specs() -> dict[str, tuple[str, str, dict, dict, str]]:
     """name -> (module, kernel, constexprs, pointer types, default pointer type)."""
+    import triton.language as tl
+
     specs = {}
     for dtype, ptr in HALF.items():
         for first, last, save in [(True, False, True), (False, True, True), (True, True, False)]:
@@ -53,11 +55,13 @@ def _specs() -> dict[str, tuple[str, str, dict, dict, str]]:
         for backward in (False, True):
             specs[f"modulate-{dtype}-backward{backward:d}"] = (
                 "focal_modulation", "modulate_kernel", dict(BACKWARD=backward, BLOCK_M=64, BLOCK_C=64), {}, ptr)
-    for soft, grad in [(False, True), (True, True), (False, False)]:
-        specs[f"kd_loss-soft{soft:d}-grad{grad:d}"] = (
+    for soft, grad, acc in [(False, True, "fp32"), (True, True, "fp32"), (False, False, "fp32"), (True, True, "fp64")]:
+        logits = "*bf16" if acc == "fp32" else "*fp64"
+        specs[f"kd_loss-soft{soft:d}-grad{grad:d}-{acc}"] = (
             "kd_loss", "kd_ce_rows_kernel",
-            dict(SOFT=soft, COMPUTE_GRAD=grad, BLOCK_K=512, NEG=-3.0e38, TOL=1e-4, SERIES_RANGE=0.5),
-            {"student_ptr": "*bf16", "teacher_ptr": "*bf16", "target_ptr": "*fp32" if soft else "*i64"}, "*fp32")
+            dict(SOFT=soft, COMPUTE_GRAD=grad, BLOCK_K=512, NEG=-3.0e38, TOL=1e-4, SERIES_RANGE=0.5,
+                 ACC=tl.float64 if acc == "fp64" else tl.float32),
+            {"student_ptr": logits, "teacher_ptr": logits, "target_ptr": f"*{acc}" if soft else "*i64"}, f"*{acc}")
     return specs
 
 
@@ -82,7 +86,7 @@ def _compile_all() -> dict[str, str]:
                 elif arg.endswith("_ptr"):
                     signature[arg] = pointer_types.get(arg, default_pointer)
                 else:
-                    signature[arg] = "fp32" if arg in SCALARS else "i32"
+                    signature[arg] = "fp32" if arg.removesuffix("_lo") in SCALARS else "i32"
             missing = [p.name for p in kernel.params if p.is_constexpr and p.name not in constexprs]
             if missing:
                 raise ValueError(f"constexpr arguments without a value: {missing}")

@@ -225,7 +225,8 @@ std::vector<at::Tensor> spatial_context_backward_cpu(const at::Tensor& grad_in, 
                      [&](int64_t b, int64_t e) { kernels().spatial_backward_level(a, b, e); });
     if (level < L) {
       const int64_t k = a.k;
-      dweights[level] = sum_rows(part).view({k * k, C}).t().reshape({C, 1, k, k}).to(weights[level].scalar_type());
+      // contiguous (C, 1, k, k), the weight's own layout (and the strides the fake kernel promises)
+      dweights[level] = sum_rows(part).view({k * k, C}).t().to(weights[level].scalar_type()).contiguous().view({C, 1, k, k});
     }
   }
   std::vector<at::Tensor> result{dz, dg};

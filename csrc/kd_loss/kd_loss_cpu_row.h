@@ -169,6 +169,10 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
   int64_t argmax_s = 0, argmax_t = 0;  // first index of each maximum
   while (argmax_s < K - 1 && s[argmax_s] != m_s) ++argmax_s;
   while (argmax_t < K - 1 && t[argmax_t] != m_t) ++argmax_t;
+  // A teacher row with no finite logit (all -inf) is no distribution: its KD term is defined as 0
+  // (reference.kd_ce_loss). A max of 0 keeps its probabilities 0 instead of NaN.
+  const bool no_teacher = m_t == -std::numeric_limits<acc_t>::infinity();
+  if (no_teacher) m_t = 0;
 
   acc_t* e_s = scratch;
   acc_t* e_st = scratch + K;
@@ -207,7 +211,7 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
   c.log_z_s = acc_t(log_z_s), c.log_z_st = acc_t(log_z_st), c.log_z_tt = acc_t(log_z_tt);
   c.inv_z_s = acc_t(1.0 / (1.0 + rest_s)), c.inv_z_st = acc_t(1.0 / (1.0 + rest_st));
   c.inv_z_tt = acc_t(1.0 / (1.0 + rest_tt));
-  c.kd_scale = alpha * temperature, c.ce_scale = 1 - alpha, c.eps = eps, c.smooth = eps / acc_t(K);
+  c.kd_scale = no_teacher ? acc_t(0) : alpha * temperature, c.ce_scale = 1 - alpha, c.eps = eps, c.smooth = eps / acc_t(K);
   c.skip_a = argmax_s, c.skip_b = argmax_t;
 
   const double smooth_term = eps > 0 ? eps * (double(m_s) - sum_s / double(K)) : 0.0;  // avoids 0 * -inf
@@ -242,7 +246,7 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
   }
   kl_and_grad_scalar(s, t, q, c, argmax_s, kl, grad);
   if (argmax_t != argmax_s) kl_and_grad_scalar(s, t, q, c, argmax_t, kl, grad);
-  const double kd = double(temperature) * double(temperature) * kl;
+  const double kd = no_teacher ? 0.0 : double(temperature) * double(temperature) * kl;
   return {double(alpha) * kd + (1 - double(alpha)) * ce, kd, ce};
 }
 

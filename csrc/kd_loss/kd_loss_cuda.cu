@@ -179,7 +179,10 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
       shared[1] = acc_t(w.m_t);
       shared[2] = acc_t(log_z_s);
       shared[3] = acc_t(log(w.z_st));
-      shared[4] = acc_t(log(w.z_tt));
+      // A teacher row with no finite logit (all -inf) is no distribution: its KD term is defined as
+      // 0 (reference.kd_ce_loss); z_tt = 1 keeps its probabilities 0 instead of NaN.
+      shared[4] = acc_t(w.z_tt == 0 ? 0.0 : log(w.z_tt));
+      shared[5] = acc_t(w.z_tt == 0 ? 0 : 1);
       shared[6] = acc_t(q_mass);
       shared[7] = acc_t(p_label_m1);
       shared_label = label;
@@ -191,7 +194,8 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
   const acc_t q_mass = shared[6], p_label_m1 = shared[7];
   const int64_t label = shared_label;
   const acc_t poison = isnan(shared_ce) ? acc_t(NAN) : acc_t(0);
-  const acc_t kd_scale = alpha * temperature, ce_scale = 1 - alpha, smooth = eps / acc_t(K);
+  const bool no_teacher = shared[5] == acc_t(0);
+  const acc_t kd_scale = no_teacher ? acc_t(0) : alpha * temperature, ce_scale = 1 - alpha, smooth = eps / acc_t(K);
   acc_t* g_row = grad + row * K;
   double kl = 0;
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
@@ -215,7 +219,7 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
   __shared__ double scratch[kMaxThreads / 32];
   kl = block_sum(kl, scratch);
   if (threadIdx.x == 0) {
-    const double kd = double(temperature) * double(temperature) * kl, ce = shared_ce;
+    const double kd = no_teacher ? 0.0 : double(temperature) * double(temperature) * kl, ce = shared_ce;
     losses[row] = acc_t(double(alpha) * kd + (1 - double(alpha)) * ce);
     losses[rows + row] = acc_t(kd);
     losses[2 * rows + row] = acc_t(ce);

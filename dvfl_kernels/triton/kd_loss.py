@@ -2,8 +2,8 @@
 
 Per row the kernel streams the student and teacher logits once to build online (running-max)
 softmax statistics of s, s/T and t/T, then once more to sum the KL and write d total / d s, so the
-backward pass is a scale of the saved gradient. Element math is float32 whatever the input dtype;
-the sums are float64, and every loss is written as a sum of non-negative terms, so the results
+backward pass is a scale of the saved gradient. Element math is float32 (float64 for float64
+logits); the sums are float64, and every loss is written as a sum of non-negative terms, so the results
 keep float32 accuracy even for confident predictions and near-identical distributions.
 
 Invalid rows (a label outside [0, K), soft targets with a negative entry or not summing to 1) get NaN losses and gradient:
@@ -11,10 +11,12 @@ that is how CUDA tensors are validated without an extra launch or a host synchro
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
 
+from .. import reference
 from .._checks import SOFT_TARGET_TOL
 
 # Logits per loop iteration. 2048 fp32 lanes keep the three operands of one iteration (student,
@@ -62,33 +64,37 @@ def kd_ce_rows_kernel(
     student_ptr, teacher_ptr, target_ptr, losses_ptr, grad_ptr,
     stride_s, stride_t, stride_y, stride_g,
     num_rows, num_classes,
-    alpha, temperature, label_smoothing,
+    alpha, alpha_lo, temperature, temperature_lo, label_smoothing, label_smoothing_lo,
     SOFT: tl.constexpr, COMPUTE_GRAD: tl.constexpr, BLOCK_K: tl.constexpr, NEG: tl.constexpr, TOL: tl.constexpr,
-    SERIES_RANGE: tl.constexpr,
+    SERIES_RANGE: tl.constexpr, ACC: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     s_row = student_ptr + row * stride_s
     t_row = teacher_ptr + row * stride_t
     y_row = target_ptr + row * stride_y
+    # Scalars arrive as float32 (Triton's type for Python floats, compiled or interpreted); each comes
+    # with the float32 remainder of its float64 value, so the float64 path sees it to ~1e-14.
+    alpha = tl.cast(alpha, ACC) + tl.cast(alpha_lo, ACC)
+    temperature = tl.cast(temperature, ACC) + tl.cast(temperature_lo, ACC)
+    eps = tl.cast(label_smoothing, ACC) + tl.cast(label_smoothing_lo, ACC)
     inv_temp = 1.0 / temperature
-    eps = label_smoothing
 
     # Pass 1: online softmax statistics around the raw maxima m_s, m_t (max(x/T) = max(x)/T).
     # Sums accumulate in float64 (exps stay float32).
-    m_s = tl.full((), NEG, tl.float32)
+    m_s = tl.full((), NEG, ACC)
     z_s = tl.zeros((), tl.float64)  # sum exp(s - m_s)
     z_st = tl.zeros((), tl.float64)  # sum exp((s - m_s) / T)
-    m_t = tl.full((), NEG, tl.float32)
+    m_t = tl.full((), NEG, ACC)
     z_tt = tl.zeros((), tl.float64)  # sum exp((t - m_t) / T)
     sum_s = tl.zeros((), tl.float64)
     sum_q = tl.zeros((), tl.float64)
     sum_qs = tl.zeros((), tl.float64)  # sum over q > 0 of q * s (exact float64 products)
-    neg_q = tl.zeros((), tl.float32)  # number of negative soft-target entries
+    neg_q = tl.zeros((), ACC)  # number of negative soft-target entries
     for k0 in range(0, num_classes, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         mask = offs < num_classes
-        s = tl.load(s_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
-        t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        s = tl.load(s_row + offs, mask=mask, other=float("-inf")).to(ACC)
+        t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(ACC)
         m_s_new = tl.maximum(m_s, tl.max(s, 0))
         z_s = _rescaled_sum(z_s, m_s, m_s_new, s, 1.0)
         z_st = _rescaled_sum(z_st, m_s, m_s_new, s, inv_temp)  # one max serves both student sums
@@ -97,33 +103,38 @@ def kd_ce_rows_kernel(
         m_s, m_t = m_s_new, m_t_new
         sum_s += tl.sum(tl.where(mask, s, 0.0).to(tl.float64), 0)
         if SOFT:
-            q = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
+            q = tl.load(y_row + offs, mask=mask, other=0.0).to(ACC)
             sum_q += tl.sum(q.to(tl.float64), 0)
             sum_qs += tl.sum(tl.where(q > 0, q.to(tl.float64) * s.to(tl.float64), 0.0), 0)
             neg_q += tl.sum(tl.where(q < 0, 1.0, 0.0), 0)
 
+    # A teacher row with no finite logit (all -inf) is no distribution: its KD term is defined as 0
+    # (reference.kd_ce_loss); z_tt = 1 keeps its probabilities 0 instead of NaN.
+    no_teacher = z_tt == 0
+    z_tt = tl.where(no_teacher, 1.0, z_tt)
+    kd_scale = tl.where(no_teacher, 0.0, alpha * temperature)
     log_z_s = tl.log(z_s)
-    log_z_st = tl.log(z_st).to(tl.float32)
-    log_z_tt = tl.log(z_tt).to(tl.float32)
+    log_z_st = tl.log(z_st).to(ACC)
+    log_z_tt = tl.log(z_tt).to(ACC)
     # CE as a sum of non-negative terms (no cancellation when a prediction is confident):
     # lse - s = log z_s + (m_s - s), and the smoothing term eps * (m_s - mean(s)).
     m_s64 = m_s.to(tl.float64)
     smooth_term = tl.where(eps > 0, eps * (m_s64 - sum_s / num_classes), 0.0)  # avoids 0 * -inf
     if SOFT:
         valid = (tl.abs(sum_q - 1.0) <= TOL) & (neg_q == 0)
-        q_mass = ((1.0 - eps) * sum_q + eps).to(tl.float32)
+        q_mass = ((1.0 - eps) * sum_q + eps).to(ACC)
         ce = q_mass * log_z_s + (1.0 - eps) * (m_s64 * sum_q - sum_qs) + smooth_term
         label = 0
         p_label_m1 = 0.0
     else:
         label = tl.load(y_row)
         valid = (label >= 0) & (label < num_classes)
-        s_label = tl.load(s_row + tl.where(valid, label, 0)).to(tl.float32)
+        s_label = tl.load(s_row + tl.where(valid, label, 0)).to(ACC)
         ce = log_z_s + (1.0 - eps) * (m_s - s_label).to(tl.float64) + smooth_term
         q_mass = 1.0
         # p_label - 1 = expm1(log p_label), from the accurate log-probability
-        p_label_m1 = _expm1(-(log_z_s + (m_s - s_label).to(tl.float64)).to(tl.float32), SERIES_RANGE)
-    log_z_s = log_z_s.to(tl.float32)
+        p_label_m1 = _expm1(-(log_z_s + (m_s - s_label).to(tl.float64)).to(ACC), SERIES_RANGE)
+    log_z_s = log_z_s.to(ACC)
 
     # Pass 2: KL = sum_k (q_T - p_t - p_t d) = sum p_t (e^d - 1 - d) where p_t > 0: non-negative
     # terms, exact for close distributions. The gradient's q_T - p_t = p_t expm1(d) there; for probabilities near 1
@@ -134,8 +145,8 @@ def kd_ce_rows_kernel(
     for k0 in range(0, num_classes, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         mask = offs < num_classes
-        s = tl.load(s_row + offs, mask=mask, other=0.0).to(tl.float32)
-        t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(tl.float32)
+        s = tl.load(s_row + offs, mask=mask, other=0.0).to(ACC)
+        t = tl.load(t_row + offs, mask=mask, other=float("-inf")).to(ACC)
         log_q = (s - m_s) * inv_temp - log_z_st
         log_p = (t - m_t) * inv_temp - log_z_tt
         q_soft_t = tl.exp(log_q)
@@ -156,18 +167,24 @@ def kd_ce_rows_kernel(
         if COMPUTE_GRAD:
             p = tl.exp(s - m_s - log_z_s)
             if SOFT:
-                q = tl.load(y_row + offs, mask=mask, other=0.0).to(tl.float32)
+                q = tl.load(y_row + offs, mask=mask, other=0.0).to(ACC)
                 ce_grad = q_mass * p - ((1.0 - eps) * q + eps / num_classes)
             else:
                 ce_grad = tl.where(offs == label, p_label_m1 + eps, p) - eps / num_classes
-            grad = alpha * temperature * kd_diff + (1.0 - alpha) * ce_grad
+            grad = kd_scale * kd_diff + (1.0 - alpha) * ce_grad
             tl.store(g_row + offs, grad + poison, mask=mask)
 
-    kd = (temperature * temperature * kl).to(tl.float32)
-    ce = tl.where(valid, ce.to(tl.float32), float("nan"))
+    kd = tl.where(no_teacher, 0.0, temperature * temperature * kl).to(ACC)
+    ce = tl.where(valid, ce.to(ACC), float("nan"))
     tl.store(losses_ptr + row, alpha * kd + (1.0 - alpha) * ce)
     tl.store(losses_ptr + num_rows + row, kd)
     tl.store(losses_ptr + 2 * num_rows + row, ce)
+
+
+def _hi_lo(value: float) -> tuple[float, float]:
+    """value as float32 + float32 remainder (both exactly representable as float32)."""
+    hi = float(np.float32(value))
+    return hi, float(np.float32(value - hi))
 
 
 def kd_ce_rows(
@@ -179,22 +196,24 @@ def kd_ce_rows(
     label_smoothing: float,
     compute_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the kernel: per-row losses (3, B) [total, kd, ce] and d total_b / d s (B, K), float32.
+    """Launch the kernel: per-row losses (3, B) [total, kd, ce] and d total_b / d s (B, K), in float64
+    for float64 logits and float32 otherwise (reference.compute_dtype).
 
     Rows may be strided; the class dimension must have stride 1 (the op wrapper ensures it).
     """
     rows, classes = student.shape
-    losses = torch.empty((3, rows), dtype=torch.float32, device=student.device)
-    grad = torch.empty((rows, classes) if compute_grad else (0, classes), dtype=torch.float32, device=student.device)
+    dtype = reference.compute_dtype(student)
+    losses = torch.empty((3, rows), dtype=dtype, device=student.device)
+    grad = torch.empty((rows, classes) if compute_grad else (0, classes), dtype=dtype, device=student.device)
     soft = target.dim() == 2
     block = min(triton.next_power_of_2(classes), MAX_BLOCK_K)
     kd_ce_rows_kernel[(rows,)](
         student, teacher, target, losses, grad,
         student.stride(0), teacher.stride(0), target.stride(0), grad.stride(0) if compute_grad else 0,
         rows, classes,
-        alpha, temperature, label_smoothing,
+        *_hi_lo(alpha), *_hi_lo(temperature), *_hi_lo(label_smoothing),
         SOFT=soft, COMPUTE_GRAD=compute_grad, BLOCK_K=block, NEG=NEG_BIG, TOL=SOFT_TARGET_TOL,
-        SERIES_RANGE=SERIES_RANGE,
+        SERIES_RANGE=SERIES_RANGE, ACC=tl.float64 if dtype == torch.float64 else tl.float32,
         num_warps=8 if block >= 1024 else 4,
     )
     return losses, grad

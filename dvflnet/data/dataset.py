@@ -1,7 +1,9 @@
 """Video datasets over the public CSV format: `<video path relative to root>,<0-based int label>`."""
 from __future__ import annotations
 
+import csv
 import os
+import re
 import warnings
 
 import numpy as np
@@ -17,29 +19,73 @@ class AnnotationError(ValueError):
     """A bad line in an annotation CSV; the message names the file and the line."""
 
 
+_LABEL = re.compile(r"[0-9]+")
+# Counters of skipped videos, one slot per data-loader worker (slot 0: the main process), in shared
+# memory: workers are separate processes, and each writes only its own slot.
+_MAX_WORKERS = 256
+
+
+def _csv_rows(csv_path: str):
+    """(line number, [fields]) of the non-empty lines: UTF-8 with or without a BOM, quoted fields
+    (csv.writer's output), spaces around fields stripped."""
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        try:
+            for fields in reader:
+                fields = [field.strip() for field in fields]
+                if any(fields):
+                    yield reader.line_num, fields
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise AnnotationError(f"{csv_path}:{reader.line_num + 1}: not a readable CSV line ({err})") from None
+
+
+def _parse_label(text: str, where: str, what: str = "label") -> int:
+    # int() also takes "0_1", "+1", " 1" and non-ASCII digits: a label is plain ASCII digits only
+    if not _LABEL.fullmatch(text):
+        raise AnnotationError(f"{where}: {what} {text!r} is not a non-negative integer")
+    return int(text)
+
+
 def read_annotations(csv_path: str, root: str, num_classes: int | None = None) -> list[tuple[str, int]]:
-    """(absolute video path, label) per line; every line checked (format, label type and range)."""
+    """(absolute video path, label) per line; every line checked (format, label type and range).
+
+    A line is `<path>,<label>`; a path with commas is quoted (as csv.writer writes it) or, unquoted,
+    everything before the last comma."""
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"annotations: no such file: {csv_path}")
     items = []
-    with open(csv_path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            parts = line.rsplit(",", 1)
-            if len(parts) != 2 or not parts[0]:
-                raise AnnotationError(f"{csv_path}:{number}: expected '<video path>,<label>', got {line!r}")
-            try:
-                label = int(parts[1])
-            except ValueError:
-                raise AnnotationError(f"{csv_path}:{number}: label {parts[1]!r} is not an integer") from None
-            if label < 0 or (num_classes is not None and label >= num_classes):
-                raise AnnotationError(f"{csv_path}:{number}: label {label} is outside [0, {num_classes}) for {parts[0]}")
-            items.append((os.path.join(root, parts[0]), label))
+    for number, fields in _csv_rows(csv_path):
+        where = f"{csv_path}:{number}"
+        path, label_text = ",".join(fields[:-1]).strip(), fields[-1]
+        if len(fields) < 2 or not path:
+            raise AnnotationError(f"{where}: expected '<video path>,<label>', got {','.join(fields)!r}")
+        label = _parse_label(label_text, where)
+        if num_classes is not None and label >= num_classes:
+            raise AnnotationError(f"{where}: label {label} is outside [0, {num_classes}) for {path}")
+        items.append((os.path.join(root, path), label))
     if not items:
         raise AnnotationError(f"{csv_path}: no videos listed")
     return items
+
+
+def read_class_names(csv_path: str) -> list[str]:
+    """Class names from a labels CSV of `<id>,<name>` lines (an `id,name` header allowed), ids 0..K-1."""
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(f"labels: no such file: {csv_path}")
+    names: dict[int, str] = {}
+    for number, fields in _csv_rows(csv_path):
+        where = f"{csv_path}:{number}"
+        if not names and [f.lower() for f in fields] == ["id", "name"]:
+            continue
+        if len(fields) < 2 or not fields[1]:
+            raise AnnotationError(f"{where}: expected '<id>,<name>', got {','.join(fields)!r}")
+        class_id = _parse_label(fields[0], where, "class id")
+        if class_id in names:
+            raise AnnotationError(f"{where}: class id {class_id} is listed twice")
+        names[class_id] = ",".join(fields[1:])
+    if sorted(names) != list(range(len(names))) or not names:
+        raise AnnotationError(f"{csv_path}: expected class ids 0..K-1, got {sorted(names)}")
+    return [names[i] for i in range(len(names))]
 
 
 class VideoCSVDataset(Dataset):
@@ -66,7 +112,12 @@ class VideoCSVDataset(Dataset):
         self.num_clips, self.num_crops, self.size, self.short_side, self.flip = num_clips, num_crops, size, short_side, flip
         self.bad_video, self.seed, self.crop_area = bad_video, seed, tuple(crop_area)
         self.epoch = 0
-        self.skipped: list[str] = []
+        self.skipped: list[str] = []  # this process's skipped files (warned once each)
+        self.skip_counts = torch.zeros(_MAX_WORKERS + 1, dtype=torch.int64).share_memory_()
+
+    def skipped_total(self) -> int:
+        """Videos skipped so far by every process that read this dataset (workers included)."""
+        return int(self.skip_counts.sum())
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,6 +152,8 @@ class VideoCSVDataset(Dataset):
             except VideoReadError as err:
                 if self.bad_video == "fail":
                     raise
+                worker = torch.utils.data.get_worker_info()
+                self.skip_counts[0 if worker is None else 1 + worker.id % _MAX_WORKERS] += 1
                 if err.path not in self.skipped:
                     self.skipped.append(err.path)
                     warnings.warn(f"skipping unreadable video ({err}); skipped so far: {self.skipped}", stacklevel=2)

@@ -19,6 +19,12 @@ class VideoReadError(RuntimeError):
         super().__init__(f"{path}: {reason}")
         self.path = path
 
+    @classmethod
+    def from_message(cls, message: str) -> "VideoReadError":
+        """Rebuilt from str(error), e.g. as relayed from a data-loader worker."""
+        path, _, reason = message.partition(": ")
+        return cls(path, reason)
+
 
 def _open(path: str):
     import decord

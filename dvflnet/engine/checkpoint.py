@@ -1,17 +1,29 @@
-"""Training checkpoints: atomic writes, exact resume, a best-model file and a limit on how many are kept.
+"""Training checkpoints: atomic writes, exact resume, a best-model file and a limit on how many are kept;
+and the lock that keeps two runs out of one folder.
 
 A checkpoint holds model, optimizer, scheduler, AMP scaler, epoch, step, best metric, every RNG state
 and the config, and is loaded with weights_only=True (it contains tensors, numbers, strings, lists and
-dicts only).
+dicts only). Resuming takes the newest checkpoint that loads: a truncated or corrupt one is reported
+by name and set aside (renamed *.corrupt), never silently skipped or left to rotate good ones away.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
+import socket
 import tempfile
+import time
+import warnings
 
 import numpy as np
 import torch
+
+from ..models import CheckpointError, read_checkpoint
+
+TMP_PREFIX = ".tmp-"
+# What every training checkpoint holds; a file without these is not one (e.g. a bare state dict).
+REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "step", "rng")
 
 
 def save_atomic(obj, path: str) -> None:
@@ -19,7 +31,7 @@ def save_atomic(obj, path: str) -> None:
     half-written checkpoint under `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=".pt")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -65,7 +77,7 @@ def restore_rng_state(state: dict) -> None:
 class CheckpointManager:
     """`save(state, step, metric)` writes checkpoint_<step>.pt atomically (step: the optimizer step, so
     mid-epoch and epoch-end checkpoints sort together), keeps the newest `keep_last`, and copies the
-    best (highest metric) to best.pt; `latest()` / `load(path)` for resuming."""
+    best (highest metric) to best.pt; `newest_valid()` / `load(path)` for resuming."""
 
     def __init__(self, folder: str, keep_last: int = 3):
         if keep_last < 1:
@@ -102,7 +114,111 @@ class CheckpointManager:
         files = self._numbered_files()
         return files[-1][1] if files else None
 
+    def has_checkpoints(self) -> bool:
+        return bool(self._numbered_files())
+
     def load(self, path: str) -> dict:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        """A training checkpoint, checked: CheckpointError naming the file if it is unreadable or not one."""
+        state = read_checkpoint(path)
+        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: not a dvflnet training checkpoint (missing {', '.join(missing)})")
         self.best_metric = state.get("best_metric")
         return state
+
+    def newest_valid(self) -> tuple[str, dict] | None:
+        """(path, state) of the newest checkpoint that loads. Each newer one that does not is reported
+        and renamed <name>.corrupt (kept for inspection, out of the rotation)."""
+        for _, path in reversed(self._numbered_files()):
+            try:
+                return path, self.load(path)
+            except CheckpointError as err:
+                os.replace(path, path + ".corrupt")
+                warnings.warn(f"{err}; renamed it to {os.path.basename(path)}.corrupt and trying the previous checkpoint",
+                              stacklevel=2)
+        return None
+
+    def clean_leftovers(self) -> list[str]:
+        """Delete temporary files an interrupted write left behind; returns their names."""
+        if not os.path.isdir(self.folder):
+            return []
+        names = [n for n in os.listdir(self.folder) if n.startswith(TMP_PREFIX)]
+        for name in names:
+            os.unlink(os.path.join(self.folder, name))
+        return names
+
+
+def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
+    """Names of the floating tensors in a (nested) state dict that hold NaN or inf."""
+    bad = []
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            bad += nonfinite_tensors(value, name + ".")
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad.append(name)
+    return bad
+
+
+class RunLockedError(RuntimeError):
+    """Another live process is training into the same output folder."""
+
+
+class RunLock:
+    """`<folder>/.lock` holding the owner's pid and host, created atomically. A second run into the folder
+    refuses while the owner lives; a lock whose process is gone (a killed run) is taken over."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, ".lock")
+        self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+
+    def acquire(self) -> "RunLock":
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and self._alive(holder):
+                    raise RunLockedError(
+                        f"{os.path.dirname(self.path)}: another run is writing here (pid {holder.get('pid')} on "
+                        f"{holder.get('host')}, started {holder.get('started')}); wait for it, stop it, or choose "
+                        f"another output (if you are sure it is gone, delete {self.path})") from None
+                warnings.warn(f"{self.path}: taking over the lock of a run that is no longer running ({holder})", stacklevel=2)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.owner, f)
+            return self
+        raise RunLockedError(f"{self.path}: could not take the lock (another process keeps creating it)")
+
+    def _holder(self) -> dict | None:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None  # half-written or unreadable: its writer died before finishing
+
+    def _alive(self, holder: dict) -> bool:
+        if holder.get("host") != self.owner["host"]:
+            return True  # cannot check another machine's processes: assume it lives
+        try:
+            os.kill(int(holder["pid"]), 0)
+        except PermissionError:
+            return True  # a live process of another user
+        except (ProcessLookupError, KeyError, TypeError, ValueError):
+            return False  # gone, or a lock without a usable pid
+        return True
+
+    def release(self) -> None:
+        if self._holder() == self.owner:
+            os.unlink(self.path)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

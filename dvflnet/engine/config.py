@@ -2,13 +2,18 @@
 
 A YAML file may name parent files under ``_base_`` (paths relative to it); parents are merged first,
 then the file itself, then ``--opts KEY VALUE ...`` (dotted keys, values parsed as YAML). Unknown keys
-are errors that name the key and the file, so a typo never silently trains with a default.
+are errors that name the key and the file, so a typo never silently trains with a default. Every value
+is checked and coerced by the type of its default (or by KINDS), so ``base_lr: 3e-4`` (a string to
+PyYAML's YAML 1.1) is the number it looks like, and ``epochs: ten`` is an error naming the key.
 """
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import os
 
+import torch
 import yaml
 
 DEFAULTS: dict = {
@@ -57,8 +62,16 @@ DEFAULTS: dict = {
         "reference_batch": 512,
         "optimizer": "sgd",  # the recipe; "adamw" for short runs from a random start
         "weight_decay": 1e-4,
+        # "nothing": no parameter decays, what the public training code effectively does (its
+        # optimizer builder exempts every name, see VideoFocalNet.no_weight_decay) and so what the
+        # paper's numbers were trained with; "weights": the recipe as written, weight_decay on every
+        # weight with >= 2 dims (biases, norms and layerscale gammas exempt).
+        "weight_decay_on": "nothing",
         "momentum": 0.9,
         "clip_grad": 5.0,
+        # consecutive optimizer steps with a non-finite loss or gradient that are skipped (and logged)
+        # before the run stops; 0 stops at the first
+        "max_nonfinite_steps": 5,
         "label_smoothing": 0.1,
         "mixup": True,
         "cutmix_prob": 0.5,
@@ -76,20 +89,122 @@ DEFAULTS: dict = {
 }
 
 
+# The type of every key whose default does not show it (None defaults, lists); the others take the
+# type of their default. "?" allows null; "[2]" a pair; "[2][]" a non-empty list of pairs.
+KINDS = {
+    "device": "str?", "resume": "str?", "data.labels_csv": "str?", "data.num_classes": "int?",
+    "data.crop_area": "float[2]", "model.drop_path_rate": "float?", "model.pretrained": "str?",
+    "model.kwargs": "kwargs", "teacher.name": "str?", "teacher.checkpoint": "str?", "teacher.kwargs": "kwargs",
+    "train.eval_views": "int[2]", "eval.views": "int[2][]", "eval.checkpoint": "str?",
+}
+# VideoFocalNet arguments that other keys set (so model.kwargs must not)
+_KWARGS_SET_ELSEWHERE = {"num_classes": "data.num_classes", "num_frames": "data.num_frames", "img_size": "data.size",
+                         "backend": "model.backend", "drop_path_rate": "model.drop_path_rate", "norm_layer": None}
+
+
 class ConfigError(ValueError):
     """A configuration file or override that cannot be used; the message names the key."""
 
 
+def _kind_of(name: str, default) -> str:
+    if name in KINDS:
+        return KINDS[name]
+    return {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+
+
+def _scalar(kind: str, value, name: str, where: str):
+    def bad(expected: str):
+        return ConfigError(f"{where}: {name}: expected {expected}, got {value!r}")
+
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise bad("true or false")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise bad("a string")
+    if isinstance(value, bool):  # True is an int to Python, never a number in a config
+        raise bad("an integer" if kind == "int" else "a number")
+    if isinstance(value, str):
+        try:  # YAML 1.1 reads 3e-4 (no dot, no sign) and 1_000 as strings
+            value = float(value.strip().replace("_", "")) if kind == "float" else int(value.strip())
+        except ValueError:
+            raise bad("an integer" if kind == "int" else "a number") from None
+    if kind == "int":
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, int):
+            return value
+        raise bad("an integer")
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    raise bad("a finite number")
+
+
+def coerce_value(name: str, default, value, where: str):
+    """`value` for key `name` (dotted) checked against its kind and converted (ints, floats, ...)."""
+    kind = _kind_of(name, default)
+    if kind == "kwargs":
+        return check_model_kwargs(value, name, where)
+    if value is None:
+        if kind.endswith("?"):
+            return None
+        raise ConfigError(f"{where}: {name}: expected a value, got null")
+    kind = kind.rstrip("?")
+    if kind.endswith("[2][]"):
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{where}: {name}: expected a non-empty list of pairs, got {value!r}")
+        return [_pair(kind[:-2], item, f"{name}[{i}]", where) for i, item in enumerate(value)]
+    if kind.endswith("[2]"):
+        return _pair(kind, value, name, where)
+    return _scalar(kind, value, name, where)
+
+
+def _pair(kind: str, value, name: str, where: str) -> list:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ConfigError(f"{where}: {name}: expected a pair [a, b], got {value!r}")
+    return [_scalar(kind[: -len("[2]")], item, name, where) for item in value]
+
+
+def check_model_kwargs(kwargs, name: str, where: str) -> dict:
+    """model.kwargs / teacher.kwargs: VideoFocalNet arguments only, each of its default's type."""
+    from ..models import VideoFocalNet
+
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, dict):
+        raise ConfigError(f"{where}: {name}: expected a mapping of VideoFocalNet arguments, got {kwargs!r}")
+    params = inspect.signature(VideoFocalNet).parameters
+    out = {}
+    for key, value in kwargs.items():
+        if key in _KWARGS_SET_ELSEWHERE:
+            other = _KWARGS_SET_ELSEWHERE[key]
+            raise ConfigError(f"{where}: {name}.{key}: not settable here" + (f"; use {other}" if other else ""))
+        if key not in params:
+            known = sorted(set(params) - set(_KWARGS_SET_ELSEWHERE))
+            raise ConfigError(f"{where}: unknown key {name}.{key} (VideoFocalNet arguments: {', '.join(known)})")
+        default = params[key].default
+        if isinstance(default, (tuple, list)):  # per-stage lists of ints
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{where}: {name}.{key}: expected a list of integers, got {value!r}")
+            out[key] = [_scalar("int", v, f"{name}.{key}", where) for v in value]
+        else:
+            out[key] = _scalar(_kind_of("", default), value, f"{name}.{key}", where)
+    return out
+
+
 def merge_config(base: dict, update: dict, where: str, prefix: str = "") -> dict:
+    if not isinstance(update, dict):
+        raise ConfigError(f"{where}: {prefix.rstrip('.') or 'the top level'}: expected a mapping, got {update!r}")
     for key, value in update.items():
         name = prefix + key
         if key not in base:
             raise ConfigError(f"{where}: unknown key {name!r} (known here: {', '.join(sorted(base))})")
-        # free-form mappings (model / teacher kwargs) take any keys
-        if isinstance(base[key], dict) and isinstance(value, dict) and key != "kwargs":
+        if isinstance(base[key], dict) and name not in KINDS:
             merge_config(base[key], value, where, name + ".")
         else:
-            base[key] = copy.deepcopy(value)
+            base[key] = coerce_value(name, base[key], copy.deepcopy(value), where)
     return base
 
 
@@ -112,15 +227,23 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
 
 
 def set_by_path(cfg: dict, dotted: str, value, where: str = "--opts") -> None:
+    """cfg[a][b][c] = value for dotted "a.b.c", checked and coerced like a file's value."""
     keys = dotted.split(".")
     node = cfg
     for depth, key in enumerate(keys[:-1]):
+        if ".".join(keys[: depth + 1]) in KINDS:  # into model.kwargs / teacher.kwargs
+            parent = ".".join(keys[: depth + 1])
+            node[key] = check_model_kwargs({**node[key], ".".join(keys[depth + 1 :]): value}, parent, where)
+            return
         if not isinstance(node.get(key), dict):
             raise ConfigError(f"{where}: unknown key {'.'.join(keys[: depth + 1])!r}")
         node = node[key]
-    if keys[-1] not in node and not (len(keys) >= 2 and keys[-2] == "kwargs"):
+    if keys[-1] not in node:
         raise ConfigError(f"{where}: unknown key {dotted!r} (known here: {', '.join(sorted(node))})")
-    node[keys[-1]] = value
+    if isinstance(node[keys[-1]], dict) and dotted not in KINDS:
+        merge_config(node[keys[-1]], value, where, dotted + ".")
+    else:
+        node[keys[-1]] = coerce_value(dotted, node[keys[-1]], value, where)
 
 
 def load_config(path: str | None = None, opts: list[str] | None = None) -> dict:
@@ -141,22 +264,85 @@ def parse_opts(opts: list[str] | None) -> list[tuple[str, object]]:
     return [(key, yaml.safe_load(text)) for key, text in zip(opts[::2], opts[1::2])]
 
 
+def parse_device(device: str | None) -> torch.device | None:
+    """The config's device as a torch.device that this machine has (None: choose CUDA when available)."""
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device: {device!r} is not a device string (expected cpu, cuda or cuda:N)") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type != "cuda":
+        raise ConfigError(f"device: {device!r}: dvflnet runs on cpu or cuda")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} requested but this machine has no usable CUDA device")
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(f"device: {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
+
+
+def _check_range(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open else ']'}"
+        raise ConfigError(f"{name}: expected a value in {interval}, got {value!r}")
+
+
 def check_config(cfg: dict, distill: bool = False) -> None:
-    """The checks a run needs before any work starts."""
-    data, train = cfg["data"], cfg["train"]
+    """The checks a run needs before any work starts (types were checked when the config was read)."""
+    from dvfl_kernels import available_backends
+    from dvfl_kernels._checks import MAX_KD_TEMPERATURE
+
+    from ..models.registry import resolve_name
+
+    data, train, model = cfg["data"], cfg["train"], cfg["model"]
     if not isinstance(data["num_classes"], int) or data["num_classes"] < 1:
         raise ConfigError(f"data.num_classes: expected a positive integer, got {data['num_classes']!r}")
-    for key in ("batch_size", "accumulation", "epochs", "num_frames"):
-        section = data if key == "num_frames" else train
-        if not isinstance(section[key], int) or section[key] < 1:
-            raise ConfigError(f"{'data' if section is data else 'train'}.{key}: expected an integer >= 1, got {section[key]!r}")
-    if not 0 <= train["warmup_epochs"] <= train["epochs"]:
-        raise ConfigError(f"train.warmup_epochs: expected 0..epochs ({train['epochs']}), got {train['warmup_epochs']}")
-    if train["optimizer"] not in ("sgd", "adamw"):
-        raise ConfigError(f"train.optimizer: expected sgd or adamw, got {train['optimizer']!r}")
-    if train["amp"] not in ("auto", "bf16", "fp16", "off"):
-        raise ConfigError(f"train.amp: expected auto, bf16, fp16 or off, got {train['amp']!r}")
-    if distill and not (cfg["teacher"]["name"] and cfg["teacher"]["checkpoint"]):
-        raise ConfigError("teacher.name and teacher.checkpoint: distillation needs both (the trained teacher)")
-    if distill and not 0.0 <= cfg["kd"]["alpha"] <= 1.0:
-        raise ConfigError(f"kd.alpha: expected a value in [0, 1], got {cfg['kd']['alpha']}")
+    for key in ("num_frames", "frame_interval", "size", "short_side", "test_short_side"):
+        _check_range(f"data.{key}", data[key], 1)
+    _check_range("data.num_workers", data["num_workers"], 0)
+    _check_range("data.flip", data["flip"], 0.0, 1.0)
+    low, high = data["crop_area"]
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"data.crop_area: expected [a, b] with 0 < a <= b <= 1, got {data['crop_area']}")
+    for key, allowed in (("data.bad_video", ("fail", "skip")), ("train.optimizer", ("sgd", "adamw")),
+                         ("train.amp", ("auto", "bf16", "fp16", "off")), ("train.weight_decay_on", ("nothing", "weights"))):
+        section, name = key.split(".")
+        if cfg[section][name] not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {cfg[section][name]!r}")
+    for key in ("epochs", "batch_size", "accumulation", "reference_batch", "keep_last", "log_every"):
+        _check_range(f"train.{key}", train[key], 1)
+    for key in ("eval_every", "save_every_steps", "weight_decay", "warmup_lr", "min_lr", "max_nonfinite_steps"):
+        _check_range(f"train.{key}", train[key], 0)
+    _check_range("train.warmup_epochs", train["warmup_epochs"], 0, train["epochs"])
+    _check_range("train.base_lr", train["base_lr"], 0, low_open=True)
+    _check_range("train.momentum", train["momentum"], 0.0, 1.0, high_open=True)
+    _check_range("train.clip_grad", train["clip_grad"], 0.0, low_open=True)
+    _check_range("train.label_smoothing", train["label_smoothing"], 0.0, 1.0, high_open=True)
+    _check_range("train.cutmix_prob", train["cutmix_prob"], 0.0, 1.0)
+    _check_range("train.mixup_alpha", train["mixup_alpha"], 0.0, low_open=True)
+    _check_range("train.cutmix_alpha", train["cutmix_alpha"], 0.0, low_open=True)
+    for name, views in [("train.eval_views", train["eval_views"])] + [(f"eval.views[{i}]", v) for i, v in enumerate(cfg["eval"]["views"])]:
+        if min(views) < 1:
+            raise ConfigError(f"{name}: expected at least 1 clip x 1 crop, got {views}")
+    _check_range("eval.batch_size", cfg["eval"]["batch_size"], 1)
+    if model["drop_path_rate"] is not None:
+        _check_range("model.drop_path_rate", model["drop_path_rate"], 0.0, 1.0, high_open=True)
+    names = [("model.name", model["name"])] + ([("teacher.name", cfg["teacher"]["name"])] if distill and cfg["teacher"]["name"] else [])
+    for key, name in names:
+        try:
+            resolve_name(name)
+        except ValueError as err:
+            raise ConfigError(f"{key}: {err}") from None
+    if model["backend"] not in ("auto", "reference", *available_backends("spatial_context")):
+        raise ConfigError(f"model.backend: expected auto, reference or an available backend "
+                          f"({', '.join(available_backends('spatial_context'))}), got {model['backend']!r}")
+    parse_device(cfg["device"])
+    if distill:
+        if not (cfg["teacher"]["name"] and cfg["teacher"]["checkpoint"]):
+            raise ConfigError("teacher.name and teacher.checkpoint: distillation needs both (the trained teacher)")
+        _check_range("kd.alpha", cfg["kd"]["alpha"], 0.0, 1.0)
+        _check_range("kd.temperature", cfg["kd"]["temperature"], 0.0, MAX_KD_TEMPERATURE, low_open=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import resource
 import time
@@ -23,11 +24,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import VideoCSVDataset, mixup_cutmix
+from ..data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmix, read_class_names
 from ..losses import DistillationLoss
-from ..models import create_model, load_checkpoint
-from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
-from .config import check_config
+from ..models import CheckpointError, create_model, load_checkpoint
+from .checkpoint import CheckpointManager, RunLock, capture_rng_state, nonfinite_tensors, restore_rng_state
+from .config import ConfigError, check_config
 from .distributed import DistInfo, ShardSampler, TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
 from .optim import build_optimizer, scaled_lr
 from .schedule import WarmupCosine
@@ -107,19 +108,67 @@ def _peak_memory(device: torch.device) -> dict:
 
 
 class JsonLog:
-    """Append one JSON object per line (rank 0 only); flushed so a crash keeps what was logged."""
+    """Append one JSON object per line (rank 0 only); flushed so a crash keeps what was logged.
+
+    Strict JSON: a non-finite number is written as null and its key listed under "nonfinite"."""
 
     def __init__(self, path: str | None):
+        self.path = path
         self.file = open(path, "a") if path else None
 
     def write(self, **record) -> None:
         if self.file:
-            self.file.write(json.dumps(record) + "\n")
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                record = {**{k: None if k in bad else v for k, v in record.items()}, "nonfinite": bad}
+            self.file.write(json.dumps(record, allow_nan=False) + "\n")
             self.file.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Keep the records up to optimizer step `step` (a resume from there replays what follows) and
+        drop any line a kill cut short."""
+        if not self.path or not os.path.isfile(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    kept.append(json.dumps(record, allow_nan=False) + "\n")
+        self.file.close()
+        tmp = self.path + ".rewrite"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+
+
+# Errors a data-loader worker relays as "Caught X in DataLoader worker process N ... Original
+# Traceback ...": rebuilt as the error the same code raises without workers (one line, same type).
+_WORKER_ERRORS = {cls.__name__: cls for cls in (VideoReadError, AnnotationError, ConfigError, CheckpointError,
+                                                 ValueError, TypeError, FileNotFoundError, OSError)}
+
+
+def batches(loader: DataLoader):
+    """Iterate `loader`; an error raised in a worker process comes out as it would without workers."""
+    try:
+        yield from loader
+    except Exception as err:
+        text = str(err)
+        if "DataLoader worker process" not in text or "Traceback" not in text:
+            raise
+        name, sep, message = text.rstrip().splitlines()[-1].partition(": ")
+        cls = _WORKER_ERRORS.get(name.rsplit(".", 1)[-1])
+        if not sep or cls is None:
+            raise
+        raise (cls.from_message(message) if hasattr(cls, "from_message") else cls(message)) from None
 
 
 # -- evaluation ---------------------------------------------------------------------------------------
@@ -135,7 +184,7 @@ def evaluate(model: nn.Module, dataset: VideoCSVDataset, info: DistInfo, batch_s
     sampler = ShardSampler(len(dataset), info)
     loader = _loader(dataset, batch_size, sampler, num_workers, info.device, drop_last=False)
     scores, labels = [], []
-    for views, label in tqdm(loader, desc="evaluate", disable=not (progress and info.is_main), leave=False):
+    for views, label in tqdm(batches(loader), total=len(loader), desc="evaluate", disable=not (progress and info.is_main), leave=False):
         views = views.to(info.device, non_blocking=True)  # (B, V, T, 3, H, W)
         with autocast(info.device, amp_dtype):
             logits = model(views.flatten(0, 1))
@@ -174,21 +223,74 @@ def run_training(cfg: dict, distill: bool = False) -> dict:
     """Train (or distil) for cfg.train.epochs, resuming from cfg.resume; returns a summary."""
     check_config(cfg, distill)
     info = init_distributed(cfg.get("device"))
+    lock = RunLock(cfg["output"]).acquire() if info.is_main else None  # before anything is written there
     try:
         return _train(cfg, distill, info)
     finally:
+        if lock is not None:
+            lock.release()
         shutdown_distributed(info)
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite losses or gradients for more consecutive steps than train.max_nonfinite_steps."""
+
+
+_ARCHITECTURE_KEYS = (("model", "name"), ("model", "kwargs"), ("data", "num_classes"), ("data", "num_frames"))
+
+
+def _architecture_differences(saved: dict | None, cfg: dict) -> list[str]:
+    """'key: checkpoint X, config Y' for each setting that shapes the model and differs."""
+    if not isinstance(saved, dict):
+        return []
+    diffs = []
+    for section, key in _ARCHITECTURE_KEYS:
+        old, new = (saved.get(section) or {}).get(key), cfg[section][key]
+        if old != new:
+            diffs.append(f"{section}.{key}: checkpoint {old!r}, config {new!r}")
+    return diffs
+
+
+def _find_resume(cfg: dict, manager: CheckpointManager) -> tuple[str, dict] | None:
+    """(path, state) to resume from: cfg.resume "auto" (the newest checkpoint that loads), a path, or
+    null (fresh start, refused where an earlier run's checkpoints would be mixed with this one's)."""
+    if cfg["resume"] == "auto":
+        found = manager.newest_valid()
+    elif cfg["resume"]:
+        found = cfg["resume"], manager.load(cfg["resume"])
+    else:
+        if manager.has_checkpoints():
+            raise ConfigError(f"resume: null (a fresh start), but {cfg['output']} holds checkpoints of an earlier run; "
+                              "resume it (resume: auto) or choose another output")
+        return None
+    if found is not None:
+        diffs = _architecture_differences(found[1].get("config"), cfg)
+        if diffs:
+            raise ConfigError(f"{found[0]}: saved with another model than this config builds: {'; '.join(diffs)}")
+    return found
 
 
 def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     train, data = cfg["train"], cfg["data"]
     torch.manual_seed(cfg["seed"] + info.rank)
     out = cfg["output"]
+    manager = CheckpointManager(out, train["keep_last"])
+    # rank 0 picks the checkpoint (setting corrupt ones aside) and checks it fits before config.json
+    # is written; every rank then loads that one
+    resume = None
+    if info.is_main:
+        left = manager.clean_leftovers()
+        if left:
+            print(f"removed {len(left)} temporary file(s) an interrupted write left in {out}")
+        resume = _find_resume(cfg, manager)
+    resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
+    state = resume[1] if resume else (manager.load(resume_path) if resume_path else None)
     if info.is_main:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump(cfg, f, indent=1)
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
+    log.truncate_after(state["step"] if state else 0)
 
     dataset = train_dataset(cfg)
     val_set = test_dataset(cfg, *train["eval_views"]) if train["eval_every"] else None
@@ -199,7 +301,10 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
 
     global_batch = train["batch_size"] * train["accumulation"] * info.world_size
     optimizer = build_optimizer(model, scaled_lr(train["base_lr"], global_batch, train["reference_batch"]),
-                                train["weight_decay"], train["momentum"], train["optimizer"])
+                                train["weight_decay"], train["momentum"], train["optimizer"], train["weight_decay_on"])
+    if info.is_main and train["weight_decay"] > 0 and train["weight_decay_on"] == "nothing":
+        print(f"train.weight_decay {train['weight_decay']:g} applies to no parameter: train.weight_decay_on is "
+              "'nothing', what the public training code effectively did (set it to 'weights' to decay weights)")
     sampler = TrainSampler(len(dataset), train["batch_size"], info, cfg["seed"])
     batches_per_epoch = len(sampler) // train["batch_size"] // train["accumulation"] * train["accumulation"]
     steps_per_epoch = batches_per_epoch // train["accumulation"]
@@ -214,39 +319,45 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     if distill:
         criterion = DistillationLoss(cfg["kd"]["alpha"], cfg["kd"]["temperature"],
                                      0.0 if train["mixup"] else train["label_smoothing"])
-    manager = CheckpointManager(out, train["keep_last"])
 
-    # resume: model, optimizer, scaler, epoch / position, step, best metric, every rank's RNG states
-    epoch, batch_in_epoch, step = 0, 0, 0
-    resume = manager.latest() if cfg["resume"] == "auto" else cfg["resume"]
-    if resume:
-        state = manager.load(resume)
+    # resume: model, optimizer, scaler, epoch / position, step, best metric, every rank's RNG states,
+    # and the running sums of a checkpoint taken mid-epoch (the epoch's loss covers all of it)
+    epoch, batch_in_epoch, step, partial = 0, 0, 0, {}
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        partial = state.get("epoch_partial") or {} if batch_in_epoch else {}
         if len(state["rng"]) == info.world_size:
             restore_rng_state(state["rng"][info.rank])
         else:
-            warnings.warn(f"{resume}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
+            warnings.warn(f"{resume_path}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
                           "random streams restart from the seed", stacklevel=2)
         if info.is_main:
-            print(f"resumed from {resume} at epoch {epoch}, step {step}")
+            print(f"resumed from {resume_path} at epoch {epoch}, step {step}")
+        del state
 
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     forward = torch.compile(ddp) if cfg["model"].get("compile") else ddp
 
-    def checkpoint(metric: float | None = None) -> None:
+    def checkpoint(metric: float | None = None, epoch_partial: dict | None = None) -> None:
+        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+        if bad:  # never write (or rotate good checkpoints away for) a broken state
+            raise TrainingDiverged(f"epoch {epoch}, step {step}: non-finite values in {', '.join(bad[:5])}"
+                                   f"{' ...' if len(bad) > 5 else ''}; no checkpoint written (the last good one: "
+                                   f"{manager.latest()})")
         rng = all_gather_objects(capture_rng_state(), info)
         if info.is_main:
             manager.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-                "rng": rng, "config": cfg,
+                "epoch_partial": epoch_partial, "rng": rng, "config": cfg,
             }, step, metric)
         barrier(info)
 
     summary = {"epochs": [], "output": out}
+    nonfinite_run = 0  # consecutive steps skipped for a non-finite loss or gradient
     while epoch < train["epochs"]:
         model.train()
         dataset.set_epoch(epoch)
@@ -254,10 +365,13 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         loader = _loader(dataset, train["batch_size"], sampler, data["num_workers"], info.device, drop_last=True)
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
-        start, clips_seen, loss_sum, loss_count = time.perf_counter(), 0, torch.zeros((), device=info.device), 0
+        start = time.perf_counter() - partial.get("time_s", 0.0)
+        clips_seen, loss_sum, loss_count = partial.get("clips", 0), partial.get("loss_sum", 0.0), partial.get("loss_count", 0)
+        skipped_steps, skipped_before = partial.get("skipped_steps", 0), dataset.skipped_total()
+        step_loss = torch.zeros((), device=info.device)
         bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
                    disable=not (info.is_main and train["progress"]), dynamic_ncols=True)
-        for clips, labels in loader:
+        for clips, labels in batches(loader):
             if batch_in_epoch >= batches_per_epoch:
                 break
             clips, labels = clips.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
@@ -280,8 +394,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
                 else:
                     loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if train["mixup"] else train["label_smoothing"])
                 scaler.scale(loss / train["accumulation"]).backward()
-            loss_sum += loss.detach()
-            loss_count += 1
+            step_loss += loss.detach()
             clips_seen += clips.shape[0] * info.world_size
             batch_in_epoch += 1
             if not last_micro:
@@ -290,12 +403,31 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             lr = schedule.apply(optimizer, step)
             scaler.unscale_(optimizer)
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train["clip_grad"])
-            scaler.step(optimizer)
+            # fp16's scaler skips steps with inf/NaN gradients itself (and lowers its scale); any other
+            # non-finite loss or gradient skips the step here, and too many in a row stop the run
+            finite = bool(torch.isfinite(step_loss)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+            if finite:
+                scaler.step(optimizer)
+                loss_sum, loss_count, nonfinite_run = loss_sum + step_loss.item(), loss_count + train["accumulation"], 0
+            else:
+                skipped_steps, nonfinite_run = skipped_steps + 1, nonfinite_run + 1
+                log.write(event="skipped_step", epoch=epoch, step=step + 1, loss=step_loss.item() / train["accumulation"],
+                          grad_norm=grad_norm.item())
+                if info.is_main:
+                    print(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient "
+                          f"(loss {step_loss.item() / train['accumulation']:.4g}, gradient norm {grad_norm.item():.4g}); "
+                          f"step skipped ({nonfinite_run} in a row)", flush=True)
+                if nonfinite_run > train["max_nonfinite_steps"]:
+                    raise TrainingDiverged(
+                        f"epoch {epoch + 1}, step {step + 1}: {nonfinite_run} steps in a row with a non-finite loss or "
+                        f"gradient (train.max_nonfinite_steps is {train['max_nonfinite_steps']}); the run stopped, "
+                        f"the last good checkpoint is {manager.latest()} (lower the learning rate, or check the data)")
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            step_loss.zero_()
             step += 1
             bar.update(1)
-            if step % train["log_every"] == 0 or batch_in_epoch == batches_per_epoch:
+            if finite and (step % train["log_every"] == 0 or batch_in_epoch == batches_per_epoch):
                 record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
                           "clips_per_s": clips_seen / (time.perf_counter() - start)}
                 if distill:
@@ -303,13 +435,15 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()})
                 log.write(event="step", epoch=epoch, step=step, **record)
             if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < batches_per_epoch:
-                checkpoint()
+                checkpoint(epoch_partial={"loss_sum": loss_sum, "loss_count": loss_count, "clips": clips_seen,
+                                          "time_s": time.perf_counter() - start, "skipped_steps": skipped_steps})
         bar.close()
 
-        record = {"epoch": epoch, "step": step, "train_loss": (loss_sum / max(loss_count, 1)).item(),
+        skipped_videos = sum(all_gather_objects(dataset.skipped_total() - skipped_before, info))
+        record = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1) if loss_count else float("nan"),
                   "time_s": time.perf_counter() - start, "clips_per_s": clips_seen / (time.perf_counter() - start),
-                  **_peak_memory(info.device)}
-        epoch, batch_in_epoch = epoch + 1, 0
+                  "skipped_steps": skipped_steps, "skipped_videos": skipped_videos, **_peak_memory(info.device)}
+        epoch, batch_in_epoch, partial = epoch + 1, 0, {}
         metric = None
         if val_set is not None and (epoch % train["eval_every"] == 0 or epoch == train["epochs"]):
             result = evaluate(model, val_set, info, cfg["eval"]["batch_size"], data["num_workers"], amp_dtype)
@@ -358,8 +492,4 @@ def run_evaluation(cfg: dict) -> dict:
 
 def _class_names(cfg: dict) -> list[str] | None:
     path = cfg["data"]["labels_csv"]
-    if not path:
-        return None
-    with open(path) as f:
-        rows = [line.strip().split(",", 1) for line in f if line.strip()]
-    return [name for _, name in rows[1:]] if rows and rows[0] == ["id", "name"] else [name for _, name in rows]
+    return read_class_names(path) if path else None

@@ -47,12 +47,20 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu"):
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(
-            f"{path}: refusing to unpickle it: it references code that a weights-only load does not run "
-            f"({str(err).splitlines()[0]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({err})") from None
+        # torch wraps the unpickler's own reason between a generic paragraph and a documentation link
+        text = str(err)
+        paragraphs = [p for p in text.split("\n\n") if p.strip() and not p.startswith("Check the documentation")]
+        reason = paragraphs[-1].split("WeightsUnpickler error:", 1)[-1] if paragraphs else text
+        first_line = " ".join(reason.split())[:200]
+        if "global" in text.lower():
+            raise CheckpointError(
+                f"{path}: refusing to unpickle it: it references code that a weights-only load does not run "
+                f"({first_line})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line})") from None
+    except Exception as err:  # truncated zip, text, random bytes: torch.load raises many kinds
+        detail = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {detail})") from None
 
 
 def extract_state_dict(obj) -> tuple[dict[str, torch.Tensor], dict | None]:

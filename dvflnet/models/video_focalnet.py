@@ -65,7 +65,6 @@ class VideoFocalNet(nn.Module):
         num_frames=8,
         tubelet_size=1,
         backend="auto",
-        **kwargs,
     ):
         super().__init__()
         depths, focal_levels, focal_windows = list(depths), list(focal_levels), list(focal_windows)
@@ -144,14 +143,17 @@ class VideoFocalNet(nn.Module):
             nn.init.constant_(m.weight, 1.0)
 
     # -- public API of the timm-style model ---------------------------------------------------------
+    # The public model returns {''} from both. The public optimizer builder exempts a parameter when
+    # any keyword is a substring of its name, and '' is a substring of every name, so the code behind
+    # the paper's tables trained with no weight decay at all. Returning the same keeps a drop-in swap
+    # into that code faithful; dvflnet's own engine does not read these (see train.weight_decay_on).
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
-        # Nothing is exempt by name; the recipe exempts every parameter with fewer than 2 dims.
-        return set()
+        return {""}
 
     @torch.jit.ignore
     def no_weight_decay_keywords(self) -> set:
-        return set()
+        return {""}
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -398,12 +400,17 @@ class SpatioTemporalFocalModulation(nn.Module):
         self.h = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        # Registered (empty) here and filled below, as in the public model: parameters and state-dict
+        # entries come in its order (f, h, proj, focal_layers, f_temporal, ...), so optimizer states
+        # saved by the public training code map onto the right tensors; the convolutions are still
+        # created after f_temporal / h_temporal, the public model's random-initialisation order.
+        self.focal_layers = nn.ModuleList()
         self.f_temporal = nn.Linear(dim, dim + focal_level + 1, bias=bias)
         self.h_temporal = nn.Conv1d(dim, dim, kernel_size=1, bias=bias)
         self.kernel_sizes = [focal_factor * k + focal_window for k in range(focal_level)]
         # Sequential(conv, GELU) only to keep the public state-dict keys (focal_layers.<l>.0.weight);
         # the ops apply the GELU themselves.
-        self.focal_layers = nn.ModuleList(
+        self.focal_layers.extend(
             nn.Sequential(nn.Conv2d(dim, dim, k, padding=k // 2, groups=dim, bias=False), nn.GELU())
             for k in self.kernel_sizes
         )

@@ -39,7 +39,13 @@ def extension_modules():
     # if-convert (and so vectorise) branches over float math. Nothing relies on FP exceptions or errno;
     # IEEE inf/NaN semantics are kept (no -ffast-math).
     # -fopenmp: at::parallel_for is inline OpenMP; without it the rows run on one thread.
-    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"] + os.environ.get("DVFL_EXTRA_CXXFLAGS", "").split()
+    # -ffp-contract=off: a vectorised loop's peeled / remainder iterations run as scalar code, and GCC
+    # contracted a*b+c into FMAs differently there than in the vector body; which iterations get
+    # peeled depends on where buffers (stack arrays included) happen to lie, so the same call gave
+    # results 1 ulp apart now and then (seen as a broken bit-exact resume). Without contraction both
+    # paths round identically.
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-ffp-contract=off"]
+    cxx_flags += os.environ.get("DVFL_EXTRA_CXXFLAGS", "").split()
     if with_cuda:
         return [
             CUDAExtension(

@@ -4,7 +4,7 @@ Cases, in one run so their ratios compare (medians; absolute times drift with th
 - inference: backend reference | cpu, eager | torch.compile, float32 | bf16 autocast | bf16 weights;
 - training step (batch 1 clip, SGD, float32 and bf16 autocast): reference | cpu, eager.
 The peer a CPU user would pick instead, OpenVINO (and ONNX Runtime) on the exported model, is
-timed by bench/peer_openvino.py in the same session (see the README's table).
+timed by bench/test_bench_deploy_cpu.py (run both in one session; see the README's table).
 Goals (reported, never asserted): bf16 within 1.25x of OpenVINO bf16, >= 6x eager float32 on the
 reference backend and >= 3x its torch.compile; float32 within 1.2x of OpenVINO float32; the
 training step >= 1.5x eager.

@@ -6,6 +6,9 @@ import json
 import sys
 
 from .data.video import VideoReadError
+from .engine.checkpoint import RunLockedError
+from .engine.loop import TrainingDiverged
+from .export import MissingExtraError
 from .models import MODEL_CONFIGS, CheckpointError
 
 
@@ -126,6 +129,73 @@ def cmd_generate_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _views(text: str) -> tuple[int, int]:
+    clips, sep, crops = text.partition("x")
+    if not sep or not clips.isdigit() or not crops.isdigit() or int(clips) < 1 or int(crops) not in (1, 3):
+        raise argparse.ArgumentTypeError(f"expected CLIPSxCROPS with CROPS 1 or 3, e.g. 1x1 or 4x3, got {text!r}")
+    return int(clips), int(crops)
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        return value
+
+    return parse
+
+
+def _checkpoint_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint as the trainer writes it, or a raw state dict")
+    parser.add_argument("--config", help="a run YAML (default: the config saved in the checkpoint)")
+    parser.add_argument("--model", help="the variant, for a raw state dict (e.g. vfl_net_nano)")
+    parser.add_argument("--num-classes", type=_positive(int), help="class count (default: the checkpoint's head)")
+    parser.add_argument("--classes", help="labels CSV (<id>,<name> lines) naming the classes")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import Predictor, expand_inputs, format_table
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes,
+                                          views=args.views, device=args.device, precision=args.precision)
+    if args.stride_seconds and not args.window_seconds:
+        raise ValueError("--stride-seconds: needs --window-seconds")
+    if not args.json:
+        print(f"{predictor.model.num_classes} classes; {predictor.device}, {predictor.precision} "
+              f"({predictor.precision_reason}); {args.views[0]}x{args.views[1]} views", file=sys.stderr)
+    results = predictor.predict_many(expand_inputs(args.videos, args.root), top=args.top,
+                                      window_seconds=args.window_seconds, stride_seconds=args.stride_seconds)
+    print(json.dumps(results) if args.json else format_table(results, args.top))
+    return 0 if all("error" not in r for r in results) else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx, export_pt2
+    from .predict import model_from_checkpoint
+
+    model, data, _ = model_from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes)
+    frames, size = args.frames or data["num_frames"], args.size or data["size"]
+    report = (export_onnx if args.format == "onnx" else export_pt2)(model, args.output, frames, size)
+    extra = f" and {report['decomposed_path']} (decomposed)" if "decomposed_path" in report else ""
+    checker = "ONNX Runtime" if args.format == "onnx" else "the reloaded program"
+    print(f"wrote {report['path']}{extra}: clips (B, {frames}, 3, {size}, {size}), dynamic batch; {checker} "
+          f"vs PyTorch on a {report['checked_batch']}-clip batch: max relative error {report['max_rel_err']:.2e}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .predict import Predictor
+    from .visualize import visualize
+
+    predictor = Predictor.from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes,
+                                          device=args.device, precision="fp32")
+    result = visualize(predictor, args.video, args.output, args.layers)
+    print(f"{args.video}: {result['name']} ({result['prob'] * 100:.1f}%); wrote {result['png']} and {result['gif']} "
+          f"({result['frames']} frames x {len(result['layers'])} layers)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DEMO_CONFIG, load_demo_config, run_demo
 
@@ -184,6 +254,36 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(func=cmd_generate_data)
 
+    predict = sub.add_parser("predict", help="top-5 classes of videos (files, folders, CSVs) from a checkpoint")
+    _checkpoint_model_args(predict)
+    predict.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders of videos, or CSVs listing them")
+    predict.add_argument("--root", help="folder the paths in a CSV are relative to (default: the CSV's folder)")
+    predict.add_argument("--views", type=_views, default=(1, 1), help="clips x crops, averaged (default 1x1; e.g. 4x3)")
+    predict.add_argument("--window-seconds", type=_positive(float), help="also score windows of this length: a timeline")
+    predict.add_argument("--stride-seconds", type=_positive(float), help="window step (default: the window length)")
+    predict.add_argument("--top", type=_positive(int), default=5)
+    predict.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    predict.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                         help="auto: bf16 where this device computes it natively, else fp32")
+    predict.add_argument("--json", action="store_true", help="one JSON list: per video path and top5, or path and error")
+    predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="export a checkpoint's model: ONNX (checked with ONNX Runtime) or torch.export")
+    _checkpoint_model_args(export)
+    export.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    export.add_argument("-o", "--output", required=True, help="file to write (pt2 also writes <stem>.decomposed.pt2)")
+    export.add_argument("--frames", type=_positive(int), help="frames per clip (default: the config's)")
+    export.add_argument("--size", type=_positive(int), help="frame size (default: the config's)")
+    export.set_defaults(func=cmd_export)
+
+    vis = sub.add_parser("visualize", help="spatial and temporal modulator maps over a video's frames (PNG grid, GIF)")
+    _checkpoint_model_args(vis)
+    vis.add_argument("video")
+    vis.add_argument("-o", "--output", default="visualize", help="folder for the PNG and the GIF")
+    vis.add_argument("--layers", nargs="+", help="modulation module names (default: the last block of each stage)")
+    vis.add_argument("--device", default="cpu")
+    vis.set_defaults(func=cmd_visualize)
+
     demo = sub.add_parser("demo", help="generate videos, train a teacher and a student, distil, evaluate, print a table")
     demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
     demo.add_argument("--output", help="demo folder (default: runs/demo)")
@@ -196,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, OSError, CheckpointError, VideoReadError) as err:  # ConfigError, AnnotationError, ...
+    except (ValueError, OSError, CheckpointError, VideoReadError, RunLockedError, TrainingDiverged,
+            MissingExtraError) as err:  # ConfigError, AnnotationError, ... are ValueErrors
         print(f"dvflnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

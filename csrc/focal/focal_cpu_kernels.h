@@ -50,6 +50,26 @@ const T* at_view(const View& v, int64_t n, int64_t h, int64_t w) {
 #define DVFL_FOR_CHANNEL_BLOCKS(C, c0, width) \
   for (int64_t c0 = 0, width = imin(kLanes, C); c0 < C; c0 += kLanes, width = imin(kLanes, C - c0))
 
+// The global level's gate gradient sum_c d_c m_c, d_c = scale * dA_c, and part_c += d_c * gate. The sum
+// is kept in kLanes partial sums (lane = c mod kLanes) added in a fixed order, so it has the same bits
+// on every call: an `omp simd reduction` may peel an alignment prologue and regroup the sum by where
+// the tensors happen to be allocated (which broke bit-exact resume).
+template <typename in_t, typename acc_t>
+inline acc_t global_gate_grad(const in_t* dA, const acc_t* m, acc_t scale, acc_t gate, int64_t C, acc_t* part) {
+  acc_t lanes[kLanes] = {};
+  DVFL_FOR_CHANNEL_BLOCKS(C, c0, width) {
+#pragma omp simd
+    for (int64_t i = 0; i < width; ++i) {
+      const acc_t d = scale * load(dA + c0 + i);
+      part[c0 + i] += d * gate;
+      lanes[i] += d * m[c0 + i];
+    }
+  }
+  acc_t sum = 0;
+  for (int64_t i = 0; i < kLanes; ++i) sum += lanes[i];
+  return sum;
+}
+
 // GELU (and GELU') of up to kLanes values: loops with nothing else in them, so they vectorise.
 template <typename acc_t>
 inline void gelu_block(const acc_t* x, int64_t width, acc_t* out) {
@@ -179,14 +199,7 @@ void spatial_backward_global_impl(const SpatialBackward& a, int64_t row_begin, i
     for (int64_t w = 0; w < W; ++w) {
       const in_t* dA = at_view<in_t>(a.grad, n, h, w);
       const acc_t gate = load(at_view<in_t>(a.g, n, h, w) + L);
-      acc_t dgate = 0;
-#pragma omp simd reduction(+ : dgate)
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t d = scale * load(dA + c);
-        part[c] += d * gate;
-        dgate += d * gm[c];
-      }
-      store(dg + w * (L + 1) + L, dgate);
+      store(dg + w * (L + 1) + L, global_gate_grad(dA, gm, scale, gate, C, part));
     }
   }
 }
@@ -349,14 +362,7 @@ void temporal_backward_top_impl(const TemporalBackward& a, int64_t pos_begin, in
       const int64_t n = b * T + t;
       const in_t* dA = at_view<in_t>(a.grad, n, h, w);
       const acc_t gate = load(at_view<in_t>(a.g, n, h, w) + L);
-      acc_t dgate = 0;
-#pragma omp simd reduction(+ : dgate)
-      for (int64_t c = 0; c < C; ++c) {
-        const acc_t d = scale * load(dA + c);
-        dsum[c] += d * gate;
-        dgate += d * gm[c];
-      }
-      store(static_cast<in_t*>(a.dg) + (n * HW + p) * (L + 1) + L, dgate);
+      store(static_cast<in_t*>(a.dg) + (n * HW + p) * (L + 1) + L, global_gate_grad(dA, gm.data(), scale, gate, C, dsum.data()));
     }
     for (int64_t c = 0; c < C; ++c) dmean[c] *= dsum[c] / acc_t(T);
     for (int64_t t = 0; t < T; ++t) {

@@ -25,7 +25,7 @@ _LABEL = re.compile(r"[0-9]+")
 _MAX_WORKERS = 256
 
 
-def _csv_rows(csv_path: str):
+def csv_rows(csv_path: str):
     """(line number, [fields]) of the non-empty lines: UTF-8 with or without a BOM, quoted fields
     (csv.writer's output), spaces around fields stripped."""
     with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -54,7 +54,7 @@ def read_annotations(csv_path: str, root: str, num_classes: int | None = None) -
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"annotations: no such file: {csv_path}")
     items = []
-    for number, fields in _csv_rows(csv_path):
+    for number, fields in csv_rows(csv_path):
         where = f"{csv_path}:{number}"
         path, label_text = ",".join(fields[:-1]).strip(), fields[-1]
         if len(fields) < 2 or not path:
@@ -73,7 +73,7 @@ def read_class_names(csv_path: str) -> list[str]:
     if not os.path.isfile(csv_path):
         raise FileNotFoundError(f"labels: no such file: {csv_path}")
     names: dict[int, str] = {}
-    for number, fields in _csv_rows(csv_path):
+    for number, fields in csv_rows(csv_path):
         where = f"{csv_path}:{number}"
         if not names and [f.lower() for f in fields] == ["id", "name"]:
             continue
@@ -86,6 +86,21 @@ def read_class_names(csv_path: str) -> list[str]:
     if sorted(names) != list(range(len(names))) or not names:
         raise AnnotationError(f"{csv_path}: expected class ids 0..K-1, got {sorted(names)}")
     return [names[i] for i in range(len(names))]
+
+
+def test_views(path: str, num_frames: int, frame_interval: int, num_clips: int, num_crops: int, size: int,
+               short_side: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """The deterministic test views (num_clips * num_crops, num_frames, 3, size, size) of a video, or of
+    its frames [start, stop) (stop: the video's length when None): 1 clip = the segment centres,
+    more = clips tiling the span; 1 crop = centre, 3 = three along the long side."""
+    stop = video_length(path) if stop is None else stop
+    length = stop - start
+    if num_clips == 1:
+        indices = segment_indices(length, num_frames, frame_interval, train=False)[None]
+    else:
+        indices = multiview_indices(length, num_frames, num_clips)
+    frames = read_frames(path, (indices + start).reshape(-1)).unflatten(0, indices.shape)
+    return torch.stack([view for clip in frames for view in eval_views(clip, size, num_crops, short_side)])
 
 
 class VideoCSVDataset(Dataset):
@@ -137,13 +152,9 @@ class VideoCSVDataset(Dataset):
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
             clip = read_frames(path, segment_indices(length, self.num_frames, self.frame_interval, True, rng))
             return train_transform(clip, generator, self.size, self.short_side, self.flip, crop_area=self.crop_area), label
-        if self.num_clips == 1:
-            indices = segment_indices(length, self.num_frames, self.frame_interval, train=False)[None]
-        else:
-            indices = multiview_indices(length, self.num_frames, self.num_clips)
-        frames = read_frames(path, indices.reshape(-1)).unflatten(0, indices.shape)
-        views = [view for clip in frames for view in eval_views(clip, self.size, self.num_crops, self.short_side)]
-        return torch.stack(views), label
+        views = test_views(path, self.num_frames, self.frame_interval, self.num_clips, self.num_crops, self.size,
+                           self.short_side, stop=length)
+        return views, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for _ in range(len(self.items)):

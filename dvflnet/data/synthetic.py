@@ -46,8 +46,9 @@ class Trajectory:
     alphas: np.ndarray  # (T,)
 
 
-def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator) -> Trajectory:
-    """Linear ramps around a shared middle state; only the ramped quantity differs by class."""
+def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator, motion: float = 1.0) -> Trajectory:
+    """Linear ramps around a shared middle state; only the ramped quantity differs by class.
+    motion scales every ramp (travel, growth, turn, fade): > 1 makes the change easier to see."""
     ramp = np.linspace(-0.5, 0.5, num_frames)
     center = rng.uniform(0.35, 0.65, size=2) * size
     scale = rng.uniform(0.14, 0.2) * size
@@ -55,18 +56,18 @@ def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator
     alpha = rng.uniform(0.45, 0.75)  # every class is partly transparent, so mid-clip opacity tells nothing
     centers = np.repeat(center[None], num_frames, 0)
     scales, angles, alphas = np.full(num_frames, scale), np.full(num_frames, angle), np.full(num_frames, alpha)
-    travel = rng.uniform(0.25, 0.4) * size
+    travel = rng.uniform(0.25, 0.4) * size * motion
     direction = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
     if label in direction:
         centers = center[None] + np.outer(ramp, direction[label]) * travel
     elif label in ("approach", "recede"):
-        growth = rng.uniform(0.5, 0.8) * (1 if label == "approach" else -1)
+        growth = rng.uniform(0.5, 0.8) * motion * (1 if label == "approach" else -1)
         scales = scale * np.exp(ramp * 2 * growth)
     elif label in ("rotate_clockwise", "rotate_anticlockwise"):
-        turn = rng.uniform(0.5, 1.0) * np.pi * (1 if label == "rotate_clockwise" else -1)
+        turn = rng.uniform(0.5, 1.0) * np.pi * motion * (1 if label == "rotate_clockwise" else -1)
         angles = angle + ramp * turn  # image y points down: increasing angle turns clockwise on screen
     elif label in ("appear", "vanish"):
-        alphas = np.clip(alpha + ramp * (1 if label == "appear" else -1) * rng.uniform(1.4, 1.8), 0, 1)
+        alphas = np.clip(alpha + ramp * (1 if label == "appear" else -1) * rng.uniform(1.4, 1.8) * motion, 0, 1)
     else:
         raise ValueError(f"label: unknown class {label!r}; known: {CLASSES}")
     return Trajectory(centers, scales, angles, alphas)
@@ -110,17 +111,19 @@ def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
 
 
 def render_clip(
-    label: str, num_frames: int = 16, size: int = 64, seed: int = 0, camera_jitter: float = 0.8, clutter: float = 0.3
+    label: str, num_frames: int = 16, size: int = 64, seed: int = 0, camera_jitter: float = 0.8, clutter: float = 0.3,
+    motion: float = 1.0,
 ) -> tuple[np.ndarray, Trajectory]:
     """One clip of class `label`: uint8 frames (T, size, size, 3) and the shape's trajectory.
     camera_jitter: per-frame step (pixels at size 64, scaled with size) of the drifting camera;
-    clutter: amplitude of the background texture (0: a flat colour). Both set how hard the data is."""
+    clutter: amplitude of the background texture (0: a flat colour); motion: scale of the class's
+    change over the clip. All three set how hard the data is."""
     if size % 16:
         raise ValueError(f"size: must be a multiple of 16 (decodable by decord), got {size}")
     if num_frames < 2:
         raise ValueError(f"num_frames: a class needs at least 2 frames to show, got {num_frames}")
     rng = np.random.default_rng(seed)
-    trajectory = _trajectory(label, num_frames, size, rng)
+    trajectory = _trajectory(label, num_frames, size, rng, motion)
     background_colour, foreground_colour = _contrasting_colours(rng)
     background = _texture(size, rng, background_colour, clutter)
     foreground = _texture(size, rng, foreground_colour)
@@ -160,6 +163,7 @@ def generate_dataset(
     seed: int = 0,
     camera_jitter: float = 0.8,
     clutter: float = 0.3,
+    motion: float = 1.0,
 ) -> SyntheticDataset:
     """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs)."""
     root = os.fspath(root)
@@ -174,7 +178,7 @@ def generate_dataset(
             for n in range(per_class):
                 # one independent stream per (seed, split, class, clip): reproducible and order-free
                 clip_seed = int(np.random.SeedSequence([seed, split_seed, label, n]).generate_state(1)[0])
-                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter)
+                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter, motion)
                 relative = os.path.join("videos", split, name, f"{n:05d}.mp4")
                 write_video(os.path.join(root, relative), frames, fps=fps)
                 rows[split].append((relative, label))

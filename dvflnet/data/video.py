@@ -42,6 +42,15 @@ def video_length(path: str | os.PathLike) -> int:
     return len(_open(os.fspath(path)))
 
 
+def video_info(path: str | os.PathLike) -> tuple[int, float]:
+    """(number of frames, average frames per second) as the container reports them."""
+    reader = _open(os.fspath(path))
+    fps = float(reader.get_avg_fps())
+    if not fps > 0:
+        raise VideoReadError(os.fspath(path), f"the container reports no frame rate ({fps})")
+    return len(reader), fps
+
+
 def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
     """Frames `indices` of the video as a uint8 tensor (len(indices), H, W, 3), RGB, in one batched read."""
     path = os.fspath(path)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 import warnings
 
@@ -107,6 +108,11 @@ def _peak_memory(device: torch.device) -> dict:
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_max_rss"}
 
 
+def _interactive() -> bool:
+    """Progress bars on a terminal; plain lines where output goes to a file, a pipe or CI."""
+    return sys.stderr.isatty()
+
+
 class JsonLog:
     """Append one JSON object per line (rank 0 only); flushed so a crash keeps what was logged.
 
@@ -184,7 +190,8 @@ def evaluate(model: nn.Module, dataset: VideoCSVDataset, info: DistInfo, batch_s
     sampler = ShardSampler(len(dataset), info)
     loader = _loader(dataset, batch_size, sampler, num_workers, info.device, drop_last=False)
     scores, labels = [], []
-    for views, label in tqdm(batches(loader), total=len(loader), desc="evaluate", disable=not (progress and info.is_main), leave=False):
+    for views, label in tqdm(batches(loader), total=len(loader), desc="evaluate",
+                             disable=not (progress and info.is_main and _interactive()), leave=False):
         views = views.to(info.device, non_blocking=True)  # (B, V, T, 3, H, W)
         with autocast(info.device, amp_dtype):
             logits = model(views.flatten(0, 1))
@@ -370,7 +377,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         skipped_steps, skipped_before = partial.get("skipped_steps", 0), dataset.skipped_total()
         step_loss = torch.zeros((), device=info.device)
         bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
-                   disable=not (info.is_main and train["progress"]), dynamic_ncols=True)
+                   disable=not (info.is_main and train["progress"] and _interactive()), dynamic_ncols=True)
         for clips, labels in batches(loader):
             if batch_in_epoch >= batches_per_epoch:
                 break
@@ -433,6 +440,10 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
                 if distill:
                     record.update({k: v.item() for k, v in criterion.last_parts.items()})
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()})
+                if bar.disable and info.is_main and train["progress"]:  # not a terminal: one plain line
+                    in_epoch = batch_in_epoch // train["accumulation"]
+                    print(f"epoch {epoch + 1}/{train['epochs']} step {in_epoch}/{steps_per_epoch}: "
+                          + ", ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
                 log.write(event="step", epoch=epoch, step=step, **record)
             if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < batches_per_epoch:
                 checkpoint(epoch_partial={"loss_sum": loss_sum, "loss_count": loss_count, "clips": clips_seen,

@@ -197,10 +197,13 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_CONFIG, load_demo_config, run_demo
+    from .demo import DEMO_CONFIG, load_demo_config, run_demo, set_seed
 
     opts = list(args.opts) + (["output", args.output] if args.output else [])
-    run_demo(load_demo_config(args.config or DEMO_CONFIG, opts))
+    spec = load_demo_config(args.config or DEMO_CONFIG, opts)
+    if args.seed is not None:
+        set_seed(spec, args.seed)
+    run_demo(spec)
     return 0
 
 
@@ -287,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate videos, train a teacher and a student, distil, evaluate, print a table")
     demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
     demo.add_argument("--output", help="demo folder (default: runs/demo)")
-    demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.seed 1")
+    demo.add_argument("--seed", type=int, help="one seed for everything: the generated data and every run")
+    demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.train.epochs 20")
     demo.set_defaults(func=cmd_demo)
     return parser
 

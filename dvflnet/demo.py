@@ -28,6 +28,16 @@ DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
 RUNS = ("teacher", "student", "distill")
 
 
+def set_seed(spec: dict, seed: int) -> None:
+    """One seed for the whole demo: the generated data and every run's seed (model initialisation,
+    data order, augmentation, drop-path; the loaders derive theirs from it)."""
+    spec["dataset"]["seed"] = seed
+    spec["base"]["seed"] = seed
+    for run in RUNS:
+        if spec[run] and "seed" in spec[run]:
+            spec[run]["seed"] = seed
+
+
 def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> dict:
     """The demo file with --opts applied (dotted keys into it, e.g. ``base.train.epochs 3``); every
     run section is checked against the run-config keys, the dataset section against generate_dataset."""
@@ -92,13 +102,13 @@ def run_demo(spec: dict) -> list[dict]:
     print(f"[1/5] generating videos under {spec['output']}/data", flush=True)
     root = _prepare_data(spec)
     configs = run_configs(spec, root)
-    rows = []
+    rows, summaries = [], {}
     titles = {"teacher": "training the teacher", "student": "training the student from scratch",
               "distill": "distilling the student from the teacher"}
     for number, run in enumerate(RUNS, start=2):
         print(f"[{number}/5] {titles[run]} ({configs[run]['model']['kwargs']}, {configs[run]['train']['epochs']} epochs)", flush=True)
         shutil.rmtree(configs[run]["output"], ignore_errors=True)  # every demo run starts fresh
-        summary = run_training(configs[run], distill=run == "distill")
+        summary = summaries[run] = run_training(configs[run], distill=run == "distill")
         # the demo evaluates the end of training (not a val-selected epoch); the student learns
         # from the teacher's final weights
         configs[run]["eval"]["checkpoint"] = summary["last"]
@@ -116,6 +126,8 @@ def run_demo(spec: dict) -> list[dict]:
     print_table(rows)
     with open(os.path.join(spec["output"], "results.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    picture = plot_results(rows, {run: summaries[run]["epochs"] for run in RUNS}, os.path.join(spec["output"], "results.png"))
+    print(f"learning curves and table: {picture}", flush=True)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec['output']}/results.json", flush=True)
     return rows
 
@@ -127,3 +139,36 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         print(f"{row['run']:<10}{row['params']:>10,}{row['gflops']:>9.3f}{row['train_time_s']:>9.0f}"
               + "".join(f"{row[v + '_top1']:>11.1f}{row[v + '_top5']:>11.1f}" for v in views))
+
+
+def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> str:
+    """One PNG: training loss and validation top-1 per epoch of the three runs, and the results table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(11, 6.5))
+    loss_axes, top1_axes = figure.add_subplot(2, 2, 1), figure.add_subplot(2, 2, 2)
+    for run, records in epochs.items():
+        x = [r["epoch"] + 1 for r in records]
+        loss_axes.plot(x, [r["train_loss"] for r in records], marker=".", label=run)
+        validated = [(r["epoch"] + 1, r["val_top1"]) for r in records if "val_top1" in r]
+        if validated:
+            top1_axes.plot(*zip(*validated), marker=".", label=run)
+    loss_axes.set(title="training loss", xlabel="epoch")
+    top1_axes.set(title="validation top-1 (%), 1 clip x 1 crop", xlabel="epoch", ylim=(0, 100))
+    for axes in (loss_axes, top1_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    views = [key[: -len("_top1")] for key in rows[0] if key.endswith("_top1")]
+    table = figure.add_subplot(2, 1, 2)
+    table.axis("off")
+    cells = [[r["run"], f"{r['params']:,}", f"{r['gflops']:.3f}", f"{r['train_time_s']:.0f}"]
+             + [f"{r[v + '_top1']:.1f}" for v in views] for r in rows]
+    table.table(cellText=cells, colLabels=["run", "params", "GFLOPs", "train s"] + [f"{v} top-1" for v in views],
+                loc="center").scale(1, 1.6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -283,8 +283,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     opts = ["dataset.train_per_class", "2", "dataset.val_per_class", "1", "dataset.num_frames", "8",
             "base.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4", "base.data.num_workers", "0",
             "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL), "base.eval.views", "[[1, 1], [2, 3]]"]
-    assert cli_main(["demo", "--output", str(tmp_path), "--opts", *opts]) == 0
+    assert cli_main(["demo", "--output", str(tmp_path), "--seed", "3", "--opts", *opts]) == 0
     out = capsys.readouterr().out
+    assert json.load(open(tmp_path / "teacher" / "config.json"))["seed"] == 3
+    assert json.load(open(tmp_path / "data" / "settings.json"))["seed"] == 3
+    from PIL import Image
+
+    assert Image.open(tmp_path / "results.png").size == (1100, 650)
     for run in ("teacher", "student", "distill"):
         assert f"\n{run}" in out
     with open(tmp_path / "results.json") as f:

@@ -19,6 +19,8 @@ RUNTIMES = [("onnxruntime", "fp32"), ("openvino", "f32"), ("openvino", "bf16")]
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU deployment peers (run_gpu.sh times the GPU cases)")
     for package in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(package)
     from dvflnet.export import export_onnx
@@ -34,9 +36,7 @@ def exported(tmp_path_factory):
 
 
 @pytest.mark.parametrize("runtime, precision", RUNTIMES, ids=[f"{r}-{p}" for r, p in RUNTIMES])
-def test_nano_exported(benchmark, device, exported, runtime, precision):
-    if device != "cpu":
-        pytest.skip("the CPU deployment peers")
+def test_nano_exported(benchmark, exported, runtime, precision):
     path, clip, expected = exported
     if runtime == "onnxruntime":
         import onnxruntime

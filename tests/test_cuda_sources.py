@@ -1,5 +1,6 @@
-"""Every CUDA source compiles for Hopper (sm_90), so a broken .cu cannot land unnoticed on machines
-without a GPU. The .cu files include no torch headers: each compiles in seconds."""
+"""Every CUDA source compiles for Hopper (sm_90) and Ampere (sm_80, the A100), so a broken .cu cannot
+land unnoticed on machines without a GPU. The .cu files include no torch headers: each compiles in
+seconds."""
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,10 +16,11 @@ def test_there_are_cuda_sources():
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: p.name)
-def test_cuda_source_compiles_for_sm90(source, tmp_path):
+def test_cuda_source_compiles(source, arch, tmp_path):
     result = subprocess.run(
-        [NVCC, "-arch=sm_90", "-O3", "-std=c++17", "-Werror", "all-warnings", "-c", str(source), "-o", str(tmp_path / "out.o")],
+        [NVCC, f"-arch={arch}", "-O3", "-std=c++17", "-Werror", "all-warnings", "-c", str(source), "-o", str(tmp_path / "out.o")],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr

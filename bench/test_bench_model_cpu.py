@@ -30,6 +30,20 @@ def _autocast(mode: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16-autocast")
 
 
+def _training_step(model, clips, labels, opt, mode: str = "fp32"):
+    """One optimiser step (forward, cross-entropy, backward, update) as a closure to time."""
+
+    def step():
+        with _autocast(mode):
+            loss = torch.nn.functional.cross_entropy(model(clips).float(), labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
@@ -57,16 +71,7 @@ def test_nano_training_step(benchmark, device, backend, mode):
         pytest.skip("the CPU training-step cases (GPU ones: test_bench_focal.test_model)")
     model, clip = _model(backend, mode, train=True)
     labels = torch.tensor([3])
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-
-    def step():
-        with _autocast(mode):
-            loss = torch.nn.functional.cross_entropy(model(clip).float(), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
+    step = _training_step(model, clip, labels, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9), mode)
     step()
     benchmark.extra_info.update(model="vfl_net_nano", backend=backend, mode=mode, batch=1, threads=torch.get_num_threads())
     benchmark.pedantic(step, rounds=3, iterations=1)
@@ -87,15 +92,7 @@ def test_demo_training_step(benchmark, device, backend, run):
                          drop_path_rate=cfg["model"]["drop_path_rate"], **cfg["model"]["kwargs"]).train()
     clips = torch.randn(train["batch_size"], data["num_frames"], 3, data["size"], data["size"])
     labels = torch.arange(train["batch_size"]) % data["num_classes"]
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(clips), labels)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
+    step = _training_step(model, clips, labels, torch.optim.AdamW(model.parameters(), lr=1e-3))
     step()
     benchmark.extra_info.update(model=f"demo {run}", backend=backend, batch=train["batch_size"],
                                 clip=f"{data['num_frames']}x3x{data['size']}x{data['size']}", threads=torch.get_num_threads())

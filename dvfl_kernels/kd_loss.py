@@ -45,8 +45,6 @@ def _fused_kd_ce_loss(op):
     return run
 
 
-
-
 def register_cpp(register_backend) -> None:
     """The C++ kernels (the extension has loaded)."""
     torch.library.register_fake("dvfl::kd_ce_loss_rows")(_fake_kd_ce_loss_rows)

@@ -102,35 +102,6 @@ def select_backend(op: str, backend: str, device: torch.device) -> Callable:
     return impls[backend]
 
 
-class _GradInWeightLayout(torch.autograd.Function):
-    """Identity on a weight whose backward hands the gradient back in the weight's own strides.
-
-    DistributedDataParallel's buckets (and fused optimizers) expect each parameter's gradient laid
-    out like the parameter; convolution backward on channels-last activations (the reference's
-    depthwise conv) returns (C, 1, k, k) gradients with other strides ("Grad strides do not match
-    bucket view strides")."""
-
-    @staticmethod
-    def forward(weight: torch.Tensor) -> torch.Tensor:
-        return weight.view_as(weight)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        ctx.stride = inputs[0].stride()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        if grad.stride() == ctx.stride:
-            return grad
-        return torch.empty_strided(grad.shape, ctx.stride, dtype=grad.dtype, device=grad.device).copy_(grad)
-
-
-def _weights_with_grad_layout(weights: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    if not torch.is_grad_enabled():
-        return list(weights)
-    return [_GradInWeightLayout.apply(w) if w.requires_grad else w for w in weights]
-
-
 def spatial_context(
     z: torch.Tensor,
     g: torch.Tensor,
@@ -141,7 +112,7 @@ def spatial_context(
     """Spatial focal context A_s (N, H, W, C) from z (N, H, W, C), gates g (N, H, W, L+1) and L
     depthwise kernels (C, 1, k, k). See ``reference.spatial_context`` for the maths."""
     _checks.check_spatial_context(z, g, weights)
-    return select_backend("spatial_context", backend, z.device)(z, g, _weights_with_grad_layout(weights), bool(normalize))
+    return select_backend("spatial_context", backend, z.device)(z, g, list(weights), bool(normalize))
 
 
 def temporal_context(
@@ -156,7 +127,7 @@ def temporal_context(
     g_t (N, H, W, L+1) and L dense kernels (C, C, k). See ``reference.temporal_context``."""
     _checks.check_temporal_context(z_t, g_t, weights, num_frames)
     impl = select_backend("temporal_context", backend, z_t.device)
-    return impl(z_t, g_t, _weights_with_grad_layout(weights), num_frames, bool(normalize))
+    return impl(z_t, g_t, list(weights), num_frames, bool(normalize))
 
 
 def modulate(q: torch.Tensor, m_s: torch.Tensor, m_t: torch.Tensor, backend: str = "auto") -> torch.Tensor:

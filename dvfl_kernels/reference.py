@@ -13,6 +13,29 @@ import torch
 import torch.nn.functional as F
 
 
+class _GradInWeightLayout(torch.autograd.Function):
+    """Identity on a weight whose backward hands the gradient back in the weight's own strides.
+
+    Depthwise conv backward on channels-last activations returns the (C, 1, k, k) weight gradient
+    channels-last too: strides that differ from the parameter's in the size-1 dimension, which
+    autograd keeps and DistributedDataParallel's buckets reject ("Grad strides do not match bucket
+    view strides")."""
+
+    @staticmethod
+    def forward(weight: torch.Tensor) -> torch.Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.stride = inputs[0].stride()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if grad.stride() == ctx.stride:
+            return grad
+        return torch.empty_strided(grad.shape, ctx.stride, dtype=grad.dtype, device=grad.device).copy_(grad)
+
+
 def spatial_context(
     z: torch.Tensor, g: torch.Tensor, weights: Sequence[torch.Tensor], normalize: bool = False
 ) -> torch.Tensor:
@@ -28,6 +51,8 @@ def spatial_context(
     gates = g.permute(0, 3, 1, 2)
     acc = torch.zeros_like(ctx)
     for level, weight in enumerate(weights):
+        if weight.requires_grad and torch.is_grad_enabled():
+            weight = _GradInWeightLayout.apply(weight)
         ctx = F.gelu(F.conv2d(ctx, weight.to(ctx.dtype), padding=weight.shape[-1] // 2, groups=channels))
         acc = acc + ctx * gates[:, level : level + 1]
     acc = acc + F.gelu(ctx.mean((2, 3), keepdim=True)) * gates[:, num_levels : num_levels + 1]

@@ -148,16 +148,29 @@ class CheckpointManager:
         return names
 
 
-def nonfinite_tensors(state: dict, prefix: str = "") -> list[str]:
-    """Names of the floating tensors in a (nested) state dict that hold NaN or inf."""
-    bad = []
-    for key, value in state.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            bad += nonfinite_tensors(value, name + ".")
-        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            bad.append(name)
-    return bad
+def nonfinite_tensors(state: dict) -> list[str]:
+    """Names (dotted) of the floating tensors in a nested state dict that hold NaN or inf; one host
+    sync per device (optimizer step counters may live on the CPU next to CUDA weights)."""
+    named = []
+
+    def collect(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                collect(value, f"{prefix}{key}.")
+            elif isinstance(value, torch.Tensor) and value.is_floating_point():
+                named.append((f"{prefix}{key}", value))
+
+    collect(state, "")
+    if not named:
+        return []
+    by_device: dict[torch.device, list[int]] = {}
+    for index, (_, tensor) in enumerate(named):
+        by_device.setdefault(tensor.device, []).append(index)
+    finite = {}
+    for indices in by_device.values():
+        flags = torch.stack([torch.isfinite(named[i][1]).all() for i in indices]).tolist()
+        finite.update(zip(indices, flags))
+    return [name for index, (name, _) in enumerate(named) if not finite[index]]
 
 
 class RunLockedError(RuntimeError):

@@ -412,17 +412,19 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train["clip_grad"])
             # fp16's scaler skips steps with inf/NaN gradients itself (and lowers its scale); any other
             # non-finite loss or gradient skips the step here, and too many in a row stop the run
-            finite = bool(torch.isfinite(step_loss)) and (scaler.is_enabled() or bool(torch.isfinite(grad_norm)))
+            # one host sync per step for both numbers
+            step_loss_value, grad_norm_value = torch.stack([step_loss, grad_norm.to(step_loss)]).tolist()
+            finite = math.isfinite(step_loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm_value))
             if finite:
                 scaler.step(optimizer)
-                loss_sum, loss_count, nonfinite_run = loss_sum + step_loss.item(), loss_count + train["accumulation"], 0
+                loss_sum, loss_count, nonfinite_run = loss_sum + step_loss_value, loss_count + train["accumulation"], 0
             else:
                 skipped_steps, nonfinite_run = skipped_steps + 1, nonfinite_run + 1
-                log.write(event="skipped_step", epoch=epoch, step=step + 1, loss=step_loss.item() / train["accumulation"],
-                          grad_norm=grad_norm.item())
+                mean_loss = step_loss_value / train["accumulation"]
+                log.write(event="skipped_step", epoch=epoch, step=step + 1, loss=mean_loss, grad_norm=grad_norm_value)
                 if info.is_main:
                     print(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient "
-                          f"(loss {step_loss.item() / train['accumulation']:.4g}, gradient norm {grad_norm.item():.4g}); "
+                          f"(loss {mean_loss:.4g}, gradient norm {grad_norm_value:.4g}); "
                           f"step skipped ({nonfinite_run} in a row)", flush=True)
                 if nonfinite_run > train["max_nonfinite_steps"]:
                     raise TrainingDiverged(
@@ -435,7 +437,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             step += 1
             bar.update(1)
             if finite and (step % train["log_every"] == 0 or batch_in_epoch == batches_per_epoch):
-                record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm.item(),
+                record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm_value,
                           "clips_per_s": clips_seen / (time.perf_counter() - start)}
                 if distill:
                     record.update({k: v.item() for k, v in criterion.last_parts.items()})

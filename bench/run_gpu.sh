@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build with CUDA kernels, validate the Triton focal kernels at the
+# One command for a GPU machine: build with CUDA kernels, validate the GPU focal kernels (Triton and CUDA C++) at the
 # real stage shapes against float64, run the whole test suite (every backend, Triton compiled for
 # real), then every benchmark, and write the raw results under bench/results/.
 #   bash bench/run_gpu.sh [OUT_DIR]

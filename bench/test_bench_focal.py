@@ -34,10 +34,12 @@ _compiled = {}
 
 
 def _function(op: str, impl: str, device: str):
-    if impl == "triton":
+    if impl in ("triton", "cuda"):
         if device != "cuda":
-            pytest.skip("the Triton kernels are timed on a GPU only (here they would run interpreted)")
-        backend = "triton"
+            pytest.skip(f"the {impl} kernels are timed on a GPU only")
+        if impl not in dvfl_kernels.available_backends(op):
+            pytest.skip(f"{impl}: not built here")
+        backend = impl
     elif impl == "cpu":
         if device != "cpu":
             pytest.skip("the C++ CPU kernels are timed on CPU tensors")
@@ -79,7 +81,7 @@ def _bytes(op: str, positions: int, channels: int, element: int, backward: bool)
     return positions * element * (forward + (3 * channels + 2 * (LEVELS + 1) if backward else 0))
 
 
-@pytest.mark.parametrize("impl", ["eager", "compiled", "triton", "cpu"])
+@pytest.mark.parametrize("impl", ["eager", "compiled", "triton", "cuda", "cpu"])
 @pytest.mark.parametrize("op", ["spatial_context", "temporal_context", "modulate"])
 @pytest.mark.parametrize("stage,width", CASES, ids=[f"stage{s}-C{w * 2 ** (s - 1)}" for s, w in CASES])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -112,7 +114,7 @@ def test_focal_op(benchmark, device, op, impl, stage, width, dtype, mode):
     benchmark.extra_info["achieved_GBps"] = moved / benchmark.stats.stats.median / 1e9
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("case", ["nano-train-step", "base-forward"])
 def test_model(benchmark, device, backend, compiled, case):

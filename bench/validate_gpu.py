@@ -1,7 +1,8 @@
-"""GPU validation of the Triton focal kernels at the real stage shapes, before any timing.
+"""GPU validation of the GPU focal kernels (Triton and CUDA C++) at the real stage shapes, before any
+timing.
 
-For every stage (N = 64 frames of 8 clips, 56/28/14/7 pixels, C = 96 x 2^(stage-1)), op, and dtype
-(fp32, bf16): fresh random inputs (never zeros), the uninitialised memory the kernels will receive
+For every backend, stage (N = 64 frames of 8 clips, 56/28/14/7 pixels, C = 96 x 2^(stage-1)), op,
+and dtype (fp32, bf16; fp16 for the CUDA C++ kernels, which take it natively): fresh random inputs (never zeros), the uninitialised memory the kernels will receive
 poisoned with NaN, forward and every gradient compared with the float64 reference computed on the
 same device by ||out - ref|| / ||ref||, and NaN counted. Also measures the device's copy bandwidth
 (a large device-to-device copy, bytes read + written), the ceiling the benchmarks' achieved_GBps is
@@ -19,7 +20,8 @@ import torch
 import dvfl_kernels
 from dvfl_kernels import reference
 
-TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+DTYPES = {"triton": (torch.float32, torch.bfloat16), "cuda": (torch.float32, torch.bfloat16, torch.float16)}
 STAGES = {1: 56, 2: 28, 3: 14, 4: 7}
 
 
@@ -36,7 +38,7 @@ def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
-def check(op: str, stage: int, dtype: torch.dtype, seed: int) -> dict:
+def check(backend: str, op: str, stage: int, dtype: torch.dtype, seed: int) -> dict:
     generator = torch.Generator(device="cuda").manual_seed(seed)
     n, size, c, levels = 64, STAGES[stage], 96 * 2 ** (stage - 1), 2
     randn = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.float64, generator=generator)  # noqa: E731
@@ -66,9 +68,9 @@ def check(op: str, stage: int, dtype: torch.dtype, seed: int) -> dict:
 
     ref_fns = {"spatial": reference.spatial_context, "temporal": lambda z, g, w: reference.temporal_context(z, g, w, 8),
                "modulate": reference.modulate}
-    fast_fns = {"spatial": lambda z, g, w: dvfl_kernels.spatial_context(z, g, w, backend="triton"),
-                "temporal": lambda z, g, w: dvfl_kernels.temporal_context(z, g, w, 8, backend="triton"),
-                "modulate": lambda q, s, t: dvfl_kernels.modulate(q, s, t, backend="triton")}
+    fast_fns = {"spatial": lambda z, g, w: dvfl_kernels.spatial_context(z, g, w, backend=backend),
+                "temporal": lambda z, g, w: dvfl_kernels.temporal_context(z, g, w, 8, backend=backend),
+                "modulate": lambda q, s, t: dvfl_kernels.modulate(q, s, t, backend=backend)}
     expected = run(ref_fns, inputs, weights, upstream)
     poison()
     # activations in `dtype` (strided slices, as in the model); weights fp32 (what autocast hands over)
@@ -76,7 +78,7 @@ def check(op: str, stage: int, dtype: torch.dtype, seed: int) -> dict:
     torch.cuda.synchronize()
     names = ["out"] + [f"d{i}" for i in range(len(inputs))] + [f"dweight{i}" for i in range(len(weights))]
     errors = {name: rel(a, b) for name, a, b in zip(names, got, expected)}
-    return {"op": op, "stage": stage, "n": n, "h": size, "w": size, "c": c, "dtype": str(dtype).removeprefix("torch."),
+    return {"backend": backend, "op": op, "stage": stage, "n": n, "h": size, "w": size, "c": c, "dtype": str(dtype).removeprefix("torch."),
             "seed": seed, "rel_err": errors, "ok": all(e <= TOLERANCE[dtype] for e in errors.values())}
 
 
@@ -95,14 +97,17 @@ def main(path: str) -> int:
         print("validate_gpu: no CUDA device; nothing to validate")
         return 0
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "copy_GBps": copy_bandwidth(), "checks": []}
-    for seed, (op, stage, dtype) in enumerate(
-        (op, stage, dtype) for op in ("spatial_context", "temporal_context", "modulate") for stage in STAGES
-        for dtype in (torch.float32, torch.bfloat16)
+    backends = [b for b in DTYPES if b in dvfl_kernels.available_backends("spatial_context")]
+    results["backends"] = backends
+    for seed, (backend, op, stage, dtype) in enumerate(
+        (backend, op, stage, dtype) for backend in backends for op in ("spatial_context", "temporal_context", "modulate")
+        for stage in STAGES for dtype in DTYPES[backend]
     ):
-        result = check(op, stage, dtype, seed)
+        result = check(backend, op, stage, dtype, seed)
         results["checks"].append(result)
         worst = max(result["rel_err"].values())
-        print(f"{op:<18} stage {stage} {result['dtype']:<9} worst rel err {worst:.2e} {'ok' if result['ok'] else 'FAIL'}", flush=True)
+        print(f"{backend:<7} {op:<18} stage {stage} {result['dtype']:<9} worst rel err {worst:.2e} "
+              f"{'ok' if result['ok'] else 'FAIL'}", flush=True)
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     failed = [r for r in results["checks"] if not r["ok"]]

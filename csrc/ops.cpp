@@ -5,7 +5,7 @@
 #include <torch/extension.h>
 #include <torch/library.h>
 
-#include "focal/focal_cpu.h"
+#include "focal/focal.h"
 
 TORCH_LIBRARY(dvfl, m) {
   // Fused forward-KL + cross-entropy per row. target: int64 labels (B,) or soft targets (B, K) in the
@@ -40,12 +40,12 @@ TORCH_LIBRARY(dvfl, m) {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "dvfl C++ kernels; importing this module registers torch.ops.dvfl.*";
-  m.def("spatial_context_cpu", &dvfl::spatial_context_cpu);
-  m.def("spatial_context_backward_cpu", &dvfl::spatial_context_backward_cpu);
-  m.def("temporal_context_cpu", &dvfl::temporal_context_cpu);
-  m.def("temporal_context_backward_cpu", &dvfl::temporal_context_backward_cpu);
-  m.def("modulate_cpu", &dvfl::modulate_cpu);
-  m.def("modulate_backward_cpu", &dvfl::modulate_backward_cpu);
+  m.def("spatial_context_kernels", &dvfl::spatial_context_kernels);
+  m.def("spatial_context_backward_kernels", &dvfl::spatial_context_backward_kernels);
+  m.def("temporal_context_kernels", &dvfl::temporal_context_kernels);
+  m.def("temporal_context_backward_kernels", &dvfl::temporal_context_backward_kernels);
+  m.def("modulate_kernels", &dvfl::modulate_kernels);
+  m.def("modulate_backward_kernels", &dvfl::modulate_backward_kernels);
   m.def("focal_cpu_capability", &dvfl::focal_cpu_capability,
         "The instruction set the CPU focal kernels run with here (avx512 or base).");
 }

@@ -5,7 +5,8 @@ Every op takes a trailing ``backend`` string naming the kernel family that runs 
 serves them all and the choice survives ``torch.compile`` and ``torch.export``:
 - CPU tensors: ``"cpu"``, the C++ kernels (csrc/focal/); ``"triton"`` runs the Triton kernels in
   Triton's interpreter (TRITON_INTERPRET=1, for tests without a GPU).
-- CUDA tensors: ``"triton"``.
+- CUDA tensors: ``"triton"``, or ``"cuda"``: the CUDA C++ kernels (csrc/focal/focal_cuda.cu, in
+  builds with CUDA), launched by the same C++ code as the CPU kernels.
 Forward ops also return what their backward needs (pre-activations, global means); the public
 functions (``dvfl_kernels.spatial_context`` ...) return the context alone.
 """
@@ -107,16 +108,17 @@ def _as_contract(out, pre, mean, like: torch.Tensor):
 
 
 class _Kernels:
-    """The kernel families built here: `cpu` is the extension module, `triton` the Triton launchers."""
+    """The kernel families built here: `ext` is the extension module (the C++ kernels of both devices,
+    CUDA ones when `with_cuda`), `triton` the Triton launchers."""
 
-    def __init__(self, cpu: ModuleType | None, triton: ModuleType | None):
-        self.cpu, self.triton = cpu, triton
+    def __init__(self, ext: ModuleType | None, triton: ModuleType | None, with_cuda: bool):
+        self.ext, self.triton, self.with_cuda = ext, triton, with_cuda
 
     def pick(self, op: str, backend: str, device: str):
         if backend == "triton" and self.triton is not None:
             return "triton"
-        if backend == "cpu" and device == "cpu" and self.cpu is not None:
-            return "cpu"
+        if self.ext is not None and ((backend == "cpu" and device == "cpu") or (backend == "cuda" and device == "cuda" and self.with_cuda)):
+            return "cpp"
         raise RuntimeError(f"dvfl::{op}: backend {backend!r} has no kernel for {device} tensors in this installation")
 
     # the registered kernels; `device` is the dispatch key's device type
@@ -124,7 +126,7 @@ class _Kernels:
         def kernel(z, g, weights, normalize, save, backend):
             if self.pick("spatial_context", backend, device) == "triton":
                 return _as_contract(*self.triton.spatial_context_forward(z, g, weights, normalize, save), z)
-            return self.cpu.spatial_context_cpu(z, g, weights, normalize, save)
+            return self.ext.spatial_context_kernels(z, g, weights, normalize, save)
 
         return kernel
 
@@ -135,7 +137,7 @@ class _Kernels:
                     grad, z, g, weights, pre.float(), mean.float(), normalize
                 )
                 return [dz, dg, *dweights]
-            return self.cpu.spatial_context_backward_cpu(grad, z, g, weights, pre, mean, normalize)
+            return self.ext.spatial_context_backward_kernels(grad, z, g, weights, pre, mean, normalize)
 
         return kernel
 
@@ -144,7 +146,7 @@ class _Kernels:
             if self.pick("temporal_context", backend, device) == "triton":
                 out = self.triton.temporal_context_forward(z_t, g_t, weights, num_frames, normalize, save)
                 return _as_contract(*out, z_t)
-            return self.cpu.temporal_context_cpu(z_t, g_t, weights, num_frames, normalize, save)
+            return self.ext.temporal_context_kernels(z_t, g_t, weights, num_frames, normalize, save)
 
         return kernel
 
@@ -155,7 +157,7 @@ class _Kernels:
                     grad, z_t, g_t, weights, num_frames, pre.float(), mean.float(), normalize
                 )
                 return [dz, dg, *dweights]
-            return self.cpu.temporal_context_backward_cpu(grad, z_t, g_t, weights, num_frames, pre, mean, normalize)
+            return self.ext.temporal_context_backward_kernels(grad, z_t, g_t, weights, num_frames, pre, mean, normalize)
 
         return kernel
 
@@ -163,7 +165,7 @@ class _Kernels:
         def kernel(q, m_s, m_t, backend):
             if self.pick("modulate", backend, device) == "triton":
                 return self.triton.modulate_forward(q, m_s, m_t)
-            return self.cpu.modulate_cpu(q, m_s, m_t)
+            return self.ext.modulate_kernels(q, m_s, m_t)
 
         return kernel
 
@@ -171,15 +173,15 @@ class _Kernels:
         def kernel(grad, q, m_s, m_t, backend):
             if self.pick("modulate_backward", backend, device) == "triton":
                 return list(self.triton.modulate_backward(grad, q, m_s, m_t))
-            return self.cpu.modulate_backward_cpu(grad, q, m_s, m_t)
+            return self.ext.modulate_backward_kernels(grad, q, m_s, m_t)
 
         return kernel
 
 
-def register(cpu: ModuleType | None, triton: ModuleType | None) -> None:
+def register(ext: ModuleType | None, triton: ModuleType | None, with_cuda: bool) -> None:
     """Register fake kernels, autograd and the CPU / CUDA kernels of the dvfl focal ops (their schemas
     come with the C++ extension, so this runs once it has loaded)."""
-    kernels = _Kernels(cpu, triton)
+    kernels = _Kernels(ext, triton, with_cuda)
     ops = {
         "spatial_context": (_fake_spatial, kernels.spatial),
         "spatial_context_backward": (_fake_context_backward, kernels.spatial_backward),
@@ -198,7 +200,7 @@ def register(cpu: ModuleType | None, triton: ModuleType | None) -> None:
 
 
 def implementations(backend: str) -> dict:
-    """The public-function implementations of `backend` ("cpu" or "triton"), for ops.register_backend."""
+    """The public-function implementations of `backend` ("cpu", "cuda" or "triton"), for ops.register_backend."""
 
     def spatial(z, g, weights, normalize):
         return torch.ops.dvfl.spatial_context(z, g, weights, normalize, needs_grad(z, g, *weights), backend)[0]

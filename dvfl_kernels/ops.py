@@ -34,6 +34,8 @@ _WARNED: set[tuple[str, str]] = set()
 # What "auto" runs, per op and device type, fastest first (bench/ measures each choice). A listed
 # backend that is missing (not built, failed to load) warns once and the reference runs.
 _AUTO_PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
+    # The CUDA C++ focal kernels ("cuda") are compiled but not yet validated on a GPU: "auto" does
+    # not pick them until bench/run_gpu.sh has validated and timed them against Triton.
     "spatial_context": {"cuda": ("triton",), "cpu": ("cpu",)},
     "temporal_context": {"cuda": ("triton",), "cpu": ("cpu",)},
     "modulate": {"cuda": ("triton",), "cpu": ("cpu",)},
@@ -41,6 +43,20 @@ _AUTO_PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
     # written); bench/run_gpu.sh times both, and this order should follow its results.
     "kd_ce_loss": {"cuda": ("triton", "cuda"), "cpu": ("cpu",)},
 }
+
+
+def _reference_is_faster(op: str, x: torch.Tensor, needs_grad: bool) -> bool:
+    """Calls where "auto" runs the reference although a fast backend is listed, because bench/ measured
+    ATen faster there. bf16 inference of the temporal context on CPU above 8x8 positions: the
+    reference's per-tap oneDNN GEMMs and bf16 ATen adds beat the C++ kernel's float32 epilogue (one
+    clip, stage 1 of the nano: 11-13 vs 13-16 ms), while at 7x7 and in every other case the kernel
+    wins (bench/test_bench_focal.py)."""
+    return (
+        op == "temporal_context" and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not needs_grad
+        and x.shape[1] * x.shape[2] > 64
+    )
+
+
 # Why a backend failed to load (e.g. the C++ extension), reported when it is asked for.
 LOAD_ERRORS: dict[str, str] = {}
 
@@ -126,6 +142,8 @@ def temporal_context(
     """Temporal focal context A_t (N, H, W, C) from z_t (N, H, W, C) with N = B * num_frames, gates
     g_t (N, H, W, L+1) and L dense kernels (C, C, k). See ``reference.temporal_context``."""
     _checks.check_temporal_context(z_t, g_t, weights, num_frames)
+    if backend == "auto" and _reference_is_faster("temporal_context", z_t, focal.needs_grad(z_t, g_t, *weights)):
+        backend = "reference"
     impl = select_backend("temporal_context", backend, z_t.device)
     return impl(z_t, g_t, list(weights), num_frames, bool(normalize))
 
@@ -175,6 +193,9 @@ def _load_extension():
         register_backend(op, "cpu", impl)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("dvfl::kd_ce_loss_rows", "CUDA"):
         LOAD_ERRORS["cuda"] = "dvfl_kernels._C was built without CUDA kernels (CPU-only torch or DVFL_SKIP_CUDA=1)"
+    else:
+        for op, impl in focal.implementations("cuda").items():
+            register_backend(op, "cuda", impl)
     return _C
 
 
@@ -196,6 +217,6 @@ def _load_triton():
 _EXTENSION = _load_extension()
 _TRITON_FOCAL = _load_triton()
 if _EXTENSION is not None:
-    focal.register(_EXTENSION, _TRITON_FOCAL)
+    focal.register(_EXTENSION, _TRITON_FOCAL, with_cuda="cuda" not in LOAD_ERRORS)
 HAS_EXTENSION = _EXTENSION is not None
 HAS_TRITON = "triton" not in LOAD_ERRORS

@@ -1,9 +1,11 @@
-"""Every fast focal-modulation backend (the C++ CPU kernels, Triton) against the float64 reference:
+"""Every fast focal-modulation backend (the C++ CPU kernels, Triton, the CUDA C++ kernels) against
+the float64 reference:
 forward and every gradient over a shape sweep (odd H and W, H or W below the kernel, T in {1, 2, 8},
 C not a multiple of 16, N = 1, 1-3 levels, normalize on/off), strided views padded with NaN,
 fp32 / bf16 / fp16, poisoned outputs, deterministic weight gradients, opcheck, torch.compile, the
 golden fixtures and a training run. Without a GPU the Triton kernels run in Triton's interpreter
-(conftest sets TRITON_INTERPRET=1), so the shapes stay small."""
+(conftest sets TRITON_INTERPRET=1), so the shapes stay small, and the "cuda" cases skip (that
+backend needs CUDA tensors and a build with CUDA)."""
 from __future__ import annotations
 
 import copy
@@ -26,13 +28,15 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
 def _available(backend: str) -> bool:
-    return "spatial_context" in ops._IMPLEMENTATIONS and backend in ops.available_backends("spatial_context")
+    """Built here, and with a device to run on (the CUDA C++ kernels need a GPU)."""
+    built = "spatial_context" in ops._IMPLEMENTATIONS and backend in ops.available_backends("spatial_context")
+    return built and (backend != "cuda" or torch.cuda.is_available())
 
 
-@pytest.fixture(params=["cpu", "triton"])
+@pytest.fixture(params=["cpu", "triton", "cuda"])
 def backend(request):
     if not _available(request.param):
-        pytest.skip(f"{request.param}: {ops.LOAD_ERRORS.get(request.param, 'not built')}")
+        pytest.skip(f"{request.param}: {ops.LOAD_ERRORS.get(request.param, 'no GPU here')}")
     return request.param
 
 
@@ -136,7 +140,7 @@ def test_half_precision_inputs(backend, kind, dtype):
     _check_context(backend, kind, 2 * frames, 5, 6, 24, 2, False, num_frames=frames, dtype=dtype)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("backend", ["cpu", "triton", "cuda"])
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(
     kind=st.sampled_from(["spatial", "temporal"]),
@@ -261,8 +265,8 @@ def test_compiled_layer_fullgraph(backend):
 def test_inductor_compiled_layer_gradients(backend):
     """Inductor (unlike aot_eager) trusts the fake kernels' output strides: every gradient of the
     compiled layer, weights included, must match eager and come back in the parameter's layout."""
-    if backend != "cpu":
-        pytest.skip("inductor compiles the CPU kernels' graph here; Triton ones are compiled on a GPU")
+    if backend == "triton":
+        pytest.skip("inductor compiles the C++ kernels' graph here; Triton ones are compiled on a GPU")
     layer, fixture = golden_modulation_layer(backend)
     compiled_layer = copy.deepcopy(layer)
     x = fixture["input"][:4]
@@ -277,10 +281,11 @@ def test_training_matches_the_reference_backend(backend):
     """A few SGD steps of a small model: the fast backend's loss curve follows the reference's."""
     config = dict(img_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, num_frames=2, drop_path_rate=0.0)
     torch.manual_seed(0)
-    models = {"reference": VideoFocalNet(**config, backend="reference")}
+    device = kernel_device(backend)
+    models = {"reference": VideoFocalNet(**config, backend="reference").to(device)}
     models[backend] = copy.deepcopy(models["reference"])
     models[backend].set_backend(backend)
-    clips, labels = torch.randn(2, 2, 3, 32, 32), torch.tensor([0, 2])
+    clips, labels = torch.randn(2, 2, 3, 32, 32).to(device), torch.tensor([0, 2]).to(device)
     curves = {}
     for name, model in models.items():
         opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
@@ -404,6 +409,25 @@ def test_auto_runs_the_cpu_kernels_on_cpu():
     assert ops.select_backend("spatial_context", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["spatial_context"]["cpu"]
     assert ops.select_backend("temporal_context", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["temporal_context"]["cpu"]
     assert ops.select_backend("modulate", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["modulate"]["cpu"]
+
+
+@cpu_only
+@pytest.mark.parametrize("hw, dtype, grad, expected", [
+    ((9, 8), torch.bfloat16, False, "reference"),  # bf16 inference above 8x8: ATen measured faster
+    ((8, 8), torch.bfloat16, False, "cpu"),
+    ((9, 8), torch.bfloat16, True, "cpu"),
+    ((9, 8), torch.float32, False, "cpu"),
+])
+def test_auto_temporal_follows_the_measured_rule(hw, dtype, grad, expected):
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(4, *hw, 8, generator=gen).to(dtype).requires_grad_(grad)
+    g = torch.randn(4, *hw, 3, generator=gen).to(dtype)
+    weights = [torch.randn(8, 8, k, generator=gen).to(dtype) for k in (3, 5)]
+    out = ops.temporal_context(z, g, weights, 2)
+    same = ops.temporal_context(z, g, weights, 2, backend=expected)
+    other = ops.temporal_context(z, g, weights, 2, backend="cpu" if expected == "reference" else "reference")
+    assert torch.equal(out, same)
+    assert not torch.equal(out, other)  # the two paths round differently, so the test tells them apart
 
 
 @cpu_only

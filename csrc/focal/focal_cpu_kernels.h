@@ -1,18 +1,19 @@
-// CPU kernels of the focal modulation (argument blocks: focal_cpu_args.h). Included once per
+// CPU kernels of the focal modulation (argument blocks: focal_args.h). Included once per
 // instruction set by focal_cpu_avx512.cpp and focal_cpu_base.cpp, each inside its own namespace
 // (DVFL_CPU_CAPABILITY) and after its target pragma, so nothing here depends on ATen.
 //
 // Loops over channels run in blocks of kLanes accumulators (one AVX-512 register of float) with
 // `omp simd`; the per-pixel tap loops sit outside them, so a block's accumulators stay in
-// registers. Element maths (GELU, GELU', bf16 rounding) comes from focal_math.h.
+// registers. The per-block maths (tap loops, gated GELU and its gradient, the global term's gradient)
+// is focal_tile.h's, which the CUDA kernels run too; element maths (GELU, bf16) is focal_math.h's.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
-#include "focal_cpu_args.h"
-#include "focal_math.h"
+#include "focal_args.h"
+#include "focal_tile.h"
 
 namespace dvfl {
 namespace focal {
@@ -23,22 +24,6 @@ constexpr int64_t kLanes = 16;
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
-
-inline float load(const float* p) { return *p; }
-inline double load(const double* p) { return *p; }
-inline float load(const bf16* p) { return bf16_to_float(p->bits); }
-inline void store(float* p, float v) { *p = v; }
-inline void store(double* p, double v) { *p = v; }
-inline void store(bf16* p, float v) { p->bits = float_to_bf16(v); }
-
-template <typename T>
-struct Acc {
-  using type = float;
-};
-template <>
-struct Acc<double> {
-  using type = double;
-};
 
 template <typename T>
 const T* at_view(const View& v, int64_t n, int64_t h, int64_t w) {
@@ -57,18 +42,14 @@ const T* at_view(const View& v, int64_t n, int64_t h, int64_t w) {
 template <typename in_t, typename acc_t>
 inline acc_t global_gate_grad(const in_t* dA, const acc_t* m, acc_t scale, acc_t gate, int64_t C, acc_t* part) {
   acc_t lanes[kLanes] = {};
-  DVFL_FOR_CHANNEL_BLOCKS(C, c0, width) {
-#pragma omp simd
-    for (int64_t i = 0; i < width; ++i) {
-      const acc_t d = scale * load(dA + c0 + i);
-      part[c0 + i] += d * gate;
-      lanes[i] += d * m[c0 + i];
-    }
-  }
+  DVFL_FOR_CHANNEL_BLOCKS(C, c0, width) global_term_grad(dA + c0, m + c0, scale, gate, width, part + c0, lanes);
   acc_t sum = 0;
   for (int64_t i = 0; i < kLanes; ++i) sum += lanes[i];
   return sum;
 }
+
+// Full blocks with a compile-time width (their accumulators stay in registers), the rest at run time.
+using FullBlock = FixedWidth<kLanes>;
 
 // GELU (and GELU') of up to kLanes values: loops with nothing else in them, so they vectorise.
 template <typename acc_t>
@@ -93,26 +74,40 @@ inline void gelu_and_grad_block(const acc_t* x, int64_t width, acc_t* value, acc
 }
 
 // ---- spatial context ----------------------------------------------------------------------------
-// out[c] = sum over the k x k taps inside the image of w[tap][c] * src[(h, w) + tap offset][c].
-// Width: kLanes as a compile-time constant for full blocks (the accumulators then live in registers),
-// or the remainder at run time.
+// The k x k depthwise convolution of one channel block at pixel (h, w), taps inside the image only.
 template <typename src_t, typename acc_t, typename Width>
 inline void dwconv_block(const src_t* src, int64_t sh, int64_t sw, int64_t H, int64_t W, int64_t h, int64_t w,
                          int64_t k, const acc_t* weight, int64_t C, int64_t c0, Width width, acc_t* out) {
   const int64_t pad = k / 2;
   const int64_t dy0 = imax(0, pad - h), dy1 = imin(k, H + pad - h);
   const int64_t dx0 = imax(0, pad - w), dx1 = imin(k, W + pad - w);
-  acc_t a[kLanes];
-  for (int64_t i = 0; i < width; ++i) a[i] = 0;
-  for (int64_t dy = dy0; dy < dy1; ++dy) {
-    for (int64_t dx = dx0; dx < dx1; ++dx) {
-      const src_t* s = src + (h + dy - pad) * sh + (w + dx - pad) * sw + c0;
-      const acc_t* wv = weight + (dy * k + dx) * C + c0;
-#pragma omp simd
-      for (int64_t i = 0; i < width; ++i) a[i] += wv[i] * load(s + i);
-    }
+  depthwise_window<kLanes>(src + h * sh + w * sw + c0, sh, sw, pad, dy0, dy1, dx0, dx1, weight + c0, k, C, width, out);
+}
+
+// One channel block of a spatial level at pixel (n, h, w): pre-activation, GELU, gated accumulation
+// into acc (level 0 starts it), and what the next level, the backward and the global mean need.
+template <typename in_t, typename acc_t, typename Width>
+inline void spatial_level_block(const SpatialLevel& a, int64_t n, int64_t h, int64_t w, int64_t c0, Width width,
+                                acc_t gate, acc_t* acc, acc_t* z_out, acc_t* pre_out, acc_t* sums) {
+  const int64_t H = a.H, W = a.W, C = a.C;
+  const acc_t* weight = static_cast<const acc_t*>(a.weight);
+  acc_t pre[kLanes], z[kLanes];
+  if (a.level == 0) {
+    dwconv_block(at_view<in_t>(a.z, n, 0, 0), a.z.sh, a.z.sw, H, W, h, w, a.k, weight, C, c0, width, pre);
+  } else {
+    const acc_t* src = static_cast<const acc_t*>(a.src) + n * H * W * C;
+    dwconv_block(src, W * C, C, H, W, h, w, a.k, weight, C, c0, width, pre);
   }
-  for (int64_t i = 0; i < width; ++i) out[i] = a[i];
+  gelu_gate_accumulate(pre, gate, a.level == 0 ? nullptr : acc, width, z, acc);
+  if (z_out) {
+    for (int64_t i = 0; i < width; ++i) z_out[i] = z[i];
+  }
+  if (pre_out) {
+    for (int64_t i = 0; i < width; ++i) pre_out[i] = pre[i];
+  }
+  if (sums) {
+    for (int64_t i = 0; i < width; ++i) sums[i] += z[i];
+  }
 }
 
 template <typename in_t>
@@ -121,7 +116,6 @@ void spatial_level_impl(const SpatialLevel& a, int64_t row_begin, int64_t row_en
   const int64_t H = a.H, W = a.W, C = a.C;
   const bool last = a.level == a.num_levels - 1;
   const acc_t scale = acc_t(a.scale);
-  const acc_t* weight = static_cast<const acc_t*>(a.weight);
   std::vector<acc_t> sums(last ? C : 0);
   for (int64_t row = row_begin; row < row_end; ++row) {
     const int64_t n = row / H, h = row % H;
@@ -133,33 +127,13 @@ void spatial_level_impl(const SpatialLevel& a, int64_t row_begin, int64_t row_en
     for (int64_t w = 0; w < W; ++w) {
       const acc_t gate = scale * load(at_view<in_t>(a.g, n, h, w) + a.level);
       DVFL_FOR_CHANNEL_BLOCKS(C, c0, width) {
-        acc_t pre[kLanes];
-        const auto conv = [&](auto fixed_or_runtime_width) {
-          if (a.level == 0) {
-            dwconv_block(at_view<in_t>(a.z, n, 0, 0), a.z.sh, a.z.sw, H, W, h, w, a.k, weight, C, c0,
-                         fixed_or_runtime_width, pre);
-          } else {
-            const acc_t* src = static_cast<const acc_t*>(a.src) + n * H * W * C;
-            dwconv_block(src, W * C, C, H, W, h, w, a.k, weight, C, c0, fixed_or_runtime_width, pre);
-          }
-        };
-        if (width == kLanes) {
-          conv(std::integral_constant<int64_t, kLanes>{});
-        } else {
-          conv(width);
-        }
         const int64_t o = w * C + c0;
-        acc_t z[kLanes];
-        gelu_block(pre, width, z);
-        if (a.level == 0) {
-          for (int64_t i = 0; i < width; ++i) acc[o + i] = gate * z[i];
+        acc_t* const outs[3] = {z_out ? z_out + o : nullptr, pre_out ? pre_out + o : nullptr,
+                                last ? sums.data() + c0 : nullptr};
+        if (width == kLanes) {
+          spatial_level_block<in_t>(a, n, h, w, c0, FullBlock{}, gate, acc + o, outs[0], outs[1], outs[2]);
         } else {
-          for (int64_t i = 0; i < width; ++i) acc[o + i] += gate * z[i];
-        }
-        if (z_out) std::memcpy(z_out + o, z, width * sizeof(acc_t));
-        if (pre_out) std::memcpy(pre_out + o, pre, width * sizeof(acc_t));
-        if (last) {
-          for (int64_t i = 0; i < width; ++i) sums[c0 + i] += z[i];
+          spatial_level_block<in_t>(a, n, h, w, c0, width, gate, acc + o, outs[0], outs[1], outs[2]);
         }
       }
     }
@@ -275,6 +249,25 @@ void spatial_backward_level_impl(const SpatialBackward& a, int64_t row_begin, in
 // so the k shifted reads of y stream through T*k short runs instead of T*k scattered rows.
 inline int64_t chunk_positions(int64_t C) { return imax(1, 4096 / C); }
 
+// One channel block of a temporal level at one row: the taps' sum, GELU, gated accumulation (value =
+// acc_in + gate * z), and z for the next level, pre for the backward, z summed for the global mean.
+template <typename in_t, typename acc_t, typename Width>
+inline void temporal_forward_block(const in_t* taps, int64_t step, int64_t num_taps, acc_t gate, const acc_t* acc_in,
+                                   Width width, acc_t* value, in_t* z_out, acc_t* pre_out, acc_t* sums) {
+  acc_t pre[kLanes], z[kLanes];
+  sum_taps<kLanes>(taps, step, num_taps, width, pre);
+  gelu_gate_accumulate(pre, gate, acc_in, width, z, value);
+  if (z_out) {
+    for (int64_t i = 0; i < width; ++i) store(z_out + i, z[i]);
+  }
+  if (pre_out) {
+    for (int64_t i = 0; i < width; ++i) pre_out[i] = pre[i];
+  }
+  if (sums) {
+    for (int64_t i = 0; i < width; ++i) sums[i] += z[i];
+  }
+}
+
 template <typename in_t>
 void temporal_forward_impl(const TemporalForward& a, int64_t pos_begin, int64_t pos_end) {
   using acc_t = typename Acc<in_t>::type;
@@ -282,6 +275,7 @@ void temporal_forward_impl(const TemporalForward& a, int64_t pos_begin, int64_t 
   const bool last = a.level == L - 1;
   const acc_t scale = acc_t(a.scale);
   const in_t* y = static_cast<const in_t*>(a.y);
+  const int64_t step = HW * a.y_row + a.y_tap;  // tap j + 1: the next frame's row in the next tap
   const int64_t chunk = chunk_positions(C);
   std::vector<acc_t> result(last ? T * chunk * C : 0);  // last level: A before the global term
   std::vector<acc_t> zsum(last ? chunk * C : 0);
@@ -295,29 +289,23 @@ void temporal_forward_impl(const TemporalForward& a, int64_t pos_begin, int64_t 
         const int64_t p = (first + q) % HW, row = n * HW + p;
         const acc_t gate = scale * load(at_view<in_t>(a.g, n, p / a.W, p % a.W) + a.level);
         acc_t* acc = a.acc ? static_cast<acc_t*>(a.acc) + row * C : nullptr;
+        const in_t* taps = y + (row + (j0 - pad) * HW) * a.y_row + j0 * a.y_tap;
+        acc_t* value = last ? result.data() + (t * chunk + q) * C : acc;
+        in_t* z_out = last ? nullptr : static_cast<in_t*>(a.z_out) + row * C;
+        acc_t* pre_out = a.pre_out ? static_cast<acc_t*>(a.pre_out) + row * C : nullptr;
+        acc_t* sums = last ? zsum.data() + q * C : nullptr;
         DVFL_FOR_CHANNEL_BLOCKS(C, c0, width) {
-          acc_t pre[kLanes];
-          for (int64_t i = 0; i < width; ++i) pre[i] = 0;
-          for (int64_t j = j0; j < j1; ++j) {
-            const in_t* src = y + (row + (j - pad) * HW) * (k * C) + j * C + c0;
-#pragma omp simd
-            for (int64_t i = 0; i < width; ++i) pre[i] += load(src + i);
-          }
-          acc_t z[kLanes];
-          gelu_block(pre, width, z);
-          acc_t* value = last ? result.data() + (t * chunk + q) * C + c0 : acc + c0;
-          if (a.level == 0) {
-            for (int64_t i = 0; i < width; ++i) value[i] = gate * z[i];
+          const acc_t* acc_in = a.level == 0 ? nullptr : acc + c0;
+          in_t* z_block = z_out ? z_out + c0 : nullptr;
+          acc_t* pre_block = pre_out ? pre_out + c0 : nullptr;
+          acc_t* sums_block = sums ? sums + c0 : nullptr;
+          if (width == kLanes) {
+            temporal_forward_block(taps + c0, step, j1 - j0, gate, acc_in, FullBlock{}, value + c0, z_block,
+                                   pre_block, sums_block);
           } else {
-            for (int64_t i = 0; i < width; ++i) value[i] = acc[c0 + i] + gate * z[i];
+            temporal_forward_block(taps + c0, step, j1 - j0, gate, acc_in, width, value + c0, z_block, pre_block,
+                                   sums_block);
           }
-          if (last) {
-            for (int64_t i = 0; i < width; ++i) zsum[q * C + c0 + i] += z[i];
-          } else {
-            in_t* z_out = static_cast<in_t*>(a.z_out) + row * C + c0;
-            for (int64_t i = 0; i < width; ++i) store(z_out + i, z[i]);
-          }
-          if (a.pre_out) std::memcpy(static_cast<acc_t*>(a.pre_out) + row * C + c0, pre, width * sizeof(acc_t));
         }
       }
     }
@@ -409,7 +397,7 @@ void temporal_backward_level_impl(const TemporalBackward& a, int64_t pos_begin, 
         acc_t dz[kLanes];
         for (int64_t i = 0; i < width; ++i) dz[i] = 0;
         for (int64_t j = j0; j < j1; ++j) {
-          const in_t* src = y + (row - (j - pad) * HW) * (k * C) + j * C + c0;
+          const in_t* src = y + (row - (j - pad) * HW) * a.y_row + j * a.y_tap + c0;
 #pragma omp simd
           for (int64_t i = 0; i < width; ++i) dz[i] += load(src + i);
         }
@@ -481,19 +469,21 @@ void sum_rows_impl(const acc_t* parts, int64_t rows, int64_t width, acc_t* out, 
   }
 }
 
-template <template <typename> class Fn, typename Args>
-void by_dtype(const Args& a, int64_t begin, int64_t end) {
+template <template <typename> class Fn, typename Args, typename... Range>
+void by_dtype(const Args& a, Range... range) {
   switch (a.dtype) {
-    case Dtype::f32: Fn<float>::run(a, begin, end); break;
-    case Dtype::f64: Fn<double>::run(a, begin, end); break;
-    case Dtype::bf16: Fn<bf16>::run(a, begin, end); break;
+    case Dtype::f32: Fn<float>::run(a, range...); break;
+    case Dtype::f64: Fn<double>::run(a, range...); break;
+    case Dtype::bf16: Fn<bf16>::run(a, range...); break;
+    case Dtype::f16: break;  // never sent here: the CPU launch code computes float16 in float32
   }
 }
 
 #define DVFL_KERNEL_FUNCTOR(NAME, ARGS) \
   template <typename T>                 \
   struct NAME##_fn {                    \
-    static void run(const ARGS& a, int64_t b, int64_t e) { NAME##_impl<T>(a, b, e); } \
+    template <typename... Range>                                                      \
+    static void run(const ARGS& a, Range... range) { NAME##_impl<T>(a, range...); }   \
   };
 DVFL_KERNEL_FUNCTOR(spatial_level, SpatialLevel)
 DVFL_KERNEL_FUNCTOR(spatial_finish, SpatialFinish)

@@ -1,19 +1,21 @@
-// Launch code of the CPU focal-modulation kernels: buffers, GEMMs through ATen (oneDNN / MKL; AMX
-// in bfloat16 where the CPU has it), and the parallel loops over focal_cpu_kernels.h.
+// Launch code of the focal-modulation kernels, for both devices: buffers, GEMMs through ATen (oneDNN
+// / MKL on CPU, AMX in bfloat16 where the CPU has it; cuBLAS on CUDA), and the kernels over their
+// work units: the CPU kernels (focal_cpu_kernels.h) in parallel loops, the CUDA kernels
+// (focal_cuda.cu, in builds with CUDA) on the current stream. Both take the same argument blocks.
 //
 // Spatial context: one pass per level over image rows (depthwise k x k, GELU, gate, accumulate,
 //   fused; z and g read by stride), then one pass adding the global term and writing the output.
-// Temporal context: per level, ONE GEMM of the rows (N*H*W, C) (a strided 2-D view of z_t, no copy)
-//   with all k taps' weights stacked, (k*C, C): y = z @ [W_0; ...; W_{k-1}]^T. A tap's product for
-//   frame t sits in the row one frame (H*W rows) away, so the epilogue sums k shifted slices of y,
+// Temporal context: per level, one GEMM per tap of the rows (N*H*W, C) (a strided 2-D view of z_t,
+//   no copy) into one (k, rows, C) buffer: y[j] = z @ W_j^T. A tap's product for frame t sits in the
+//   row one frame (H*W rows) away, so the epilogue sums k shifted rows of y (contiguous runs per tap),
 //   masked at the clip's ends, and applies GELU, the gate and the accumulation; the last level's
 //   epilogue also takes the mean over the T frames and writes the output.
-// Backward: the same in reverse, with the transposed taps in one GEMM; the weight gradients are
+// Backward: the same in reverse, with the transposed taps; the weight gradients are
 //   per-row partials summed in row order (spatial) or one GEMM per tap and clip, summed in clip
 //   order (temporal): both deterministic.
 // bf16 GEMMs write bf16 (ATen's CPU matmul has no float output for bf16 inputs): each tap's product
 // is rounded once before the float32 epilogue sums it. Element maths is float32 (float64 for float64).
-#include "focal_cpu.h"
+#include "focal.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,8 +23,18 @@
 
 #include <cstdlib>
 #include <string>
+#include <type_traits>
 
-#include "focal_cpu_args.h"
+#include "focal_args.h"
+#include "focal_cuda.h"
+
+#if defined(DVFL_WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#define DVFL_CUDA_KERNEL(name) &focal::cuda::name
+#else
+#define DVFL_CUDA_KERNEL(name) nullptr
+#endif
 
 namespace dvfl {
 namespace {
@@ -70,11 +82,36 @@ const Kernels& kernels() {
   return chosen;
 }
 
+template <typename Args>
+using CpuKernel = void (*)(const Args&, int64_t, int64_t);
+template <typename Args>
+using CudaKernel = int (*)(const Args&, void*);
+
+// Runs a kernel over `units` work units on `like`'s device: the CPU kernel in parallel over ranges of
+// at least `grain` units, or the CUDA kernels on the current stream.
+template <typename Args>
+void run(const at::Tensor& like, CpuKernel<Args> cpu, std::type_identity_t<CudaKernel<Args>> cuda, const Args& a,
+         int64_t units, int64_t grain) {
+  if (like.is_cuda()) {
+#if defined(DVFL_WITH_CUDA)
+    const c10::cuda::CUDAGuard guard(like.device());
+    const int error = cuda(a, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(error == 0, "dvfl focal CUDA kernel launch failed: ", focal::cuda::error_string(error));
+    return;
+#else
+    (void)cuda;
+    TORCH_CHECK(false, "dvfl_kernels._C was built without CUDA kernels");
+#endif
+  }
+  at::parallel_for(0, units, grain, [&](int64_t b, int64_t e) { cpu(a, b, e); });
+}
+
 Dtype dtype_of(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kFloat: return Dtype::f32;
     case at::kDouble: return Dtype::f64;
     case at::kBFloat16: return Dtype::bf16;
+    case at::kHalf: return Dtype::f16;  // CUDA only: on CPU float16 is computed in float32
     default: TORCH_CHECK(false, "dvfl cpu focal kernels: unsupported dtype ", t.scalar_type());
   }
 }
@@ -97,29 +134,50 @@ at::Tensor as_rows(const at::Tensor& t) {
 
 int64_t grain_for(int64_t elements_per_unit) { return std::max<int64_t>(1, kElementsPerTask / std::max<int64_t>(1, elements_per_unit)); }
 
-// Sums the rows of parts (rows, width) in row order, parallel over columns.
-at::Tensor sum_rows(const at::Tensor& parts) {
-  const int64_t rows = parts.size(0), width = parts.numel() / std::max<int64_t>(rows, 1);
-  at::Tensor out = at::empty({width}, parts.options());
+// Per group g, the sum of its `rows` rows of parts (groups * rows, width), in row order: (groups, width).
+at::Tensor sum_row_groups(const at::Tensor& parts, int64_t groups, int64_t rows) {
+  const int64_t width = parts.numel() / std::max<int64_t>(groups * rows, 1);
+  at::Tensor out = at::empty({groups, width}, parts.options());
   const bool is_double = parts.scalar_type() == at::kDouble;
-  at::parallel_for(0, width, 256, [&](int64_t b, int64_t e) {
-    kernels().sum_rows(is_double, parts.const_data_ptr(), rows, width, out.mutable_data_ptr(), b, e);
-  });
-  return out;
-}
-
-// Per image n, the sum of its H rows of parts (N * H, C), in row order: (N, C).
-at::Tensor sum_image_rows(const at::Tensor& parts, int64_t N, int64_t H) {
-  const int64_t C = parts.size(1);
-  at::Tensor out = at::empty({N, C}, parts.options());
-  const bool is_double = parts.scalar_type() == at::kDouble;
+  if (parts.is_cuda()) {
+#if defined(DVFL_WITH_CUDA)
+    const c10::cuda::CUDAGuard guard(parts.device());
+    const int error = focal::cuda::sum_row_groups(is_double, parts.const_data_ptr(), groups, rows, width,
+                                                  out.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(error == 0, "dvfl focal CUDA kernel launch failed: ", focal::cuda::error_string(error));
+#endif
+    return out;
+  }
   const int64_t element = parts.element_size();
   const char* src = static_cast<const char*>(parts.const_data_ptr());
   char* dst = static_cast<char*>(out.mutable_data_ptr());
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) kernels().sum_rows(is_double, src + n * H * C * element, H, C, dst + n * C * element, 0, C);
-  });
+  if (groups == 1) {  // parallel over columns
+    at::parallel_for(0, width, 256, [&](int64_t b, int64_t e) { kernels().sum_rows(is_double, src, rows, width, dst, b, e); });
+  } else {
+    at::parallel_for(0, groups, 1, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g) {
+        kernels().sum_rows(is_double, src + g * rows * width * element, rows, width, dst + g * width * element, 0, width);
+      }
+    });
+  }
   return out;
+}
+
+// The products of rows (R, C) with each of the k taps (k, C_out, C): y[j] = rows @ taps[j]^T, as
+// (k, R, C_out). Tap-major, so the epilogue reads each tap's shifted rows as contiguous runs.
+at::Tensor tap_products(const at::Tensor& rows, const at::Tensor& taps) {
+  const int64_t k = taps.size(0), C_out = taps.size(1);
+  at::Tensor y = at::empty({k, rows.size(0), C_out}, rows.options());
+  for (int64_t j = 0; j < k; ++j) {
+    at::Tensor tap = y[j];
+    at::mm_out(tap, rows, taps[j].t());
+  }
+  return y;
+}
+
+template <typename Args>
+void set_taps(Args& a, const at::Tensor& y) {
+  a.y = y.const_data_ptr(), a.y_tap = y.stride(0), a.y_row = y.stride(1);
 }
 
 at::Tensor gelu_grad(const at::Tensor& x) {
@@ -137,13 +195,13 @@ std::vector<at::Tensor> to_float(std::initializer_list<at::Tensor> ts) {
 const char* focal_cpu_capability() { return kernels().name; }
 
 // ---- spatial context ----------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_cpu(const at::Tensor& z_in, const at::Tensor& g_in,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_kernels(const at::Tensor& z_in, const at::Tensor& g_in,
                                                                    const std::vector<at::Tensor>& weights,
                                                                    bool normalize, bool save) {
   const BelowAutograd guard;
-  if (z_in.scalar_type() == at::kHalf) {  // float16 has no fast CPU arithmetic: computed in float32
+  if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {  // float16 has no fast CPU arithmetic: computed in float32
     auto f = to_float({z_in, g_in});
-    auto [out, pre, mean] = spatial_context_cpu(f[0], f[1], weights, normalize, save);
+    auto [out, pre, mean] = spatial_context_kernels(f[0], f[1], weights, normalize, save);
     return {out.to(at::kHalf), pre, mean};
   }
   const at::Tensor z = channel_dense(z_in), g = channel_dense(g_in);
@@ -168,24 +226,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_cpu(const at::Ten
     a.src = level > 0 ? zbuf[(level - 1) % 2].const_data_ptr() : nullptr;
     a.z_out = level < L - 1 ? zbuf[level % 2].mutable_data_ptr() : nullptr;
     a.pre_out = save ? pre[level].mutable_data_ptr() : nullptr;
-    at::parallel_for(0, N * H, grain_for(W * C * k * k), [&](int64_t b, int64_t e) { kernels().spatial_level(a, b, e); });
+    run(z, kernels().spatial_level, DVFL_CUDA_KERNEL(spatial_level), a, N * H, grain_for(W * C * k * k));
   }
-  const at::Tensor mean = sum_image_rows(row_sums, N, H) / double(H * W);
+  const at::Tensor mean = sum_row_groups(row_sums, N, H) / double(H * W);
   const at::Tensor mean_act = at::gelu(mean);
   at::Tensor out = at::empty({N, H, W, C}, z.options());
   focal::SpatialFinish f{a.dtype, N, H, W, C, L, a.scale, a.g, acc.const_data_ptr(), mean_act.const_data_ptr(),
                          out.mutable_data_ptr()};
-  at::parallel_for(0, N * H, grain_for(W * C), [&](int64_t b, int64_t e) { kernels().spatial_finish(f, b, e); });
+  run(z, kernels().spatial_finish, DVFL_CUDA_KERNEL(spatial_finish), f, N * H, grain_for(W * C));
   return {out, pre, mean};
 }
 
-std::vector<at::Tensor> spatial_context_backward_cpu(const at::Tensor& grad_in, const at::Tensor& z_in,
+std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad_in, const at::Tensor& z_in,
                                                      const at::Tensor& g_in, const std::vector<at::Tensor>& weights,
                                                      const at::Tensor& pre, const at::Tensor& mean, bool normalize) {
   const BelowAutograd guard;
-  if (z_in.scalar_type() == at::kHalf) {
+  if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
     auto f = to_float({grad_in, z_in, g_in});
-    auto grads = spatial_context_backward_cpu(f[0], f[1], f[2], weights, pre, mean, normalize);
+    auto grads = spatial_context_backward_kernels(f[0], f[1], f[2], weights, pre, mean, normalize);
     grads[0] = grads[0].to(at::kHalf), grads[1] = grads[1].to(at::kHalf);
     return grads;
   }
@@ -204,8 +262,11 @@ std::vector<at::Tensor> spatial_context_backward_cpu(const at::Tensor& grad_in, 
   a.grad = view_of(grad), a.z = view_of(z), a.g = view_of(g);
   a.pre = pre.const_data_ptr(), a.mean_act = mean_act.const_data_ptr();
   a.dg = dg.mutable_data_ptr(), a.dz_out = dz.mutable_data_ptr(), a.row_part = row_part.mutable_data_ptr();
-  at::parallel_for(0, N * H, grain_for(W * C), [&](int64_t b, int64_t e) { kernels().spatial_backward_global(a, b, e); });
-  const at::Tensor dmean = sum_image_rows(row_part, N, H) * gelu_grad(mean) / double(H * W);
+  // CUDA: dg's partial sums per block of 32 channels, added in block order by the kernel
+  at::Tensor gate_part = at::empty({z.is_cuda() ? (C + 31) / 32 * N * H * W : 0}, acc_opts);
+  a.gate_part = gate_part.mutable_data_ptr();
+  run(z, kernels().spatial_backward_global, DVFL_CUDA_KERNEL(spatial_backward_global), a, N * H, grain_for(W * C));
+  const at::Tensor dmean = sum_row_groups(row_part, N, H) * gelu_grad(mean) / double(H * W);
   a.dmean = dmean.const_data_ptr();
   std::vector<at::Tensor> dweights(L);
   at::Tensor dpre[2];  // d loss / d pre of the level being done and of the one above it
@@ -221,12 +282,12 @@ std::vector<at::Tensor> spatial_context_backward_cpu(const at::Tensor& grad_in, 
       a.dpre_next = dpre[(level + 1) % 2].const_data_ptr();
     }
     a.dpre_out = level >= 1 ? dpre[level % 2].mutable_data_ptr() : nullptr;
-    at::parallel_for(0, N * H, grain_for(W * C * std::max<int64_t>(a.k * a.k, 1)),
-                     [&](int64_t b, int64_t e) { kernels().spatial_backward_level(a, b, e); });
+    run(z, kernels().spatial_backward_level, DVFL_CUDA_KERNEL(spatial_backward_level), a, N * H,
+        grain_for(W * C * std::max<int64_t>(a.k * a.k, 1)));
     if (level < L) {
       const int64_t k = a.k;
       // contiguous (C, 1, k, k), the weight's own layout (and the strides the fake kernel promises)
-      dweights[level] = sum_rows(part).view({k * k, C}).t().to(weights[level].scalar_type()).contiguous().view({C, 1, k, k});
+      dweights[level] = sum_row_groups(part, 1, N * H).view({k * k, C}).t().to(weights[level].scalar_type()).contiguous().view({C, 1, k, k});
     }
   }
   std::vector<at::Tensor> result{dz, dg};
@@ -235,13 +296,13 @@ std::vector<at::Tensor> spatial_context_backward_cpu(const at::Tensor& grad_in, 
 }
 
 // ---- temporal context ---------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_cpu(const at::Tensor& z_in, const at::Tensor& g_in,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at::Tensor& z_in, const at::Tensor& g_in,
                                                                     const std::vector<at::Tensor>& weights,
                                                                     int64_t T, bool normalize, bool save) {
   const BelowAutograd guard;
-  if (z_in.scalar_type() == at::kHalf) {
+  if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
     auto f = to_float({z_in, g_in});
-    auto [out, pre, mean] = temporal_context_cpu(f[0], f[1], weights, T, normalize, save);
+    auto [out, pre, mean] = temporal_context_kernels(f[0], f[1], weights, T, normalize, save);
     return {out.to(at::kHalf), pre, mean};
   }
   const at::Tensor z = channel_dense(z_in), g = channel_dense(g_in);
@@ -249,7 +310,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_cpu(const at::Te
   const int64_t B = N / T, rows = N * H * W, positions = B * H * W;
   const auto acc_opts = z.options().dtype(acc_type(z));
   at::Tensor src = as_rows(z);
-  at::Tensor acc = L > 1 ? at::empty({rows, C}, acc_opts) : at::Tensor();
+  // the CUDA epilogue keeps the last level's A in acc between its two passes
+  at::Tensor acc = L > 1 || z.is_cuda() ? at::empty({rows, C}, acc_opts) : at::Tensor();
   at::Tensor zbuf = L > 1 ? at::empty({rows, C}, z.options()) : at::Tensor();
   at::Tensor pre = at::empty({save ? L : 0, N, H, W, C}, acc_opts);
   at::Tensor mean = at::empty({B, H, W, C}, acc_opts);
@@ -259,30 +321,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_cpu(const at::Te
   a.B = B, a.T = T, a.H = H, a.W = W, a.C = C, a.num_levels = L;
   a.scale = normalize ? 1.0 / double(L + 1) : 1.0;
   a.g = view_of(g);
-  a.acc = L > 1 ? acc.mutable_data_ptr() : nullptr;
+  a.acc = acc.defined() ? acc.mutable_data_ptr() : nullptr;
   a.mean_out = mean.mutable_data_ptr(), a.out = out.mutable_data_ptr();
   for (int64_t level = 0; level < L; ++level) {
     const int64_t k = weights[level].size(-1);
-    // (k*C_out, C_in): row j*C + o holds W[o, :, j]
-    const at::Tensor stacked = weights[level].to(z.scalar_type()).permute({2, 0, 1}).reshape({k * C, C});
-    const at::Tensor y = at::mm(src, stacked.t());
-    a.level = level, a.k = k, a.y = y.const_data_ptr();
+    // tap j: (C_out, C_in) = W[:, :, j]
+    const at::Tensor y = tap_products(src, weights[level].to(z.scalar_type()).permute({2, 0, 1}));
+    a.level = level, a.k = k;
+    set_taps(a, y);
     a.z_out = level < L - 1 ? zbuf.mutable_data_ptr() : nullptr;
     a.pre_out = save ? pre[level].mutable_data_ptr() : nullptr;
-    at::parallel_for(0, positions, grain_for(T * C * k), [&](int64_t b, int64_t e) { kernels().temporal_forward(a, b, e); });
+    run(z, kernels().temporal_forward, DVFL_CUDA_KERNEL(temporal_forward), a, positions, grain_for(T * C * k));
     src = zbuf;
   }
   return {out, pre, mean};
 }
 
-std::vector<at::Tensor> temporal_context_backward_cpu(const at::Tensor& grad_in, const at::Tensor& z_in,
+std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad_in, const at::Tensor& z_in,
                                                       const at::Tensor& g_in, const std::vector<at::Tensor>& weights,
                                                       int64_t T, const at::Tensor& pre, const at::Tensor& mean,
                                                       bool normalize) {
   const BelowAutograd guard;
-  if (z_in.scalar_type() == at::kHalf) {
+  if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
     auto f = to_float({grad_in, z_in, g_in});
-    auto grads = temporal_context_backward_cpu(f[0], f[1], f[2], weights, T, pre, mean, normalize);
+    auto grads = temporal_context_backward_kernels(f[0], f[1], f[2], weights, T, pre, mean, normalize);
     grads[0] = grads[0].to(at::kHalf), grads[1] = grads[1].to(at::kHalf);
     return grads;
   }
@@ -302,19 +364,19 @@ std::vector<at::Tensor> temporal_context_backward_cpu(const at::Tensor& grad_in,
   a.grad = view_of(grad), a.g = view_of(g);
   a.pre = pre.const_data_ptr(), a.mean = mean.const_data_ptr(), a.dg = dg.mutable_data_ptr();
   a.dp_out = dp[(L - 1) % 2].mutable_data_ptr();
-  at::parallel_for(0, positions, grain_for(T * C), [&](int64_t b, int64_t e) { kernels().temporal_backward_top(a, b, e); });
+  run(z, kernels().temporal_backward_top, DVFL_CUDA_KERNEL(temporal_backward_top), a, positions, grain_for(T * C));
   std::vector<at::Tensor> dweights(L);
   for (int64_t level = L - 1; level >= 0; --level) {
     const at::Tensor& dpre = dp[level % 2];  // d loss / d pre_{level+1}, (rows, C_out)
     const int64_t k = weights[level].size(-1), pad = k / 2;
-    // (C_out, k*C_in): column j*C + i holds W[:, i, j]
-    const at::Tensor stacked = weights[level].to(z.scalar_type()).permute({0, 2, 1}).reshape({C, k * C});
-    const at::Tensor y = at::mm(dpre, stacked);
-    a.level = level, a.k = k, a.y = y.const_data_ptr();
+    // tap j: (C_in, C_out) = W[:, :, j]^T
+    const at::Tensor y = tap_products(dpre, weights[level].to(z.scalar_type()).permute({2, 1, 0}));
+    a.level = level, a.k = k;
+    set_taps(a, y);
     a.z_out = level >= 1 ? zbuf.mutable_data_ptr() : nullptr;
     a.dp_out = level >= 1 ? dp[(level - 1) % 2].mutable_data_ptr() : nullptr;
     a.dz_out = level == 0 ? dz.mutable_data_ptr() : nullptr;
-    at::parallel_for(0, positions, grain_for(T * C * k), [&](int64_t b, int64_t e) { kernels().temporal_backward_level(a, b, e); });
+    run(z, kernels().temporal_backward_level, DVFL_CUDA_KERNEL(temporal_backward_level), a, positions, grain_for(T * C * k));
     // d W[:, :, j] = sum over clips and frames t of dpre(t)^T z_level(t + j - pad), in clip order
     const at::Tensor& z_level = level >= 1 ? zbuf : z_rows;
     std::vector<at::Tensor> taps;
@@ -345,21 +407,21 @@ focal::Modulate modulate_args(const at::Tensor& q, const at::Tensor& m_s, const 
 }
 }  // namespace
 
-at::Tensor modulate_cpu(const at::Tensor& q_in, const at::Tensor& m_s_in, const at::Tensor& m_t_in) {
+at::Tensor modulate_kernels(const at::Tensor& q_in, const at::Tensor& m_s_in, const at::Tensor& m_t_in) {
   const BelowAutograd guard;
-  if (q_in.scalar_type() == at::kHalf) return q_in * m_s_in * m_t_in;
+  if (q_in.scalar_type() == at::kHalf && !q_in.is_cuda()) return q_in * m_s_in * m_t_in;
   const at::Tensor q = channel_dense(q_in), m_s = channel_dense(m_s_in), m_t = channel_dense(m_t_in);
   at::Tensor out = at::empty(q.sizes(), q.options());
   focal::Modulate a = modulate_args(q, m_s, m_t);
   a.out = out.mutable_data_ptr();
-  at::parallel_for(0, a.N * a.H, grain_for(a.W * a.C), [&](int64_t b, int64_t e) { kernels().modulate_forward(a, b, e); });
+  run(q, kernels().modulate_forward, DVFL_CUDA_KERNEL(modulate_forward), a, a.N * a.H, grain_for(a.W * a.C));
   return out;
 }
 
-std::vector<at::Tensor> modulate_backward_cpu(const at::Tensor& grad_in, const at::Tensor& q_in,
+std::vector<at::Tensor> modulate_backward_kernels(const at::Tensor& grad_in, const at::Tensor& q_in,
                                               const at::Tensor& m_s_in, const at::Tensor& m_t_in) {
   const BelowAutograd guard;
-  if (q_in.scalar_type() == at::kHalf) return {grad_in * m_s_in * m_t_in, grad_in * q_in * m_t_in, grad_in * q_in * m_s_in};
+  if (q_in.scalar_type() == at::kHalf && !q_in.is_cuda()) return {grad_in * m_s_in * m_t_in, grad_in * q_in * m_t_in, grad_in * q_in * m_s_in};
   const at::Tensor q = channel_dense(q_in), m_s = channel_dense(m_s_in), m_t = channel_dense(m_t_in);
   const at::Tensor grad = channel_dense(grad_in.to(q.scalar_type()));
   at::Tensor dq = at::empty(q.sizes(), q.options()), dm_s = at::empty(q.sizes(), q.options()),
@@ -367,7 +429,7 @@ std::vector<at::Tensor> modulate_backward_cpu(const at::Tensor& grad_in, const a
   focal::Modulate a = modulate_args(q, m_s, m_t);
   a.grad = view_of(grad);
   a.dq = dq.mutable_data_ptr(), a.dm_s = dm_s.mutable_data_ptr(), a.dm_t = dm_t.mutable_data_ptr();
-  at::parallel_for(0, a.N * a.H, grain_for(3 * a.W * a.C), [&](int64_t b, int64_t e) { kernels().modulate_backward(a, b, e); });
+  run(q, kernels().modulate_backward, DVFL_CUDA_KERNEL(modulate_backward), a, a.N * a.H, grain_for(3 * a.W * a.C));
   return {dq, dm_s, dm_t};
 }
 

@@ -1,6 +1,7 @@
-// Argument blocks of the CPU focal-modulation kernels (focal_cpu_kernels.h) and their entry points,
-// one set per instruction-set build (focal_cpu_avx512.cpp, focal_cpu_base.cpp). Plain data only:
-// the launch code (focal_cpu.cpp) fills these from tensors; the kernels never see ATen.
+// Argument blocks of the focal-modulation kernels, the same for both devices: the CPU kernels
+// (focal_cpu_kernels.h, one build per instruction set: focal_cpu_avx512.cpp, focal_cpu_base.cpp,
+// entry points declared here) and the CUDA kernels (focal_cuda.cu, entry points in focal_cuda.h).
+// Plain data only: the launch code (focal.cpp) fills these from tensors; no kernel sees ATen.
 //
 // Layout: activations are channels-last (N, H, W, C) with channel stride 1. A `View` is such a
 // tensor with any other strides (e.g. a slice of a projection's output). Buffers named "acc" hold
@@ -12,7 +13,7 @@
 namespace dvfl {
 namespace focal {
 
-enum class Dtype : int32_t { f32, f64, bf16 };
+enum class Dtype : int32_t { f32, f64, bf16, f16 };  // f16: CUDA only (the CPU computes it in f32)
 
 struct View {
   const void* data;
@@ -20,7 +21,7 @@ struct View {
 };
 
 // Spatial context, one depthwise level (0-based `level`: z_{level+1} = GELU(dwconv(z_level)),
-// gate column `level`). Work unit: an image row (N * H of them).
+// gate column `level`). Work unit: an image row (N * H of them; on CUDA, a row's block of channels).
 struct SpatialLevel {
   Dtype dtype;
   int64_t N, H, W, C, level, num_levels, k;
@@ -66,11 +67,12 @@ struct SpatialBackward {
   void* dg;                // dtype (N, H, W, L + 1)
   void* row_part;          // global pass: (N * H, C) acc
   void* weight_part;       // (N * H, k * k, C) acc (level < L)
+  void* gate_part;         // CUDA, level >= 1: (ceil(C / 32), N * H * W) acc, dg's per-channel-block sums
 };
 
 // Temporal context epilogues. Rows are the N * H * W positions, n = b * T + t; a work unit is one
-// (b, h, w) position of a clip with all its T frames. `y` is the GEMM output (rows, k * C) in the
-// op's dtype: tap j of row r is the product for row r's frame shifted by j - k/2.
+// (b, h, w) position of a clip with all its T frames. `y` holds the k taps' GEMM outputs in the op's
+// dtype, tap j of row r at y + r * y_row + j * y_tap: the product for row r's frame shifted by j - k/2.
 // Forward, conv `level`: pre(t) = sum_j y[t + j - k/2][j]; z = GELU(pre); A = (level ? A : 0)
 //   + scale*g[level]*z; the last level adds scale*g[L]*GELU(mean_t z) and writes `out`.
 struct TemporalForward {
@@ -78,7 +80,8 @@ struct TemporalForward {
   int64_t B, T, H, W, C, level, num_levels, k;
   double scale;
   View g;
-  const void* y;       // (rows, k * C) dtype
+  const void* y;       // k taps x (rows, C), dtype
+  int64_t y_row, y_tap;
   void* acc;           // (rows, C) acc (all but a single level)
   void* z_out;         // (rows, C) dtype: z_{level+1}, the next GEMM's input (not on the last level)
   void* pre_out;       // (rows, C) acc or null
@@ -87,7 +90,8 @@ struct TemporalForward {
 };
 
 // Temporal backward. `top` pass: the global term and level L (dmean, dg[L], dg[L-1], dpre_L into
-// dp_out). Level pass after y = dpre_{level+1} @ [W_level taps]: dz(t) = sum_j y[t - (j - k/2)][j];
+// dp_out). Level pass after the taps' products y[j] = dpre_{level+1} @ W_level[:, :, j] (laid out as
+// in the forward): dz(t) = sum_j y[t - (j - k/2)][j];
 //   level >= 1: z_level = GELU(pre[level-1]) into z_out, dz += scale*dA*g[level-1],
 //               dg[level-1] = sum_c scale*dA*z_level, dp_out = dz * GELU'(pre[level-1]);
 //   level == 0: dz_out = dz.
@@ -98,7 +102,8 @@ struct TemporalBackward {
   View grad, g;
   const void* pre;     // (L, rows, C) acc
   const void* mean;    // (B * H * W, C) acc
-  const void* y;       // level pass: (rows, k * C) dtype
+  const void* y;       // level pass: k taps x (rows, C), dtype
+  int64_t y_row, y_tap;
   void* z_out;         // (rows, C) dtype
   void* dp_out;        // (rows, C) dtype
   void* dz_out;        // (rows, C) dtype

@@ -9,21 +9,21 @@
 
 namespace dvfl {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_cpu(const at::Tensor& z, const at::Tensor& g,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_kernels(const at::Tensor& z, const at::Tensor& g,
                                                                    const std::vector<at::Tensor>& weights,
                                                                    bool normalize, bool save);
-std::vector<at::Tensor> spatial_context_backward_cpu(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g,
+std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g,
                                                      const std::vector<at::Tensor>& weights, const at::Tensor& pre,
                                                      const at::Tensor& mean, bool normalize);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_cpu(const at::Tensor& z_t, const at::Tensor& g_t,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at::Tensor& z_t, const at::Tensor& g_t,
                                                                     const std::vector<at::Tensor>& weights,
                                                                     int64_t num_frames, bool normalize, bool save);
-std::vector<at::Tensor> temporal_context_backward_cpu(const at::Tensor& grad, const at::Tensor& z_t,
+std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad, const at::Tensor& z_t,
                                                       const at::Tensor& g_t, const std::vector<at::Tensor>& weights,
                                                       int64_t num_frames, const at::Tensor& pre,
                                                       const at::Tensor& mean, bool normalize);
-at::Tensor modulate_cpu(const at::Tensor& q, const at::Tensor& m_s, const at::Tensor& m_t);
-std::vector<at::Tensor> modulate_backward_cpu(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& m_s,
+at::Tensor modulate_kernels(const at::Tensor& q, const at::Tensor& m_s, const at::Tensor& m_t);
+std::vector<at::Tensor> modulate_backward_kernels(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& m_s,
                                               const at::Tensor& m_t);
 // "avx512" or "base": the instruction set the kernels run with on this CPU.
 const char* focal_cpu_capability();

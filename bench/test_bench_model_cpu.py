@@ -1,7 +1,7 @@
 """VFL-Net nano on this CPU: one clip (1 x 8 x 3 x 224 x 224) per inference, and a training step.
 
 Cases, in one run so their ratios compare (medians; absolute times drift with the machine's load):
-- inference: backend reference | cpu, eager | torch.compile, float32 | bf16 autocast | bf16 weights;
+- inference: backend reference | cpu | auto (cpu, with the measured exceptions of ops.py), eager | torch.compile, float32 | bf16 autocast | bf16 weights;
 - training step (batch 1 clip, SGD, float32 and bf16 autocast): reference | cpu, eager.
 The peer a CPU user would pick instead, OpenVINO (and ONNX Runtime) on the exported model, is
 timed by bench/test_bench_deploy_cpu.py (run both in one session; see the README's table).
@@ -46,7 +46,7 @@ def _training_step(model, clips, labels, opt, mode: str = "fp32"):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("backend", ["reference", "cpu", "auto"])
 def test_nano_inference(benchmark, device, backend, compiled, mode):
     if device != "cpu":
         pytest.skip("the CPU deployment cases")

@@ -50,7 +50,10 @@ def _reference_is_faster(op: str, x: torch.Tensor, needs_grad: bool) -> bool:
     ATen faster there. bf16 inference of the temporal context on CPU above 8x8 positions: the
     reference's per-tap oneDNN GEMMs and bf16 ATen adds beat the C++ kernel's float32 epilogue (one
     clip, stage 1 of the nano: 11-13 vs 13-16 ms), while at 7x7 and in every other case the kernel
-    wins (bench/test_bench_focal.py)."""
+    wins (bench/test_bench_focal.py). Not under torch.compile, where the kernel wins (inductor's bf16
+    code for the reference's graph is slow on CPU: bench/test_bench_model_cpu.py)."""
+    if torch.compiler.is_compiling():  # inductor's bf16 code for the reference is slower than the kernel
+        return False
     return (
         op == "temporal_context" and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not needs_grad
         and x.shape[1] * x.shape[2] > 64

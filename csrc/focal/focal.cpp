@@ -5,8 +5,8 @@
 //
 // Spatial context: one pass per level over image rows (depthwise k x k, GELU, gate, accumulate,
 //   fused; z and g read by stride), then one pass adding the global term and writing the output.
-// Temporal context: per level, one GEMM per tap of the rows (N*H*W, C) (a strided 2-D view of z_t,
-//   no copy) into one (k, rows, C) buffer: y[j] = z @ W_j^T. A tap's product for frame t sits in the
+// Temporal context: per level, the GEMMs of the rows (N*H*W, C) (a strided 2-D view of z_t, no copy)
+//   with the k taps: y[j] = z @ W_j^T (tap_products: tap-major for bf16, one stacked GEMM otherwise). A tap's product for frame t sits in the
 //   row one frame (H*W rows) away, so the epilogue sums k shifted rows of y (contiguous runs per tap),
 //   masked at the clip's ends, and applies GELU, the gate and the accumulation; the last level's
 //   epilogue also takes the mean over the T frames and writes the output.
@@ -164,9 +164,14 @@ at::Tensor sum_row_groups(const at::Tensor& parts, int64_t groups, int64_t rows)
 }
 
 // The products of rows (R, C) with each of the k taps (k, C_out, C): y[j] = rows @ taps[j]^T, as
-// (k, R, C_out). Tap-major, so the epilogue reads each tap's shifted rows as contiguous runs.
+// strided (k, R, C_out). bf16: tap-major, one GEMM per tap, so the epilogue reads each tap's shifted
+// rows as contiguous runs (measured faster at the nano's stage 1 on oneDNN/AMX); other dtypes: one
+// GEMM against all taps stacked, (R, k * C_out), which was faster there in float32.
 at::Tensor tap_products(const at::Tensor& rows, const at::Tensor& taps) {
   const int64_t k = taps.size(0), C_out = taps.size(1);
+  if (rows.scalar_type() != at::kBFloat16) {
+    return at::mm(rows, taps.reshape({k * C_out, -1}).t()).view({rows.size(0), k, C_out}).permute({1, 0, 2});
+  }
   at::Tensor y = at::empty({k, rows.size(0), C_out}, rows.options());
   for (int64_t j = 0; j < k; ++j) {
     at::Tensor tap = y[j];

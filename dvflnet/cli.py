@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .data.video import VideoReadError
@@ -120,6 +121,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache_teacher(args: argparse.Namespace) -> int:
+    from .engine.teacher_cache import build_teacher_cache
+
+    cfg = _run_config(args)
+    if args.cache:
+        cfg["kd"]["teacher_cache"] = args.cache
+    summary = build_teacher_cache(cfg)
+    print(f"teacher cache {cfg['kd']['teacher_cache']}: {summary['written']} chunk(s) written, {summary['kept']} already "
+          f"there, {summary['time_s']:.0f} s; distil from it with --opts kd.teacher_cache {cfg['kd']['teacher_cache']}")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .ablate import run_grid
+    from .engine.config import load_config
+
+    cfg = load_config(args.config, args.opts)
+    output = args.output or os.path.join(cfg["output"], "grid")
+    run_grid(cfg, output, args.alphas, args.temperatures, args.seeds)
+    print(f"grid: {os.path.join(output, 'grid.md')}, grid.csv and grid.png next to it")
+    return 0
+
+
 def cmd_generate_data(args: argparse.Namespace) -> int:
     from .data.synthetic import generate_dataset
 
@@ -203,6 +227,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_demo_config(args.config or DEMO_CONFIG, opts)
     if args.seed is not None:
         set_seed(spec, args.seed)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run_demo(spec)
     return 0
 
@@ -248,6 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             run.set_defaults(func=cmd_train)
 
+    cache = sub.add_parser("cache-teacher", help="run a distillation config's teacher once over every clip the student "
+                           "will see (augmented, mixed) and store its logits: offline distillation")
+    cache.add_argument("--config", required=True, help="the distillation YAML the student will be trained with")
+    cache.add_argument("--cache", help="cache folder (overrides kd.teacher_cache)")
+    cache.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, as for distill")
+    cache.set_defaults(func=cmd_cache_teacher, output=None)
+
+    ablate = sub.add_parser("ablate", help="the alpha x temperature grid of distillation runs from one teacher cache per seed")
+    ablate.add_argument("--config", required=True, help="the distillation YAML (a run's saved config.json works too)")
+    ablate.add_argument("--output", help="grid folder (default: <config output>/grid)")
+    ablate.add_argument("--alphas", nargs="+", type=float, default=[0.3, 0.5, 0.7])
+    ablate.add_argument("--temperatures", nargs="+", type=_positive(float), default=[5.0, 10.0, 15.0])
+    ablate.add_argument("--seeds", nargs="+", type=int, help="one grid per seed (default: the config's seed)")
+    ablate.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, as for distill")
+    ablate.set_defaults(func=cmd_ablate)
+
     gen = sub.add_parser("generate-data", help="write the synthetic temporal-reasoning video dataset (mp4 + CSVs)")
     gen.add_argument("root")
     gen.add_argument("--train-per-class", type=int, default=40)
@@ -291,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
     demo.add_argument("--output", help="demo folder (default: runs/demo)")
     demo.add_argument("--seed", type=int, help="one seed for everything: the generated data and every run")
+    demo.add_argument("--threads", type=_positive(int), help="intra-op CPU threads (torch.set_num_threads; default: torch's)")
     demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.train.epochs 20")
     demo.set_defaults(func=cmd_demo)
     return parser

@@ -11,12 +11,14 @@ merged over it (distill = student settings + teacher + kd).
 from __future__ import annotations
 
 import copy
+import csv
 import inspect
 import json
 import os
 import shutil
 import time
 
+import torch
 import yaml
 
 from .complexity import count_flops, count_parameters
@@ -26,6 +28,7 @@ from .engine.loop import build_model, run_evaluation, run_training
 
 DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
 RUNS = ("teacher", "student", "distill")
+STUDENT_CSV = "students.csv"
 
 
 def set_seed(spec: dict, seed: int) -> None:
@@ -50,13 +53,16 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-    sections = ("output", "dataset", "base", *RUNS)
+    sections = ("output", "dataset", "student_train_per_class", "base", *RUNS)
     missing = [s for s in sections if s not in spec]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}")
     unknown = sorted(set(spec) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown} at the top level (known: {', '.join(sections)})")
+    per_class = spec["student_train_per_class"]
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or not 0 < per_class <= spec["dataset"].get("train_per_class", 40):
+        raise ConfigError(f"{path}: student_train_per_class: expected an integer in [1, dataset.train_per_class], got {per_class!r}")
     known = set(inspect.signature(generate_dataset).parameters) - {"root"}
     unknown = set(spec["dataset"]) - known
     if unknown:
@@ -66,7 +72,9 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
 
 
 def run_configs(spec: dict, data_root: str) -> dict[str, dict]:
-    """The three run configs: DEFAULTS <- base <- run section, with the generated data and outputs."""
+    """The three run configs: DEFAULTS <- base <- run section, with the generated data and outputs.
+    The teacher trains on the whole generated pool (train.csv), the students on its first
+    student_train_per_class clips of each class (students.csv)."""
     configs = {}
     for run in RUNS:
         cfg = merge_config(copy.deepcopy(DEFAULTS), spec["base"], "demo base")
@@ -76,7 +84,7 @@ def run_configs(spec: dict, data_root: str) -> dict[str, dict]:
         cfg["output"] = os.path.join(spec["output"], run)
         cfg["resume"] = None  # every demo run starts fresh
         cfg["data"].update(
-            root=data_root, train_csv=os.path.join(data_root, "train.csv"), val_csv=os.path.join(data_root, "val.csv"),
+            root=data_root, train_csv=os.path.join(data_root, "train.csv" if run == "teacher" else STUDENT_CSV), val_csv=os.path.join(data_root, "val.csv"),
             labels_csv=os.path.join(data_root, "labels.csv"),
         )
         configs[run] = cfg
@@ -85,13 +93,21 @@ def run_configs(spec: dict, data_root: str) -> dict[str, dict]:
 
 
 def _prepare_data(spec: dict) -> str:
-    """Generate the dataset once per settings; a stamp file records them so a rerun reuses it."""
+    """Generate the dataset once per settings (a stamp file records them so a rerun reuses it) and
+    write the students' subset of the training pool."""
     root = os.path.join(spec["output"], "data")
     stamp = os.path.join(root, "settings.json")
-    wanted = json.dumps(spec["dataset"], sort_keys=True)
+    wanted = json.dumps({**spec["dataset"], "student_train_per_class": spec["student_train_per_class"]}, sort_keys=True)
     if os.path.isfile(stamp) and open(stamp).read() == wanted:
         return root
-    generate_dataset(root, **spec["dataset"])
+    dataset = generate_dataset(root, **spec["dataset"])
+    taken: dict[int, int] = {}
+    with open(dataset.train_csv, newline="") as f, open(os.path.join(root, STUDENT_CSV), "w", newline="") as out:
+        writer = csv.writer(out)
+        for path, label in csv.reader(f):
+            taken[label] = taken.get(label, 0) + 1
+            if taken[label] <= spec["student_train_per_class"]:
+                writer.writerow((path, label))
     with open(stamp, "w") as f:
         f.write(wanted)
     return root
@@ -114,7 +130,8 @@ def run_demo(spec: dict) -> list[dict]:
         configs[run]["eval"]["checkpoint"] = summary["last"]
         if run == "teacher":
             configs["distill"]["teacher"]["checkpoint"] = summary["last"]
-        rows.append({"run": run, "train_time_s": summary["train_time_s"]})
+        rows.append({"run": run, "seed": configs[run]["seed"], "threads": torch.get_num_threads(),
+                     "train_time_s": summary["train_time_s"]})
     print("[5/5] evaluating (1 clip x 1 crop, 4 clips x 3 crops)", flush=True)
     for row in rows:
         cfg = configs[row["run"]]

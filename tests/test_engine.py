@@ -280,13 +280,25 @@ def test_torchrun_two_gloo_processes(videos, tmp_path):
 
 def test_demo_end_to_end(tmp_path, capsys):
     """The demo's whole path at toy size (the real settings are in configs/demo.yaml)."""
-    opts = ["dataset.train_per_class", "2", "dataset.val_per_class", "1", "dataset.num_frames", "8",
-            "base.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4", "base.data.num_workers", "0",
-            "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL), "base.eval.views", "[[1, 1], [2, 3]]"]
-    assert cli_main(["demo", "--output", str(tmp_path), "--seed", "3", "--opts", *opts]) == 0
+    opts = ["dataset.train_per_class", "3", "dataset.val_per_class", "1", "dataset.num_frames", "8", "student_train_per_class", "2",
+            "teacher.train.epochs", "1", "student.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4",
+            "base.data.num_workers", "0", "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL),
+            "base.eval.views", "[[1, 1], [2, 3]]"]
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(["demo", "--output", str(tmp_path), "--seed", "3", "--threads", "1", "--opts", *opts]) == 0
+    finally:
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert json.load(open(tmp_path / "teacher" / "config.json"))["seed"] == 3
     assert json.load(open(tmp_path / "data" / "settings.json"))["seed"] == 3
+    # the teacher trains on the whole generated pool, both students on its first 2 clips of each class
+    teacher_rows = (tmp_path / "data" / "train.csv").read_text().splitlines()
+    student_rows = (tmp_path / "data" / "students.csv").read_text().splitlines()
+    assert len(teacher_rows) == 12 and len(student_rows) == 8 and set(student_rows) < set(teacher_rows)
+    assert all(sum(r.endswith(f",{label}") for r in student_rows) == 2 for label in range(4))
+    for run, csv_name in (("teacher", "train.csv"), ("student", "students.csv"), ("distill", "students.csv")):
+        assert json.load(open(tmp_path / run / "config.json"))["data"]["train_csv"].endswith(csv_name)
     from PIL import Image
 
     assert Image.open(tmp_path / "results.png").size == (1100, 650)
@@ -296,4 +308,7 @@ def test_demo_end_to_end(tmp_path, capsys):
         rows = json.load(f)
     assert [r["run"] for r in rows] == ["teacher", "student", "distill"]
     assert all(0 <= r["1x1_top1"] <= 100 and r["params"] > 0 and r["gflops"] > 0 for r in rows)
+    assert all(r["seed"] == 3 and r["threads"] == 1 for r in rows)
     assert cli_main(["demo", "--output", str(tmp_path), "--opts", "base.train.epoch", "1"]) == 2
+    assert cli_main(["demo", "--output", str(tmp_path), "--opts", "student_train_per_class", "400"]) == 2
+    assert "student_train_per_class: expected an integer in [1, dataset.train_per_class]" in capsys.readouterr().err

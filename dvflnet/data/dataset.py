@@ -146,14 +146,13 @@ class VideoCSVDataset(Dataset):
 
     def _load(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.items[index]
-        length = video_length(path)
         if self.mode == "train":
             generator = self._generator(index)
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
-            clip = read_frames(path, segment_indices(length, self.num_frames, self.frame_interval, True, rng))
+            clip = read_frames(path, lambda length: segment_indices(length, self.num_frames, self.frame_interval, True, rng))
             return train_transform(clip, generator, self.size, self.short_side, self.flip, crop_area=self.crop_area), label
         views = test_views(path, self.num_frames, self.frame_interval, self.num_clips, self.num_crops, self.size,
-                           self.short_side, stop=length)
+                           self.short_side, stop=video_length(path))
         return views, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

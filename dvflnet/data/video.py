@@ -6,7 +6,7 @@ reader, in whatever process it runs; the needed frames are read in one batched c
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,12 +51,13 @@ def video_info(path: str | os.PathLike) -> tuple[int, float]:
     return len(reader), fps
 
 
-def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
-    """Frames `indices` of the video as a uint8 tensor (len(indices), H, W, 3), RGB, in one batched read."""
+def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray | Callable[[int], Sequence[int]]) -> torch.Tensor:
+    """Frames `indices` of the video as a uint8 tensor (len(indices), H, W, 3), RGB, in one batched read.
+    `indices` may be a function of the video's frame count (the file is then opened once, not twice)."""
     path = os.fspath(path)
     reader = _open(path)
-    indices = np.asarray(indices, dtype=np.int64)
     length = len(reader)
+    indices = np.asarray(indices(length) if callable(indices) else indices, dtype=np.int64)
     if indices.size == 0 or indices.min() < 0 or indices.max() >= length:
         raise VideoReadError(path, f"frame indices must lie in [0, {length}), got {indices.tolist()}")
     try:

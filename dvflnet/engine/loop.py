@@ -33,6 +33,7 @@ from .config import ConfigError, check_config
 from .distributed import DistInfo, ShardSampler, TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
 from .optim import build_optimizer, scaled_lr
 from .schedule import WarmupCosine
+from .teacher_cache import TeacherCache
 
 
 # -- building blocks ---------------------------------------------------------------------------------
@@ -99,6 +100,32 @@ def _loader(dataset, batch_size: int, sampler, num_workers: int, device: torch.d
 def _step_generator(seed: int, rank: int, epoch: int, batch: int) -> torch.Generator:
     """Mixup randomness per (seed, rank, epoch, micro-batch): a resumed run draws the same boxes."""
     return torch.Generator().manual_seed((((seed * 1009 + rank) * 100003 + epoch) * 1000003 + batch) % 2**63)
+
+
+def batches_per_epoch(num_samples: int, batch_size: int, accumulation: int) -> int:
+    """Micro-batches each rank trains on per epoch: whole batches, whole optimizer steps."""
+    return num_samples // batch_size // accumulation * accumulation
+
+
+def epoch_batches(cfg: dict, dataset: VideoCSVDataset, sampler: TrainSampler, info: DistInfo, epoch: int,
+                  first: int, stop: int):
+    """(micro-batch index, clips, targets) for micro-batches [first, stop) of `epoch` on this rank, on
+    the device: the training stream (sampler order, per-clip augmentation, then mixup / cutmix drawn
+    per micro-batch). The teacher cache replays exactly this stream, so both go through here."""
+    train, data = cfg["train"], cfg["data"]
+    dataset.set_epoch(epoch)
+    sampler.set_epoch(epoch, first * train["batch_size"])
+    loader = _loader(dataset, train["batch_size"], sampler, data["num_workers"], info.device, drop_last=True)
+    for batch, (clips, labels) in enumerate(batches(loader), start=first):
+        if batch >= stop:
+            break
+        clips, targets = clips.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
+        if train["mixup"]:
+            clips, targets = mixup_cutmix(
+                clips, targets, data["num_classes"], _step_generator(cfg["seed"], info.rank, epoch, batch),
+                train["label_smoothing"], train["cutmix_prob"], train["mixup_alpha"], train["cutmix_alpha"],
+            )
+        yield batch, clips, targets
 
 
 def _peak_memory(device: torch.device) -> dict:
@@ -282,6 +309,10 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     torch.manual_seed(cfg["seed"] + info.rank)
     out = cfg["output"]
     manager = CheckpointManager(out, train["keep_last"])
+    dataset = train_dataset(cfg)
+    # distillation reads the teacher's logits from kd.teacher_cache when set, else runs the teacher;
+    # a cache built for another run is refused here, before anything is written to the output
+    cache = TeacherCache(cfg, info, len(dataset)) if distill and cfg["kd"]["teacher_cache"] else None
     # rank 0 picks the checkpoint (setting corrupt ones aside) and checks it fits before config.json
     # is written; every rank then loads that one
     resume = None
@@ -299,10 +330,9 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
     log.truncate_after(state["step"] if state else 0)
 
-    dataset = train_dataset(cfg)
     val_set = test_dataset(cfg, *train["eval_views"]) if train["eval_every"] else None
     model = build_model(cfg["model"], data).to(info.device)
-    teacher = build_teacher(cfg, info.device) if distill else None
+    teacher = build_teacher(cfg, info.device) if distill and cache is None else None
     amp_dtype = autocast_dtype(train["amp"], info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
 
@@ -313,8 +343,8 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         print(f"train.weight_decay {train['weight_decay']:g} applies to no parameter: train.weight_decay_on is "
               "'nothing', what the public training code effectively did (set it to 'weights' to decay weights)")
     sampler = TrainSampler(len(dataset), train["batch_size"], info, cfg["seed"])
-    batches_per_epoch = len(sampler) // train["batch_size"] // train["accumulation"] * train["accumulation"]
-    steps_per_epoch = batches_per_epoch // train["accumulation"]
+    per_epoch = batches_per_epoch(len(sampler), train["batch_size"], train["accumulation"])
+    steps_per_epoch = per_epoch // train["accumulation"]
     if steps_per_epoch == 0:
         raise ValueError(f"train.accumulation: {train['accumulation']} micro-batches per step is more than the "
                          f"{len(sampler) // train['batch_size']} each process gets per epoch")
@@ -367,9 +397,6 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     nonfinite_run = 0  # consecutive steps skipped for a non-finite loss or gradient
     while epoch < train["epochs"]:
         model.train()
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, batch_in_epoch * train["batch_size"])
-        loader = _loader(dataset, train["batch_size"], sampler, data["num_workers"], info.device, drop_last=True)
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
         start = time.perf_counter() - partial.get("time_s", 0.0)
@@ -378,24 +405,15 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         step_loss = torch.zeros((), device=info.device)
         bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
                    disable=not (info.is_main and train["progress"] and _interactive()), dynamic_ncols=True)
-        for clips, labels in batches(loader):
-            if batch_in_epoch >= batches_per_epoch:
-                break
-            clips, labels = clips.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
-            targets = labels
-            if train["mixup"]:
-                clips, targets = mixup_cutmix(
-                    clips, labels, data["num_classes"], _step_generator(cfg["seed"], info.rank, epoch, batch_in_epoch),
-                    train["label_smoothing"], train["cutmix_prob"], train["mixup_alpha"], train["cutmix_alpha"],
-                )
-            last_micro = (batch_in_epoch + 1) % train["accumulation"] == 0
+        for batch, clips, targets in epoch_batches(cfg, dataset, sampler, info, epoch, batch_in_epoch, per_epoch):
+            last_micro = (batch + 1) % train["accumulation"] == 0
             sync = contextlib.nullcontext() if last_micro or not info.enabled else ddp.no_sync()
             with sync:
                 with autocast(info.device, amp_dtype):
                     logits = forward(clips)
                     if distill:
                         with torch.no_grad():
-                            teacher_logits = teacher(clips)
+                            teacher_logits = teacher(clips) if cache is None else cache.logits(epoch, batch)
                 if distill:
                     loss = criterion(logits.float(), teacher_logits.float(), targets)
                 else:
@@ -403,7 +421,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
                 scaler.scale(loss / train["accumulation"]).backward()
             step_loss += loss.detach()
             clips_seen += clips.shape[0] * info.world_size
-            batch_in_epoch += 1
+            batch_in_epoch = batch + 1
             if not last_micro:
                 continue
 
@@ -436,7 +454,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             step_loss.zero_()
             step += 1
             bar.update(1)
-            if finite and (step % train["log_every"] == 0 or batch_in_epoch == batches_per_epoch):
+            if finite and (step % train["log_every"] == 0 or batch_in_epoch == per_epoch):
                 record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm_value,
                           "clips_per_s": clips_seen / (time.perf_counter() - start)}
                 if distill:
@@ -447,7 +465,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
                     print(f"epoch {epoch + 1}/{train['epochs']} step {in_epoch}/{steps_per_epoch}: "
                           + ", ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
                 log.write(event="step", epoch=epoch, step=step, **record)
-            if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < batches_per_epoch:
+            if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < per_epoch:
                 checkpoint(epoch_partial={"loss_sum": loss_sum, "loss_count": loss_count, "clips": clips_seen,
                                           "time_s": time.perf_counter() - start, "skipped_steps": skipped_steps})
         bar.close()

@@ -1,0 +1,147 @@
+"""`dvflnet ablate`: the paper's alpha x temperature grid of distillation runs from one teacher cache.
+
+    dvflnet ablate --config distill.yaml --output runs/grid [--alphas 0.3 0.5 0.7] [--temperatures 5 10 15] [--seeds 0 1 2]
+
+Per seed, the teacher runs once (``build_teacher_cache`` into <output>/cache-seed<N>, resumed when
+present); every cell then distils a student from the cached logits into
+<output>/seed<N>/alpha<a>-T<t>/ and evaluates its last checkpoint. A finished cell keeps its
+result.json and is not run again; a cell cut short resumes from its own checkpoints. The grid's
+table (mean and spread over seeds) is written as grid.csv and grid.md, and its 1x1 top-1 as a
+heatmap, grid.png.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import statistics
+
+from .engine.config import ConfigError
+from .engine.loop import run_evaluation, run_training
+from .engine.teacher_cache import build_teacher_cache
+
+ALPHAS = (0.3, 0.5, 0.7)
+TEMPERATURES = (5.0, 10.0, 15.0)
+METRICS = ("1x1_top1", "1x1_top5")
+
+
+def cell_name(alpha: float, temperature: float) -> str:
+    return f"alpha{alpha:g}-T{temperature:g}"
+
+
+def _write_json_atomic(obj, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def run_cell(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
+    """One distillation run of the grid (resumed when cut short) and its 1x1 evaluation; the result is
+    kept in <folder>/result.json, so a finished cell is read back instead of run again."""
+    result_path = os.path.join(folder, "result.json")
+    if os.path.isfile(result_path):
+        with open(result_path) as f:
+            return json.load(f)
+    cell = copy.deepcopy(cfg)
+    cell["kd"].update(alpha=alpha, temperature=temperature)
+    cell.update(output=folder, resume="auto")
+    summary = run_training(cell, distill=True)
+    cell["eval"].update(checkpoint=summary["last"], views=[[1, 1]])
+    report = run_evaluation(cell)["1x1"]
+    result = {"seed": cfg["seed"], "alpha": alpha, "temperature": temperature, "1x1_top1": report["top1"],
+              "1x1_top5": report["top5"], "train_time_s": summary["train_time_s"], "checkpoint": summary["last"]}
+    _write_json_atomic(result, result_path)
+    return result
+
+
+def run_grid(cfg: dict, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, seeds=None) -> list[dict]:
+    """Every (seed, alpha, temperature) cell; returns their results and writes the grid's files."""
+    if not cfg["teacher"]["checkpoint"] or not cfg["teacher"]["name"]:
+        raise ConfigError("teacher.name and teacher.checkpoint: the grid distils from a trained teacher; set both")
+    for name, values in (("--alphas", alphas), ("--temperatures", temperatures)):
+        if not values:
+            raise ConfigError(f"{name}: expected at least one value")
+    seeds = [cfg["seed"]] if not seeds else list(seeds)
+    results = []
+    for seed in seeds:
+        seeded = copy.deepcopy(cfg)
+        seeded["seed"] = seed
+        seeded["kd"]["teacher_cache"] = os.path.join(output, f"cache-seed{seed}")
+        cache = build_teacher_cache(seeded)
+        print(f"seed {seed}: teacher cache ready ({cache['written']} chunk(s) written, {cache['kept']} kept, "
+              f"{cache['time_s']:.0f} s)", flush=True)
+        for alpha in alphas:
+            for temperature in temperatures:
+                folder = os.path.join(output, f"seed{seed}", cell_name(alpha, temperature))
+                result = run_cell(seeded, alpha, temperature, folder)
+                print(f"seed {seed}, alpha {alpha:g}, T {temperature:g}: 1x1 top-1 {result['1x1_top1']:.1f}%", flush=True)
+                results.append(result)
+    write_grid(results, output)
+    return results
+
+
+def summarize(results: list[dict]) -> list[dict]:
+    """One row per (alpha, temperature): mean, spread (population std) and count over seeds."""
+    rows = []
+    for alpha, temperature in dict.fromkeys((r["alpha"], r["temperature"]) for r in results):
+        cell = [r for r in results if (r["alpha"], r["temperature"]) == (alpha, temperature)]
+        row = {"alpha": alpha, "temperature": temperature, "seeds": len(cell)}
+        for metric in METRICS:
+            values = [r[metric] for r in cell]
+            row[f"{metric}_mean"] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.pstdev(values)
+        rows.append(row)
+    return rows
+
+
+def write_grid(results: list[dict], output: str) -> dict[str, str]:
+    """grid.csv (one row per run), grid.md (mean +- std per cell, alpha x temperature) and grid.png."""
+    os.makedirs(output, exist_ok=True)
+    paths = {kind: os.path.join(output, f"grid.{kind}") for kind in ("csv", "md", "png")}
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["seed", "alpha", "temperature", *METRICS, "train_time_s"], extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results)
+    rows = summarize(results)
+    alphas = sorted({r["alpha"] for r in rows})
+    temperatures = sorted({r["temperature"] for r in rows})
+    by_cell = {(r["alpha"], r["temperature"]): r for r in rows}
+    seeds = sorted({r["seed"] for r in results})
+    lines = [f"1x1 top-1 (%), mean ± std over seeds {', '.join(map(str, seeds))}", "",
+             "| alpha \\ T | " + " | ".join(f"{t:g}" for t in temperatures) + " |",
+             "|---|" + "---|" * len(temperatures)]
+    for alpha in alphas:
+        cells = [by_cell.get((alpha, t)) for t in temperatures]
+        lines.append(f"| {alpha:g} | " + " | ".join(
+            f"{c['1x1_top1_mean']:.1f} ± {c['1x1_top1_std']:.1f}" if c else "-" for c in cells) + " |")
+    with open(paths["md"], "w") as f:
+        f.write("\n".join(lines) + "\n")
+    _heatmap(alphas, temperatures, by_cell, seeds, paths["png"])
+    return paths
+
+
+def _heatmap(alphas, temperatures, by_cell, seeds, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.array([[by_cell[(a, t)]["1x1_top1_mean"] if (a, t) in by_cell else np.nan for t in temperatures] for a in alphas])
+    figure, axes = plt.subplots(figsize=(1.6 * len(temperatures) + 2.4, 1.2 * len(alphas) + 1.6))
+    image = axes.imshow(grid, cmap="viridis", aspect="auto")
+    axes.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
+    axes.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+    axes.set(xlabel="temperature T", ylabel="alpha", title=f"distilled student, 1x1 top-1 (%), seeds {', '.join(map(str, seeds))}")
+    for i, alpha in enumerate(alphas):
+        for j, temperature in enumerate(temperatures):
+            cell = by_cell.get((alpha, temperature))
+            if cell:
+                axes.text(j, i, f"{cell['1x1_top1_mean']:.1f}\n± {cell['1x1_top1_std']:.1f}", ha="center", va="center",
+                          color="white" if cell["1x1_top1_mean"] < np.nanmean(grid) else "black")
+    figure.colorbar(image, ax=axes)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

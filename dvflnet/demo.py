@@ -159,7 +159,8 @@ def print_table(rows: list[dict]) -> None:
 
 
 def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> str:
-    """One PNG: training loss and validation top-1 per epoch of the three runs, and the results table."""
+    """One PNG: training loss and validation top-1 of the three runs at each epoch's end, against
+    optimizer steps (the teacher's epochs are longer than the students'), and the results table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,13 +169,13 @@ def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> 
     figure = plt.figure(figsize=(11, 6.5))
     loss_axes, top1_axes = figure.add_subplot(2, 2, 1), figure.add_subplot(2, 2, 2)
     for run, records in epochs.items():
-        x = [r["epoch"] + 1 for r in records]
+        x = [r["step"] for r in records]
         loss_axes.plot(x, [r["train_loss"] for r in records], marker=".", label=run)
-        validated = [(r["epoch"] + 1, r["val_top1"]) for r in records if "val_top1" in r]
+        validated = [(r["step"], r["val_top1"]) for r in records if "val_top1" in r]
         if validated:
             top1_axes.plot(*zip(*validated), marker=".", label=run)
-    loss_axes.set(title="training loss", xlabel="epoch")
-    top1_axes.set(title="validation top-1 (%), 1 clip x 1 crop", xlabel="epoch", ylim=(0, 100))
+    loss_axes.set(title="training loss (distill: alpha KD + (1 - alpha) CE)", xlabel="optimizer step")
+    top1_axes.set(title="validation top-1 (%), 1 clip x 1 crop", xlabel="optimizer step", ylim=(0, 100))
     for axes in (loss_axes, top1_axes):
         axes.grid(alpha=0.3)
         axes.legend()

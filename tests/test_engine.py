@@ -310,5 +310,5 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert all(0 <= r["1x1_top1"] <= 100 and r["params"] > 0 and r["gflops"] > 0 for r in rows)
     assert all(r["seed"] == 3 and r["threads"] == 1 for r in rows)
     assert cli_main(["demo", "--output", str(tmp_path), "--opts", "base.train.epoch", "1"]) == 2
-    assert cli_main(["demo", "--output", str(tmp_path), "--opts", "student_train_per_class", "400"]) == 2
+    assert cli_main(["demo", "--output", str(tmp_path), "--opts", "student_train_per_class", "401"]) == 2
     assert "student_train_per_class: expected an integer in [1, dataset.train_per_class]" in capsys.readouterr().err

@@ -125,10 +125,14 @@ at::Tensor channel_dense(const at::Tensor& t) { return t.stride(3) == 1 || t.siz
 View view_of(const at::Tensor& t) { return View{t.const_data_ptr(), t.stride(0), t.stride(1), t.stride(2)}; }
 
 // (N, H, W, C) as a (N*H*W, C) matrix with a leading dimension, without a copy where strides allow.
+// Not for bf16 on CPU: ATen's bf16 GEMM there (torch 2.13, oneDNN on AMX) reads past C within a
+// row's leading dimension for some C (21, 80, 98-100 measured, not 96 or 192), so a NaN or inf in the
+// columns beside the slice turned products non-finite; such rows are copied dense first.
 at::Tensor as_rows(const at::Tensor& t) {
   const int64_t N = t.size(0), H = t.size(1), W = t.size(2), C = t.size(3);
   const bool rows_uniform = (H == 1 || t.stride(1) == W * t.stride(2)) && (N == 1 || t.stride(0) == H * W * t.stride(2));
-  if (t.stride(3) == 1 && rows_uniform && t.stride(2) >= C) return t.as_strided({N * H * W, C}, {t.stride(2), 1});
+  const bool gemm_safe = t.is_cuda() || t.scalar_type() != at::kBFloat16 || t.stride(2) == C;
+  if (t.stride(3) == 1 && rows_uniform && t.stride(2) >= C && gemm_safe) return t.as_strided({N * H * W, C}, {t.stride(2), 1});
   return t.contiguous().view({N * H * W, C});
 }
 

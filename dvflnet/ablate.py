@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 
+from .engine.checkpoint import write_json_atomic
 from .engine.config import ConfigError
 from .engine.loop import run_evaluation, run_training
 from .engine.teacher_cache import build_teacher_cache
@@ -28,13 +29,6 @@ METRICS = ("1x1_top1", "1x1_top5")
 
 def cell_name(alpha: float, temperature: float) -> str:
     return f"alpha{alpha:g}-T{temperature:g}"
-
-
-def _write_json_atomic(obj, path: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def run_cell(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
@@ -52,7 +46,7 @@ def run_cell(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
     report = run_evaluation(cell)["1x1"]
     result = {"seed": cfg["seed"], "alpha": alpha, "temperature": temperature, "1x1_top1": report["top1"],
               "1x1_top5": report["top5"], "train_time_s": summary["train_time_s"], "checkpoint": summary["last"]}
-    _write_json_atomic(result, result_path)
+    write_json_atomic(result, result_path)
     return result
 
 

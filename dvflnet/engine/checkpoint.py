@@ -29,12 +29,21 @@ REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "ste
 def save_atomic(obj, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
     half-written checkpoint under `path`."""
+    _write_atomic(path, ".pt", lambda f: torch.save(obj, f))
+
+
+def write_json_atomic(obj, path: str) -> None:
+    """`obj` as indented JSON under `path`, written as atomically as save_atomic."""
+    _write_atomic(path, ".json", lambda f: f.write(json.dumps(obj, indent=1).encode()))
+
+
+def _write_atomic(path: str, suffix: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -37,7 +37,7 @@ import torch
 
 from ..data.dataset import csv_rows
 from ..models import CheckpointError
-from .checkpoint import RunLock, save_atomic
+from .checkpoint import RunLock, save_atomic, write_json_atomic
 from .config import ConfigError
 
 FORMAT_VERSION = 1
@@ -221,9 +221,7 @@ def build_teacher_cache(cfg: dict) -> dict:
             lock = RunLock(folder).acquire()
             saved = read_key(folder)
             if saved is None:
-                with open(os.path.join(folder, KEY_FILE + ".tmp"), "w") as f:
-                    json.dump(key, f, indent=1)
-                os.replace(os.path.join(folder, KEY_FILE + ".tmp"), os.path.join(folder, KEY_FILE))
+                write_json_atomic(key, os.path.join(folder, KEY_FILE))
             else:
                 check_key(folder, key)
         barrier(info)

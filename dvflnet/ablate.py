@@ -1,13 +1,15 @@
 """`dvflnet ablate`: the paper's alpha x temperature grid of distillation runs from one teacher cache.
 
     dvflnet ablate --config distill.yaml --output runs/grid [--alphas 0.3 0.5 0.7] [--temperatures 5 10 15] [--seeds 0 1 2]
+    dvflnet ablate --merge runs/s0/grid runs/s1/grid --output runs/grid   # grids of different data / teachers
 
 Per seed, the teacher runs once (``build_teacher_cache`` into <output>/cache-seed<N>, resumed when
 present); every cell then distils a student from the cached logits into
 <output>/seed<N>/alpha<a>-T<t>/ and evaluates its last checkpoint. A finished cell keeps its
 result.json and is not run again; a cell cut short resumes from its own checkpoints. The grid's
 table (mean and spread over seeds) is written as grid.csv and grid.md, and its 1x1 top-1 as a
-heatmap, grid.png.
+heatmap, grid.png. `--merge` joins the grid.csv of grids run apart (the demo's seed changes the data
+and the teacher too, so each demo seed has its own grid) into one table over all their seeds.
 """
 from __future__ import annotations
 
@@ -72,6 +74,29 @@ def run_grid(cfg: dict, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, s
                 result = run_cell(seeded, alpha, temperature, folder)
                 print(f"seed {seed}, alpha {alpha:g}, T {temperature:g}: 1x1 top-1 {result['1x1_top1']:.1f}%", flush=True)
                 results.append(result)
+    write_grid(results, output)
+    return results
+
+
+def merge_grids(folders: list[str], output: str) -> list[dict]:
+    """The runs of several finished grids (their grid.csv) as one grid written to `output`; a (seed,
+    alpha, T) cell found in two of them is an error naming both."""
+    results, where = [], {}
+    for folder in folders:
+        path = os.path.join(folder, "grid.csv")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--merge: no grid.csv in {folder} (run `dvflnet ablate` there first)")
+        with open(path, newline="") as f:
+            for line, row in enumerate(csv.DictReader(f), start=2):
+                try:
+                    run = {"seed": int(row["seed"]), **{k: float(row[k]) for k in ("alpha", "temperature", *METRICS, "train_time_s")}}
+                except (KeyError, TypeError, ValueError) as err:
+                    raise ConfigError(f"{path}:{line}: not a grid row ({err})") from None
+                cell = (run["seed"], run["alpha"], run["temperature"])
+                if cell in where:
+                    raise ConfigError(f"--merge: seed {cell[0]}, alpha {cell[1]:g}, T {cell[2]:g} is in both {where[cell]} and {path}")
+                where[cell] = path
+                results.append(run)
     write_grid(results, output)
     return results
 

@@ -134,12 +134,20 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import run_grid
-    from .engine.config import load_config
+    from .ablate import merge_grids, run_grid
+    from .engine.config import ConfigError, load_config
 
-    cfg = load_config(args.config, args.opts)
-    output = args.output or os.path.join(cfg["output"], "grid")
-    run_grid(cfg, output, args.alphas, args.temperatures, args.seeds)
+    if (args.config is None) == (args.merge is None):
+        raise ConfigError("ablate: give either --config (run a grid) or --merge (join finished grids), not both")
+    if args.merge is not None:
+        if not args.output:
+            raise ConfigError("--merge: --output is required (the folder of the merged grid)")
+        output = args.output
+        merge_grids(args.merge, output)
+    else:
+        cfg = load_config(args.config, args.opts)
+        output = args.output or os.path.join(cfg["output"], "grid")
+        run_grid(cfg, output, args.alphas, args.temperatures, args.seeds)
     print(f"grid: {os.path.join(output, 'grid.md')}, grid.csv and grid.png next to it")
     return 0
 
@@ -284,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     cache.set_defaults(func=cmd_cache_teacher, output=None)
 
     ablate = sub.add_parser("ablate", help="the alpha x temperature grid of distillation runs from one teacher cache per seed")
-    ablate.add_argument("--config", required=True, help="the distillation YAML (a run's saved config.json works too)")
+    ablate.add_argument("--config", help="the distillation YAML (a run's saved config.json works too)")
+    ablate.add_argument("--merge", nargs="+", metavar="GRID", help="instead of running: join these finished grids (their grid.csv) into --output")
     ablate.add_argument("--output", help="grid folder (default: <config output>/grid)")
     ablate.add_argument("--alphas", nargs="+", type=float, default=[0.3, 0.5, 0.7])
     ablate.add_argument("--temperatures", nargs="+", type=_positive(float), default=[5.0, 10.0, 15.0])

@@ -65,6 +65,19 @@ def test_generate_dataset_files(tmp_path):
     assert again.classes == ("move_left", "appear")
 
 
+def test_opacity_range():
+    """Motion classes keep their opacity; the shape and its trajectory are the same draw at any opacity."""
+    for seed in range(5):
+        _, opaque = render_clip("move_left", 8, 32, seed=seed, opacity=(1.0, 1.0))
+        _, default = render_clip("move_left", 8, 32, seed=seed)
+        _, faint = render_clip("move_up", 8, 32, seed=seed, opacity=(0.2, 0.3))
+        assert (opaque.alphas == 1.0).all() and 0.45 <= default.alphas[0] <= 0.75
+        assert 0.2 <= faint.alphas[0] <= 0.3 and (faint.alphas == faint.alphas[0]).all()
+        assert np.array_equal(opaque.centers, default.centers)
+    frames, _ = render_clip("move_right", 8, 32, seed=0, opacity=[1, 1])  # a YAML list works too
+    assert frames.shape == (8, 32, 32, 3)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown class 'spin'"):
         render_clip("spin")
@@ -72,3 +85,6 @@ def test_bad_arguments():
         render_clip("appear", size=40)
     with pytest.raises(ValueError, match="classes: unknown"):
         generate_dataset("/tmp/unused", classes=("fly",))
+    for bad in ((0.0, 0.5), (0.8, 0.5), (0.5, 1.2), (1.0,), "opaque", None):
+        with pytest.raises(ValueError, match="opacity: expected"):
+            generate_dataset("/tmp/unused", opacity=bad)

@@ -235,6 +235,37 @@ def test_cli_cache_teacher_and_ablate(setup, tmp_path, capsys):
     assert "mean ± std over seeds 1, 2" in (tmp_path / "grid" / "grid.md").read_text()
 
 
+def test_merge_joins_grids_of_different_seeds(tmp_path, capsys):
+    from dvflnet.ablate import merge_grids, write_grid
+
+    def runs(seed, top1):
+        return [{"seed": seed, "alpha": a, "temperature": t, "1x1_top1": top1 + a * 10 + t, "1x1_top5": 100.0,
+                 "train_time_s": 1.0} for a in (0.3, 0.7) for t in (5.0, 10.0)]
+
+    write_grid(runs(0, 50.0), str(tmp_path / "s0"))
+    write_grid(runs(3, 60.0), str(tmp_path / "s3"))
+    merged = merge_grids([str(tmp_path / "s0"), str(tmp_path / "s3")], str(tmp_path / "all"))
+    assert len(merged) == 8 and {r["seed"] for r in merged} == {0, 3}
+    table = (tmp_path / "all" / "grid.md").read_text()
+    assert "seeds 0, 3" in table and "| 0.3 | 63.0 ± 5.0 | 68.0 ± 5.0 |" in table  # 50+3+5 and 60+3+5
+    assert (tmp_path / "all" / "grid.png").stat().st_size > 0
+    with pytest.raises(ValueError, match=r"seed 0, alpha 0.3, T 5 is in both .*s0.* and .*again"):
+        write_grid(runs(0, 40.0), str(tmp_path / "again"))
+        merge_grids([str(tmp_path / "s0"), str(tmp_path / "again")], str(tmp_path / "bad"))
+    with pytest.raises(FileNotFoundError, match="no grid.csv in"):
+        merge_grids([str(tmp_path / "s0"), str(tmp_path / "missing")], str(tmp_path / "bad"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "grid.csv").write_text("seed,alpha\nzero,0.3\n")
+    with pytest.raises(ValueError, match=r"broken/grid.csv:2: not a grid row"):
+        merge_grids([str(tmp_path / "broken")], str(tmp_path / "bad"))
+    assert cli_main(["ablate", "--merge", str(tmp_path / "s0"), str(tmp_path / "s3"), "--output", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "grid.md").read_text() == table
+    assert cli_main(["ablate", "--merge", str(tmp_path / "s0")]) == 2
+    assert "--output is required" in capsys.readouterr().err
+    assert cli_main(["ablate", "--merge", str(tmp_path / "s0"), "--config", "x.yaml", "--output", "o"]) == 2
+    assert "either --config" in capsys.readouterr().err
+
+
 def test_ddp_ranks_cache_their_own_shards(setup, tmp_path):
     """torchrun, 2 gloo processes: each rank writes and reads its own chunks; the cached run's losses
     equal the online run's; a cache built by 2 processes is refused by a run with 1."""

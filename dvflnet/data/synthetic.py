@@ -34,6 +34,9 @@ CLASSES = (
     "vanish",
 )
 SHAPES = ("triangle", "bar", "ell")  # none of them looks the same after a small rotation
+# the default mid-clip opacity range: every class partly transparent, so that appear / vanish cannot
+# be told from one frame's opacity; opaque shapes (1, 1) make motion easier to see
+OPACITY = (0.45, 0.75)
 
 
 @dataclass
@@ -46,14 +49,16 @@ class Trajectory:
     alphas: np.ndarray  # (T,)
 
 
-def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator, motion: float = 1.0) -> Trajectory:
+def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator, motion: float = 1.0,
+                opacity: tuple[float, float] = OPACITY) -> Trajectory:
     """Linear ramps around a shared middle state; only the ramped quantity differs by class.
-    motion scales every ramp (travel, growth, turn, fade): > 1 makes the change easier to see."""
+    motion scales every ramp (travel, growth, turn, fade): > 1 makes the change easier to see;
+    opacity is the range of the shape's mid-clip opacity."""
     ramp = np.linspace(-0.5, 0.5, num_frames)
     center = rng.uniform(0.35, 0.65, size=2) * size
     scale = rng.uniform(0.14, 0.2) * size
     angle = rng.uniform(0, 2 * np.pi)
-    alpha = rng.uniform(0.45, 0.75)  # every class is partly transparent, so mid-clip opacity tells nothing
+    alpha = rng.uniform(*opacity)
     centers = np.repeat(center[None], num_frames, 0)
     scales, angles, alphas = np.full(num_frames, scale), np.full(num_frames, angle), np.full(num_frames, alpha)
     travel = rng.uniform(0.25, 0.4) * size * motion
@@ -110,20 +115,32 @@ def _contrasting_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarr
     return background, foreground
 
 
+def _opacity_range(opacity) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in opacity)
+    except (TypeError, ValueError):
+        raise ValueError(f"opacity: expected a (low, high) pair of numbers, got {opacity!r}") from None
+    if not 0 < low <= high <= 1:
+        raise ValueError(f"opacity: expected 0 < low <= high <= 1, got {opacity!r}")
+    return low, high
+
+
 def render_clip(
     label: str, num_frames: int = 16, size: int = 64, seed: int = 0, camera_jitter: float = 0.8, clutter: float = 0.3,
-    motion: float = 1.0,
+    motion: float = 1.0, opacity: tuple[float, float] = OPACITY,
 ) -> tuple[np.ndarray, Trajectory]:
     """One clip of class `label`: uint8 frames (T, size, size, 3) and the shape's trajectory.
     camera_jitter: per-frame step (pixels at size 64, scaled with size) of the drifting camera;
     clutter: amplitude of the background texture (0: a flat colour); motion: scale of the class's
-    change over the clip. All three set how hard the data is."""
+    change over the clip; opacity: (low, high) range of the shape's mid-clip opacity, in (0, 1]. All
+    four set how hard the data is."""
     if size % 16:
         raise ValueError(f"size: must be a multiple of 16 (decodable by decord), got {size}")
     if num_frames < 2:
         raise ValueError(f"num_frames: a class needs at least 2 frames to show, got {num_frames}")
+    low, high = _opacity_range(opacity)
     rng = np.random.default_rng(seed)
-    trajectory = _trajectory(label, num_frames, size, rng, motion)
+    trajectory = _trajectory(label, num_frames, size, rng, motion, (low, high))
     background_colour, foreground_colour = _contrasting_colours(rng)
     background = _texture(size, rng, background_colour, clutter)
     foreground = _texture(size, rng, foreground_colour)
@@ -164,9 +181,11 @@ def generate_dataset(
     camera_jitter: float = 0.8,
     clutter: float = 0.3,
     motion: float = 1.0,
+    opacity: tuple[float, float] = OPACITY,
 ) -> SyntheticDataset:
     """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs)."""
     root = os.fspath(root)
+    opacity = _opacity_range(opacity)
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise ValueError(f"classes: unknown {unknown}; known: {CLASSES}")
@@ -178,7 +197,7 @@ def generate_dataset(
             for n in range(per_class):
                 # one independent stream per (seed, split, class, clip): reproducible and order-free
                 clip_seed = int(np.random.SeedSequence([seed, split_seed, label, n]).generate_state(1)[0])
-                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter, motion)
+                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter, motion, opacity)
                 relative = os.path.join("videos", split, name, f"{n:05d}.mp4")
                 write_video(os.path.join(root, relative), frames, fps=fps)
                 rows[split].append((relative, label))

@@ -114,6 +114,25 @@ def test_focal_op(benchmark, device, op, impl, stage, width, dtype, mode):
     benchmark.extra_info["achieved_GBps"] = moved / benchmark.stats.stats.median / 1e9
 
 
+@pytest.mark.parametrize("layout", ["slice", "dense"])
+@pytest.mark.parametrize("stage", list(STAGES), ids=[f"stage{s}-C{96 * 2 ** (s - 1)}" for s in STAGES])
+def test_bf16_row_copy(benchmark, device, stage, layout):
+    """What the C++ temporal forward's bf16 dense-row copy costs (torch 2.13's bf16 CPU GEMM reads
+    past C within a row's leading dimension, so `as_rows` copies a sliced z): z as the model's slice
+    of the projection (copied) vs z already dense (not copied), nano widths, one clip."""
+    if device != "cpu":
+        pytest.skip("the copy is taken on CPU only")
+    size, channels = STAGES[stage], 96 * 2 ** (stage - 1)
+    z, g, weights = _inputs("temporal_context", 8, size, channels, torch.bfloat16, device, grad=False)
+    if layout == "dense":
+        z = z.contiguous()
+    fn = _function("temporal_context", "cpu", device)
+    benchmark.extra_info.update(op="temporal_context", impl="cpu", layout=layout, stage=stage, c=channels, dtype="bfloat16")
+    with torch.inference_mode():
+        fn(z, g, weights)
+        benchmark(fn, z, g, weights)
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton", "cuda"])
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("case", ["nano-train-step", "base-forward"])

@@ -29,6 +29,19 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: float, what: str = "
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
 
 
+def assert_close_to_rounding(out: torch.Tensor, ref: torch.Tensor, tol: float, term_size: torch.Tensor, what: str = "") -> None:
+    """assert_close, or, where `out` is a near-cancellation of larger float32 terms (so float32 rounds
+    the terms, not the small result), element by element within tol of `ref` plus 16 float32 epsilons
+    of `term_size` (the summed magnitude of the terms behind each element). NaN never passes."""
+    if rel_err(out, ref) <= tol:
+        return
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert not torch.isnan(out).any(), f"{what}: NaN"
+    bound = tol * ref.abs() + 16 * torch.finfo(torch.float32).eps * term_size.detach().double().cpu()
+    excess = (out - ref).abs() - bound
+    assert (excess <= 0).all(), f"{what}: error beyond float32 rounding of its terms (by up to {excess.max():.3e})"
+
+
 def strided_view(t: torch.Tensor, extra: int = 3) -> torch.Tensor:
     """`t`'s values as a channel slice of a wider buffer whose other columns hold NaN, so reading
     outside the slice poisons the result. The buffer requires grad; differentiate w.r.t. the view."""

@@ -134,7 +134,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import merge_grids, run_grid
+    from .ablate import ALPHAS, TEMPERATURES, merge_grids, run_grid
     from .engine.config import ConfigError, load_config
 
     if (args.config is None) == (args.merge is None):
@@ -142,12 +142,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.merge is not None:
         if not args.output:
             raise ConfigError("--merge: --output is required (the folder of the merged grid)")
+        ignored = [flag for flag in ("alphas", "temperatures", "seeds", "opts") if getattr(args, flag)]
+        if ignored:
+            raise ConfigError(f"--merge joins finished grids as they are: --{', --'.join(ignored)} would be ignored; drop them")
         output = args.output
         merge_grids(args.merge, output)
     else:
         cfg = load_config(args.config, args.opts)
         output = args.output or os.path.join(cfg["output"], "grid")
-        run_grid(cfg, output, args.alphas, args.temperatures, args.seeds)
+        run_grid(cfg, output, args.alphas or ALPHAS, args.temperatures or TEMPERATURES, args.seeds)
     print(f"grid: {os.path.join(output, 'grid.md')}, grid.csv and grid.png next to it")
     return 0
 
@@ -295,10 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--config", help="the distillation YAML (a run's saved config.json works too)")
     ablate.add_argument("--merge", nargs="+", metavar="GRID", help="instead of running: join these finished grids (their grid.csv) into --output")
     ablate.add_argument("--output", help="grid folder (default: <config output>/grid)")
-    ablate.add_argument("--alphas", nargs="+", type=float, default=[0.3, 0.5, 0.7])
-    ablate.add_argument("--temperatures", nargs="+", type=_positive(float), default=[5.0, 10.0, 15.0])
+    ablate.add_argument("--alphas", nargs="+", type=float, help="KD weights (default: 0.3 0.5 0.7)")
+    ablate.add_argument("--temperatures", nargs="+", type=_positive(float), help="KD temperatures (default: 5 10 15)")
     ablate.add_argument("--seeds", nargs="+", type=int, help="one grid per seed (default: the config's seed)")
-    ablate.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, as for distill")
+    ablate.add_argument("--opts", nargs="+", metavar="KEY VALUE", help="overrides, as for distill")
     ablate.set_defaults(func=cmd_ablate)
 
     gen = sub.add_parser("generate-data", help="write the synthetic temporal-reasoning video dataset (mp4 + CSVs)")

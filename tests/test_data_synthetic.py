@@ -78,6 +78,25 @@ def test_opacity_range():
     assert frames.shape == (8, 32, 32, 3)
 
 
+def test_direction_spread():
+    """A move class travels within +-spread degrees of its axis, the angles filling that range; spread 0
+    is the default clip, draw for draw; other classes ignore it."""
+    axes = {"move_right": 0.0, "move_down": 90.0, "move_left": 180.0, "move_up": -90.0}
+    for label, axis in axes.items():
+        offsets = []
+        for seed in range(40):
+            _, turned = render_clip(label, 8, 32, seed=seed, direction_spread=30)
+            dx, dy = turned.centers[-1] - turned.centers[0]
+            offsets.append((np.degrees(np.arctan2(dy, dx)) - axis + 180) % 360 - 180)
+            frames, straight = render_clip(label, 8, 32, seed=seed, direction_spread=0)
+            default_frames, default = render_clip(label, 8, 32, seed=seed)
+            assert np.array_equal(frames, default_frames) and np.array_equal(straight.centers, default.centers)
+        assert max(np.abs(offsets)) <= 30 + 1e-9 and min(offsets) < -20 and max(offsets) > 20
+    a, _ = render_clip("approach", 8, 32, seed=2, direction_spread=45)
+    b, _ = render_clip("approach", 8, 32, seed=2)
+    assert np.array_equal(a, b)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown class 'spin'"):
         render_clip("spin")
@@ -88,3 +107,8 @@ def test_bad_arguments():
     for bad in ((0.0, 0.5), (0.8, 0.5), (0.5, 1.2), (1.0,), "opaque", None):
         with pytest.raises(ValueError, match="opacity: expected"):
             generate_dataset("/tmp/unused", opacity=bad)
+    for bad in (-1, 46, "30", None, True):
+        with pytest.raises(ValueError, match="direction_spread: expected"):
+            generate_dataset("/tmp/unused", direction_spread=bad)
+        with pytest.raises(ValueError, match="direction_spread: expected"):
+            render_clip("move_left", direction_spread=bad)

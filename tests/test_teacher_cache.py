@@ -264,6 +264,8 @@ def test_merge_joins_grids_of_different_seeds(tmp_path, capsys):
     assert "--output is required" in capsys.readouterr().err
     assert cli_main(["ablate", "--merge", str(tmp_path / "s0"), "--config", "x.yaml", "--output", "o"]) == 2
     assert "either --config" in capsys.readouterr().err
+    assert cli_main(["ablate", "--merge", str(tmp_path / "s0"), "--output", "o", "--alphas", "0.5", "--seeds", "1"]) == 2
+    assert "--alphas, --seeds would be ignored" in capsys.readouterr().err
 
 
 def test_ddp_ranks_cache_their_own_shards(setup, tmp_path):

@@ -50,10 +50,11 @@ class Trajectory:
 
 
 def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator, motion: float = 1.0,
-                opacity: tuple[float, float] = OPACITY) -> Trajectory:
+                opacity: tuple[float, float] = OPACITY, direction_spread: float = 0.0) -> Trajectory:
     """Linear ramps around a shared middle state; only the ramped quantity differs by class.
     motion scales every ramp (travel, growth, turn, fade): > 1 makes the change easier to see;
-    opacity is the range of the shape's mid-clip opacity."""
+    opacity is the range of the shape's mid-clip opacity; direction_spread (degrees) turns a move
+    class's direction of travel by an angle drawn uniformly in [-spread, spread]."""
     ramp = np.linspace(-0.5, 0.5, num_frames)
     center = rng.uniform(0.35, 0.65, size=2) * size
     scale = rng.uniform(0.14, 0.2) * size
@@ -64,7 +65,11 @@ def _trajectory(label: str, num_frames: int, size: int, rng: np.random.Generator
     travel = rng.uniform(0.25, 0.4) * size * motion
     direction = {"move_left": (-1, 0), "move_right": (1, 0), "move_up": (0, -1), "move_down": (0, 1)}
     if label in direction:
-        centers = center[None] + np.outer(ramp, direction[label]) * travel
+        dx, dy = direction[label]
+        if direction_spread:  # drawn only when asked: the default clips keep their draws
+            turn = np.deg2rad(rng.uniform(-direction_spread, direction_spread))
+            dx, dy = dx * np.cos(turn) - dy * np.sin(turn), dx * np.sin(turn) + dy * np.cos(turn)
+        centers = center[None] + np.outer(ramp, (dx, dy)) * travel
     elif label in ("approach", "recede"):
         growth = rng.uniform(0.5, 0.8) * motion * (1 if label == "approach" else -1)
         scales = scale * np.exp(ramp * 2 * growth)
@@ -125,22 +130,30 @@ def _opacity_range(opacity) -> tuple[float, float]:
     return low, high
 
 
+def _direction_spread(direction_spread) -> float:
+    if isinstance(direction_spread, bool) or not isinstance(direction_spread, (int, float)) or not 0 <= direction_spread <= 45:
+        raise ValueError(f"direction_spread: expected degrees in [0, 45] (45: neighbouring directions meet), got {direction_spread!r}")
+    return float(direction_spread)
+
+
 def render_clip(
     label: str, num_frames: int = 16, size: int = 64, seed: int = 0, camera_jitter: float = 0.8, clutter: float = 0.3,
-    motion: float = 1.0, opacity: tuple[float, float] = OPACITY,
+    motion: float = 1.0, opacity: tuple[float, float] = OPACITY, direction_spread: float = 0.0,
 ) -> tuple[np.ndarray, Trajectory]:
     """One clip of class `label`: uint8 frames (T, size, size, 3) and the shape's trajectory.
     camera_jitter: per-frame step (pixels at size 64, scaled with size) of the drifting camera;
     clutter: amplitude of the background texture (0: a flat colour); motion: scale of the class's
     change over the clip; opacity: (low, high) range of the shape's mid-clip opacity, in (0, 1]. All
-    four set how hard the data is."""
+    four set how hard the data is. direction_spread: a move class travels up to this many degrees
+    off its axis (uniformly drawn; 0: along the axis, 45: the four directions cover the circle), so
+    that how left a clip moves is a matter of degree, which a teacher's soft output can tell."""
     if size % 16:
         raise ValueError(f"size: must be a multiple of 16 (decodable by decord), got {size}")
     if num_frames < 2:
         raise ValueError(f"num_frames: a class needs at least 2 frames to show, got {num_frames}")
     low, high = _opacity_range(opacity)
     rng = np.random.default_rng(seed)
-    trajectory = _trajectory(label, num_frames, size, rng, motion, (low, high))
+    trajectory = _trajectory(label, num_frames, size, rng, motion, (low, high), _direction_spread(direction_spread))
     background_colour, foreground_colour = _contrasting_colours(rng)
     background = _texture(size, rng, background_colour, clutter)
     foreground = _texture(size, rng, foreground_colour)
@@ -182,10 +195,12 @@ def generate_dataset(
     clutter: float = 0.3,
     motion: float = 1.0,
     opacity: tuple[float, float] = OPACITY,
+    direction_spread: float = 0.0,
 ) -> SyntheticDataset:
     """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs)."""
     root = os.fspath(root)
     opacity = _opacity_range(opacity)
+    direction_spread = _direction_spread(direction_spread)
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise ValueError(f"classes: unknown {unknown}; known: {CLASSES}")
@@ -197,7 +212,8 @@ def generate_dataset(
             for n in range(per_class):
                 # one independent stream per (seed, split, class, clip): reproducible and order-free
                 clip_seed = int(np.random.SeedSequence([seed, split_seed, label, n]).generate_state(1)[0])
-                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter, motion, opacity)
+                frames, _ = render_clip(name, num_frames, size, clip_seed, camera_jitter, clutter, motion, opacity,
+                                        direction_spread)
                 relative = os.path.join("videos", split, name, f"{n:05d}.mp4")
                 write_video(os.path.join(root, relative), frames, fps=fps)
                 rows[split].append((relative, label))

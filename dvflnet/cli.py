@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 
+from .data import synthetic
+from .data.synthetic import generate_dataset
 from .data.video import VideoReadError
 from .engine.checkpoint import RunLockedError
 from .engine.loop import TrainingDiverged
@@ -156,9 +159,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_generate_data(args: argparse.Namespace) -> int:
-    from .data.synthetic import generate_dataset
-
-    dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size, seed=args.seed)
+    # only the knobs given on the command line; the others keep generate_dataset's defaults
+    knobs = {name: getattr(args, name) for name in ("classes", "fps", "camera_jitter", "clutter", "motion", "opacity", "direction_spread")
+             if getattr(args, name) is not None}
+    dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size, seed=args.seed, **knobs)
     print(f"wrote {len(dataset.classes)} classes x ({args.train_per_class} train + {args.val_per_class} val) videos: "
           f"{dataset.train_csv}, {dataset.val_csv}, {dataset.labels_csv}")
     return 0
@@ -311,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--frames", type=int, default=16)
     gen.add_argument("--size", type=int, default=64)
     gen.add_argument("--seed", type=int, default=0)
+    default = {name: p.default for name, p in inspect.signature(synthetic.generate_dataset).parameters.items()}
+    gen.add_argument("--classes", nargs="+", choices=synthetic.CLASSES, metavar="CLASS", help=f"a subset of {', '.join(synthetic.CLASSES)} (default: all)")
+    gen.add_argument("--fps", type=int, help=f"frame rate written in the mp4s (default: {default['fps']})")
+    gen.add_argument("--camera-jitter", type=float, help=f"per-frame step of the drifting camera, pixels at size 64 (default: {default['camera_jitter']})")
+    gen.add_argument("--clutter", type=float, help=f"background texture amplitude in [0, 1] (default: {default['clutter']})")
+    gen.add_argument("--motion", type=float, help=f"scale of each class's change over the clip, > 0 (default: {default['motion']})")
+    gen.add_argument("--opacity", nargs=2, type=float, metavar=("LOW", "HIGH"),
+                     help=f"range of the shape's mid-clip opacity, 1 1 for opaque (default: {' '.join(map(str, default['opacity']))})")
+    gen.add_argument("--direction-spread", type=float, help=f"degrees a move class may travel off its axis, in [0, 45] (default: {default['direction_spread']})")
     gen.set_defaults(func=cmd_generate_data)
 
     predict = sub.add_parser("predict", help="top-5 classes of videos (files, folders, CSVs) from a checkpoint")

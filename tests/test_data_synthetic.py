@@ -97,7 +97,7 @@ def test_direction_spread():
     assert np.array_equal(a, b)
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown class 'spin'"):
         render_clip("spin")
     with pytest.raises(ValueError, match="multiple of 16"):
@@ -112,3 +112,19 @@ def test_bad_arguments():
             generate_dataset("/tmp/unused", direction_spread=bad)
         with pytest.raises(ValueError, match="direction_spread: expected"):
             render_clip("move_left", direction_spread=bad)
+    for name, bad_values in (("camera_jitter", (-0.1, float("nan"), "1", None, True)),
+                             ("clutter", (-0.1, 1.5, float("inf"), "0.3", None)),
+                             ("motion", (0, -1.0, float("nan"), "2", False))):
+        for bad in bad_values:
+            with pytest.raises(ValueError, match=f"{name}: expected"):
+                generate_dataset(tmp_path / "unused", **{name: bad})
+            with pytest.raises(ValueError, match=f"{name}: expected"):
+                render_clip("move_left", **{name: bad})
+    for name in ("train_per_class", "val_per_class", "fps"):
+        for bad in (0, -2, 1.5, "3", True):
+            with pytest.raises(ValueError, match=f"{name}: expected an integer >= 1"):
+                generate_dataset(tmp_path / "unused", **{name: bad})
+    for bad in ((), ("move_left", "move_left")):
+        with pytest.raises(ValueError, match="classes: expected distinct class names"):
+            generate_dataset(tmp_path / "unused", classes=bad)
+    assert not (tmp_path / "unused").exists()  # refused before any file was written

@@ -261,6 +261,34 @@ def test_cli_train_evaluate_distill_generate(videos, tmp_path, capsys):
     assert "missing.pt" in capsys.readouterr().err
 
 
+def test_cli_generate_data_passes_every_knob(tmp_path, monkeypatch, capsys):
+    """generate-data forwards the difficulty knobs it is given and leaves the others at the library's
+    defaults; a bad value is a one-line error naming the argument, before any file is written."""
+    seen = {}
+
+    def fake(root, *args, **kwargs):
+        seen.update(root=root, args=args, kwargs=kwargs)
+        return generate_dataset(root, 1, 1, 4, 32, classes=("move_left",), seed=0)
+
+    monkeypatch.setattr("dvflnet.cli.generate_dataset", fake)
+    argv = ["generate-data", str(tmp_path / "a"), "--train-per-class", "3", "--val-per-class", "2", "--frames", "8", "--size", "32",
+            "--seed", "5", "--classes", "move_left", "move_up", "--fps", "10", "--camera-jitter", "0.2", "--clutter", "0.1",
+            "--motion", "2", "--opacity", "1", "1", "--direction-spread", "30"]
+    assert cli_main(argv) == 0
+    assert seen["args"] == (3, 2, 8, 32)
+    assert seen["kwargs"] == {"seed": 5, "classes": ["move_left", "move_up"], "fps": 10, "camera_jitter": 0.2, "clutter": 0.1,
+                              "motion": 2.0, "opacity": [1.0, 1.0], "direction_spread": 30.0}
+    assert cli_main(["generate-data", str(tmp_path / "b")]) == 0
+    assert seen["kwargs"] == {"seed": 0}  # nothing given: generate_dataset's own defaults
+    monkeypatch.undo()
+    assert cli_main(["generate-data", str(tmp_path / "c"), "--motion", "-1"]) == 2
+    assert "generate-data: error: motion: expected a number > 0" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+    with pytest.raises(SystemExit):  # argparse refuses an unknown class by name
+        cli_main(["generate-data", str(tmp_path / "d"), "--classes", "fly"])
+    assert "invalid choice: 'fly'" in capsys.readouterr().err
+
+
 def test_torchrun_two_gloo_processes(videos, tmp_path):
     """DDP over 2 CPU processes: training runs in step, evaluation gathers each video exactly once."""
     cfg = tiny_config(videos, tmp_path / "ddp", train__epochs=1, train__warmup_epochs=0, train__batch_size=2)

@@ -14,6 +14,8 @@ public format) and `labels.csv` (`id,name`).
 from __future__ import annotations
 
 import csv
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -136,6 +138,18 @@ def _direction_spread(direction_spread) -> float:
     return float(direction_spread)
 
 
+def _appearance(camera_jitter, clutter, motion) -> tuple[float, float, float]:
+    """The three difficulty knobs checked: a negative jitter or clutter would fail deep inside numpy or
+    be clipped away, and motion <= 0 would freeze or reverse every class (labels silently wrong)."""
+    checks = (("camera_jitter", camera_jitter, lambda v: v >= 0, "a number >= 0 (pixels at size 64)"),
+              ("clutter", clutter, lambda v: 0 <= v <= 1, "a number in [0, 1] (the background texture's amplitude)"),
+              ("motion", motion, lambda v: v > 0, "a number > 0 (1: the default amount of change)"))
+    for name, value, ok, expected in checks:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return float(camera_jitter), float(clutter), float(motion)
+
+
 def render_clip(
     label: str, num_frames: int = 16, size: int = 64, seed: int = 0, camera_jitter: float = 0.8, clutter: float = 0.3,
     motion: float = 1.0, opacity: tuple[float, float] = OPACITY, direction_spread: float = 0.0,
@@ -152,6 +166,7 @@ def render_clip(
     if num_frames < 2:
         raise ValueError(f"num_frames: a class needs at least 2 frames to show, got {num_frames}")
     low, high = _opacity_range(opacity)
+    camera_jitter, clutter, motion = _appearance(camera_jitter, clutter, motion)
     rng = np.random.default_rng(seed)
     trajectory = _trajectory(label, num_frames, size, rng, motion, (low, high), _direction_spread(direction_spread))
     background_colour, foreground_colour = _contrasting_colours(rng)
@@ -201,9 +216,15 @@ def generate_dataset(
     root = os.fspath(root)
     opacity = _opacity_range(opacity)
     direction_spread = _direction_spread(direction_spread)
+    _appearance(camera_jitter, clutter, motion)
+    for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("fps", fps)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise ValueError(f"classes: unknown {unknown}; known: {CLASSES}")
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes: expected distinct class names, at least one, got {list(classes)}")
     rows: dict[str, list[tuple[str, int]]] = {"train": [], "val": []}
     for split, per_class, split_seed in (("train", train_per_class, 0), ("val", val_per_class, 1)):
         for label, name in enumerate(classes):

@@ -236,7 +236,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_CONFIG, load_demo_config, run_demo, set_seed
+    from .demo import DEMO_CONFIG, load_demo_config, run_demo, run_seeds, set_seed
 
     opts = list(args.opts) + (["output", args.output] if args.output else [])
     spec = load_demo_config(args.config or DEMO_CONFIG, opts)
@@ -246,7 +246,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    run_demo(spec)
+    if args.seeds:
+        run_seeds(spec, args.seeds)
+    else:
+        run_demo(spec)
     return 0
 
 
@@ -359,7 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="generate videos, train a teacher and a student, distil, evaluate, print a table")
     demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
     demo.add_argument("--output", help="demo folder (default: runs/demo)")
-    demo.add_argument("--seed", type=int, help="one seed for everything: the generated data and every run")
+    seeds = demo.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=int, help="one seed for everything: the generated data and every run")
+    seeds.add_argument("--seeds", nargs="+", type=int, metavar="N",
+                       help="the demo once per seed (in <output>/seed-N; a seed finished with the same settings is reused), "
+                            "then mean and spread over seeds in <output>/summary.md and summary.json")
     demo.add_argument("--threads", type=_positive(int), help="intra-op CPU threads (torch.set_num_threads; default: torch's)")
     demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.train.epochs 20")
     demo.set_defaults(func=cmd_demo)

@@ -29,6 +29,7 @@ from .engine.loop import build_model, run_evaluation, run_training
 DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
 RUNS = ("teacher", "student", "distill")
 STUDENT_CSV = "students.csv"
+SPEC_JSON = "demo_settings.json"
 
 
 def set_seed(spec: dict, seed: int) -> None:
@@ -143,10 +144,91 @@ def run_demo(spec: dict) -> list[dict]:
     print_table(rows)
     with open(os.path.join(spec["output"], "results.json"), "w") as f:
         json.dump(rows, f, indent=1)
+    with open(os.path.join(spec["output"], SPEC_JSON), "w") as f:  # written last: marks a finished demo
+        json.dump(_settings(spec), f, indent=1, sort_keys=True)
     picture = plot_results(rows, {run: summaries[run]["epochs"] for run in RUNS}, os.path.join(spec["output"], "results.png"))
     print(f"learning curves and table: {picture}", flush=True)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec['output']}/results.json", flush=True)
     return rows
+
+
+def _settings(spec: dict) -> dict:
+    """What decides a demo's numbers: the spec without its output folder, and the thread count
+    (it changes the rounding, README "The demo")."""
+    return {**{k: v for k, v in spec.items() if k != "output"}, "threads": torch.get_num_threads()}
+
+
+def finished_rows(spec: dict) -> list[dict] | None:
+    """The rows of a demo already finished in spec["output"] with these settings, else None."""
+    results, settings = (os.path.join(spec["output"], name) for name in ("results.json", SPEC_JSON))
+    if not (os.path.isfile(results) and os.path.isfile(settings)):
+        return None
+    with open(settings) as f:
+        if json.load(f) != json.loads(json.dumps(_settings(spec), sort_keys=True)):
+            return None
+    with open(results) as f:
+        return json.load(f)
+
+
+def run_seeds(spec: dict, seeds: list[int]) -> dict:
+    """The demo once per seed, each in <output>/seed-N (a seed finished earlier with the same settings
+    is read back, not rerun), then the spread over seeds: the only figure a single demo's noise allows
+    (README, "The demo"). Writes summary.json and summary.md in <output>."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds: expected distinct seeds, at least one, got {seeds}")
+    per_seed = {}
+    for seed in seeds:
+        one = copy.deepcopy(spec)
+        set_seed(one, seed)
+        one["output"] = os.path.join(spec["output"], f"seed-{seed}")
+        rows = finished_rows(one)
+        if rows is None:
+            rows = run_demo(one)
+        else:
+            print(f"seed {seed}: finished earlier with these settings, read from {one['output']}/results.json", flush=True)
+        per_seed[seed] = rows
+    summary = summarize(per_seed)
+    with open(os.path.join(spec["output"], "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    with open(os.path.join(spec["output"], "summary.md"), "w") as f:
+        f.write(summary_markdown(summary))
+    print(summary_markdown(summary), flush=True)
+    return summary
+
+
+def summarize(per_seed: dict[int, list[dict]]) -> dict:
+    """Mean and sample standard deviation over seeds of each run's top-1 per view and of
+    distilled - scratch (1x1), and in how many seeds the distilled student is ahead."""
+    views = [key for key in next(iter(per_seed.values()))[0] if key.endswith("_top1")]
+    table = {seed: {row["run"]: {v: row[v] for v in views} for row in rows} for seed, rows in per_seed.items()}
+    gaps = {seed: runs["distill"]["1x1_top1"] - runs["student"]["1x1_top1"] for seed, runs in table.items()}
+
+    def spread(values: list[float]) -> dict:
+        values = torch.tensor(values, dtype=torch.float64)
+        return {"mean": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0}
+
+    return {
+        "seeds": list(per_seed), "threads": sorted({row["threads"] for rows in per_seed.values() for row in rows}),
+        "top1": table, "distill_minus_student_1x1": gaps,
+        "spread": {run: {v: spread([table[s][run][v] for s in table]) for v in views} for run in RUNS},
+        "gap_spread": spread(list(gaps.values())), "distill_ahead": sum(g > 0 for g in gaps.values()),
+    }
+
+
+def _mean_std(spread: dict) -> str:
+    return f"{spread['mean']:.1f} ± {spread['std']:.1f}"
+
+
+def summary_markdown(summary: dict) -> str:
+    views = list(summary["spread"]["teacher"])
+    header = "| seed | " + " | ".join(f"{run} {v[: -len('_top1')]}" for run in RUNS for v in views) + " | distilled - scratch (1x1) |\n"
+    lines = [header, "|---" * (1 + len(RUNS) * len(views) + 1) + "|\n"]
+    for seed, runs in summary["top1"].items():
+        lines.append(f"| {seed} | " + " | ".join(f"{runs[run][v]:.1f}" for run in RUNS for v in views)
+                     + f" | {summary['distill_minus_student_1x1'][seed]:+.1f} |\n")
+    lines.append("| mean ± std | " + " | ".join(_mean_std(summary["spread"][run][v]) for run in RUNS for v in views)
+                 + f" | {_mean_std(summary['gap_spread'])} (ahead in {summary['distill_ahead']} of {len(summary['seeds'])}) |\n")
+    return "".join(lines)
 
 
 def print_table(rows: list[dict]) -> None:

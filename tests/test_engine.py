@@ -306,12 +306,16 @@ def test_torchrun_two_gloo_processes(videos, tmp_path):
         assert report["num_videos"] == 12 and sum(map(sum, report["confusion"])) == 12
 
 
+# the demo at toy size (the real settings are in configs/demo.yaml)
+TOY_DEMO_OPTS = ["dataset.train_per_class", "3", "dataset.val_per_class", "1", "dataset.num_frames", "8", "student_train_per_class", "2",
+                 "teacher.train.epochs", "1", "student.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4",
+                 "base.data.num_workers", "0", "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL),
+                 "base.eval.views", "[[1, 1], [2, 3]]"]
+
+
 def test_demo_end_to_end(tmp_path, capsys):
-    """The demo's whole path at toy size (the real settings are in configs/demo.yaml)."""
-    opts = ["dataset.train_per_class", "3", "dataset.val_per_class", "1", "dataset.num_frames", "8", "student_train_per_class", "2",
-            "teacher.train.epochs", "1", "student.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4",
-            "base.data.num_workers", "0", "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL),
-            "base.eval.views", "[[1, 1], [2, 3]]"]
+    """The demo's whole path at toy size."""
+    opts = TOY_DEMO_OPTS
     threads = torch.get_num_threads()
     try:
         assert cli_main(["demo", "--output", str(tmp_path), "--seed", "3", "--threads", "1", "--opts", *opts]) == 0
@@ -340,3 +344,40 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert cli_main(["demo", "--output", str(tmp_path), "--opts", "base.train.epoch", "1"]) == 2
     assert cli_main(["demo", "--output", str(tmp_path), "--opts", "student_train_per_class", "401"]) == 2
     assert "student_train_per_class: expected an integer in [1, dataset.train_per_class]" in capsys.readouterr().err
+
+
+def test_demo_over_seeds_summarises_and_reuses_finished_seeds(tmp_path, capsys):
+    """--seeds: one demo per seed in seed-N, a summary whose figures are those of the seeds' own
+    results.json; a rerun reads finished seeds back, and other settings run them again."""
+    threads = torch.get_num_threads()
+    argv = ["demo", "--output", str(tmp_path), "--threads", "1", "--seeds", "3", "4", "--opts", *TOY_DEMO_OPTS]
+    try:
+        assert cli_main(argv) == 0
+        rows = {seed: json.load(open(tmp_path / f"seed-{seed}" / "results.json")) for seed in (3, 4)}
+        assert all(r["seed"] == seed for seed in rows for r in rows[seed])
+        summary = json.load(open(tmp_path / "summary.json"))
+        top1 = {seed: {r["run"]: r["1x1_top1"] for r in rows[seed]} for seed in (3, 4)}
+        for run in ("teacher", "student", "distill"):
+            values = torch.tensor([top1[3][run], top1[4][run]], dtype=torch.float64)
+            assert summary["spread"][run]["1x1_top1"] == pytest.approx({"mean": values.mean().item(), "std": values.std().item()})
+            assert summary["top1"]["4"][run]["2x3_top1"] == next(r["2x3_top1"] for r in rows[4] if r["run"] == run)
+        gaps = [top1[s]["distill"] - top1[s]["student"] for s in (3, 4)]
+        assert summary["distill_minus_student_1x1"] == {"3": gaps[0], "4": gaps[1]}
+        assert summary["distill_ahead"] == sum(g > 0 for g in gaps) and summary["threads"] == [1]
+        table = (tmp_path / "summary.md").read_text()
+        assert table.count("\n") == 5 and "| mean ± std |" in table and "of 2) |" in table
+        before = (tmp_path / "seed-3" / "results.json").stat().st_mtime_ns
+        capsys.readouterr()
+        assert cli_main(argv) == 0  # finished: read back, not rerun
+        assert capsys.readouterr().out.count("finished earlier with these settings") == 2
+        assert (tmp_path / "seed-3" / "results.json").stat().st_mtime_ns == before
+        assert cli_main(argv + ["student.train.epochs", "2"]) == 0  # other settings: run again
+        assert "finished earlier" not in capsys.readouterr().out
+        assert json.load(open(tmp_path / "seed-3" / "student" / "config.json"))["train"]["epochs"] == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert cli_main(["demo", "--output", str(tmp_path), "--seeds", "1", "1"]) == 2
+    assert "seeds: expected distinct seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--seed", "1", "--seeds", "2"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -83,7 +83,9 @@ def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf)}
+        # no macroblock-tree rate control: with it x264 wrote different bytes for the same frames from
+        # run to run on these small clips (so one seed gave different datasets); without it, the same
+        stream.options = {"crf": str(crf), "x264-params": "mbtree=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

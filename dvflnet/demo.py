@@ -16,6 +16,7 @@ import inspect
 import json
 import os
 import shutil
+import statistics
 import time
 
 import torch
@@ -144,10 +145,10 @@ def run_demo(spec: dict) -> list[dict]:
     print_table(rows)
     with open(os.path.join(spec["output"], "results.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    with open(os.path.join(spec["output"], SPEC_JSON), "w") as f:  # written last: marks a finished demo
-        json.dump(_settings(spec), f, indent=1, sort_keys=True)
     picture = plot_results(rows, {run: summaries[run]["epochs"] for run in RUNS}, os.path.join(spec["output"], "results.png"))
     print(f"learning curves and table: {picture}", flush=True)
+    with open(os.path.join(spec["output"], SPEC_JSON), "w") as f:  # written last: marks a finished demo
+        json.dump(_settings(spec), f, indent=1, sort_keys=True)
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec['output']}/results.json", flush=True)
     return rows
 
@@ -204,8 +205,7 @@ def summarize(per_seed: dict[int, list[dict]]) -> dict:
     gaps = {seed: runs["distill"]["1x1_top1"] - runs["student"]["1x1_top1"] for seed, runs in table.items()}
 
     def spread(values: list[float]) -> dict:
-        values = torch.tensor(values, dtype=torch.float64)
-        return {"mean": values.mean().item(), "std": values.std().item() if len(values) > 1 else 0.0}
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
     return {
         "seeds": list(per_seed), "threads": sorted({row["threads"] for rows in per_seed.values() for row in rows}),

@@ -3,7 +3,7 @@ teacher cache (dvflnet.engine.teacher_cache), in one run so the ratio compares.
 
 Pairs (teacher -> student, clip shape, batch):
 - Video-FocalNet-Base -> VFL-Net nano, 8 x 224 x 224, batch 1 (the paper's pair; float32 and bf16 autocast);
-- the demo's teacher (embed_dim 24) -> student (embed_dim 16), 8 x 32 x 32, batch 16.
+- demo-sized models: teacher (embed_dim 24) -> student (embed_dim 16), 1-frame stem, 8 x 32 x 32, batch 16.
 "online": student forward + teacher forward (no grad) + fused KD+CE loss + backward + AdamW step.
 "cached": the same step with the teacher's logits read from a chunk file (torch.load + expand of the
 step's row). A cached run loads a chunk once per CHUNK_BATCHES micro-batches; here every step loads

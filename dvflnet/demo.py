@@ -215,8 +215,8 @@ def summarize(per_seed: dict[int, list[dict]]) -> dict:
     }
 
 
-def _mean_std(spread: dict) -> str:
-    return f"{spread['mean']:.1f} ± {spread['std']:.1f}"
+def _mean_std(spread: dict, sign: str = "") -> str:
+    return f"{spread['mean']:{sign}.1f} ± {spread['std']:.1f}"
 
 
 def summary_markdown(summary: dict) -> str:
@@ -227,7 +227,7 @@ def summary_markdown(summary: dict) -> str:
         lines.append(f"| {seed} | " + " | ".join(f"{runs[run][v]:.1f}" for run in RUNS for v in views)
                      + f" | {summary['distill_minus_student_1x1'][seed]:+.1f} |\n")
     lines.append("| mean ± std | " + " | ".join(_mean_std(summary["spread"][run][v]) for run in RUNS for v in views)
-                 + f" | {_mean_std(summary['gap_spread'])} (ahead in {summary['distill_ahead']} of {len(summary['seeds'])}) |\n")
+                 + f" | {_mean_std(summary['gap_spread'], sign='+')} (ahead in {summary['distill_ahead']} of {len(summary['seeds'])}) |\n")
     return "".join(lines)
 
 
@@ -238,6 +238,17 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         print(f"{row['run']:<10}{row['params']:>10,}{row['gflops']:>9.3f}{row['train_time_s']:>9.0f}"
               + "".join(f"{row[v + '_top1']:>11.1f}{row[v + '_top5']:>11.1f}" for v in views))
+
+
+LOSS_POINTS = 40
+
+
+def running_mean(values: list[float], window: int) -> list[float]:
+    """The mean of each value and the window - 1 before it (fewer at the start)."""
+    sums = [0.0]
+    for value in values:
+        sums.append(sums[-1] + value)
+    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
 
 
 def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> str:
@@ -251,8 +262,15 @@ def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> 
     figure = plt.figure(figsize=(11, 6.5))
     loss_axes, top1_axes = figure.add_subplot(2, 2, 1), figure.add_subplot(2, 2, 2)
     for run, records in epochs.items():
-        x = [r["step"] for r in records]
-        loss_axes.plot(x, [r["train_loss"] for r in records], marker=".", label=run)
+        x, loss = [r["step"] for r in records], [r["train_loss"] for r in records]
+        # hundreds of short epochs (the students') make a jagged line: draw it faint, and over it the
+        # trailing mean of enough epochs to leave ~LOSS_POINTS points
+        window = max(1, round(len(records) / LOSS_POINTS))
+        if window == 1:
+            loss_axes.plot(x, loss, marker=".", label=run)
+        else:
+            line, = loss_axes.plot(x, loss, alpha=0.25, linewidth=0.8)
+            loss_axes.plot(x, running_mean(loss, window), color=line.get_color(), label=f"{run} (mean of {window} epochs)")
         validated = [(r["step"], r["val_top1"]) for r in records if "val_top1" in r]
         if validated:
             top1_axes.plot(*zip(*validated), marker=".", label=run)

@@ -346,6 +346,24 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "student_train_per_class: expected an integer in [1, dataset.train_per_class]" in capsys.readouterr().err
 
 
+def test_demo_picture_smooths_long_loss_curves(tmp_path):
+    """The students' hundreds of short epochs: their loss is drawn as a trailing mean (checked against
+    a plain loop in float64), the teacher's few epochs as they are; the PNG is written either way."""
+    from PIL import Image
+
+    from dvflnet.demo import LOSS_POINTS, plot_results, running_mean
+
+    values = torch.randn(97, dtype=torch.float64).tolist()
+    for window in (1, 2, 5, 97, 200):
+        expected = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(97)]
+        assert running_mean(values, window) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    epochs = {"teacher": [{"step": 100 * (e + 1), "train_loss": 1.4 - 0.1 * e, "val_top1": 30.0 + 5 * e} for e in range(12)],
+              "student": [{"step": 5 * (e + 1), "train_loss": 1.4 - e / 500} for e in range(10 * LOSS_POINTS)]}
+    rows = [{"run": run, "params": 1, "gflops": 0.1, "train_time_s": 1.0, "1x1_top1": 50.0} for run in epochs]
+    figure_path = plot_results(rows, epochs, str(tmp_path / "results.png"))
+    assert Image.open(figure_path).size == (1100, 650)
+
+
 def test_demo_over_seeds_summarises_and_reuses_finished_seeds(tmp_path, capsys):
     """--seeds: one demo per seed in seed-N, a summary whose figures are those of the seeds' own
     results.json; a rerun reads finished seeds back, and other settings run them again."""
@@ -366,6 +384,7 @@ def test_demo_over_seeds_summarises_and_reuses_finished_seeds(tmp_path, capsys):
         assert summary["distill_ahead"] == sum(g > 0 for g in gaps) and summary["threads"] == [1]
         table = (tmp_path / "summary.md").read_text()
         assert table.count("\n") == 5 and "| mean ± std |" in table and "of 2) |" in table
+        assert f"| {sum(gaps) / 2:+.1f} ± " in table  # the gap's mean carries its sign, as each seed's does
         before = (tmp_path / "seed-3" / "results.json").stat().st_mtime_ns
         capsys.readouterr()
         assert cli_main(argv) == 0  # finished: read back, not rerun

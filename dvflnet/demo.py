@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import csv
 import inspect
+import itertools
 import json
 import os
 import shutil
@@ -165,7 +166,7 @@ def finished_rows(spec: dict) -> list[dict] | None:
     if not (os.path.isfile(results) and os.path.isfile(settings)):
         return None
     with open(settings) as f:
-        if json.load(f) != json.loads(json.dumps(_settings(spec), sort_keys=True)):
+        if json.load(f) != json.loads(json.dumps(_settings(spec))):  # through JSON: tuples read back as lists
             return None
     with open(results) as f:
         return json.load(f)
@@ -245,9 +246,7 @@ LOSS_POINTS = 40
 
 def running_mean(values: list[float], window: int) -> list[float]:
     """The mean of each value and the window - 1 before it (fewer at the start)."""
-    sums = [0.0]
-    for value in values:
-        sums.append(sums[-1] + value)
+    sums = [0.0, *itertools.accumulate(values)]
     return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
 
 

@@ -138,6 +138,25 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(videos, tmp_path):
     assert resumed["epochs"][-1]["val_top1"] == straight["epochs"][-1]["val_top1"]
 
 
+def test_checkpoints_every_nth_epoch_keep_the_last_and_evaluated_ones_and_resume_exactly(videos, tmp_path):
+    """save_every_epochs 4 over 5 epochs of 4 steps, evaluating every 3rd: checkpoints after epochs 3
+    (evaluated), 4 (the 4th) and 5 (the last), none after 1 and 2; resuming from epoch 3's reaches the
+    straight run's weights bit for bit."""
+    cfg = tiny_config(videos, tmp_path / "straight", train__epochs=5, train__save_every_epochs=4, train__eval_every=3,
+                      train__keep_last=10)
+    straight = run_training(cfg)
+    assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "straight" / "checkpoint_*.pt"))) == [
+        "checkpoint_12.pt", "checkpoint_16.pt", "checkpoint_20.pt"]
+    assert torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["step"] in (12, 20)
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    shutil.copy(tmp_path / "straight" / "checkpoint_12.pt", resumed_dir / "checkpoint_12.pt")
+    resumed = run_training(dict(cfg, output=str(resumed_dir), resume="auto"))
+    assert [e["epoch"] for e in resumed["epochs"]] == [3, 4]
+    final_straight, final_resumed = _final_state(straight), _final_state(resumed)
+    assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
+
+
 def test_gradient_accumulation_equals_a_big_batch(videos, tmp_path):
     """batch 2 x 2 micro-batches takes the same optimizer steps as batch 4 (no dropout, no mixup)."""
     common = dict(train__mixup=False, train__epochs=1, train__warmup_epochs=0, train__eval_every=0)

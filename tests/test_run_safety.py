@@ -134,6 +134,7 @@ def test_demo_config_top_level_typo_is_an_error(tmp_path):
     ("train", "mixup_alpha", 0.0, r"train.mixup_alpha"),
     ("train", "momentum", 1.0, r"train.momentum"),
     ("train", "keep_last", 0, r"train.keep_last"),
+    ("train", "save_every_epochs", 0, r"train.save_every_epochs: expected a value in \[1, inf\]"),
     ("train", "log_every", 0, r"train.log_every"),
     ("train", "eval_views", [0, 1], r"train.eval_views: expected at least 1 clip x 1 crop"),
     ("train", "weight_decay_on", "all", r"train.weight_decay_on: expected one of nothing, weights"),

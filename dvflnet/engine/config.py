@@ -89,6 +89,9 @@ DEFAULTS: dict = {
         "eval_every": 1,  # epochs; 0: no evaluation while training
         "eval_views": [1, 1],  # clips x crops while training
         "keep_last": 3,
+        # checkpoint at every Nth epoch end, the last one and every evaluated one (the demo's students
+        # run 480 epochs of 5 steps: a checkpoint each would cost more than a tenth of their time)
+        "save_every_epochs": 1,
         "save_every_steps": 0,  # also checkpoint every N optimizer steps (0: at epoch ends only)
         "log_every": 10,
         "progress": True,
@@ -322,7 +325,7 @@ def check_config(cfg: dict, distill: bool = False) -> None:
         section, name = key.split(".")
         if cfg[section][name] not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {cfg[section][name]!r}")
-    for key in ("epochs", "batch_size", "accumulation", "reference_batch", "keep_last", "log_every"):
+    for key in ("epochs", "batch_size", "accumulation", "reference_batch", "keep_last", "save_every_epochs", "log_every"):
         _check_range(f"train.{key}", train[key], 1)
     for key in ("eval_every", "save_every_steps", "weight_decay", "warmup_lr", "min_lr", "max_nonfinite_steps"):
         _check_range(f"train.{key}", train[key], 0)

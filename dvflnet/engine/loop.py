@@ -485,7 +485,8 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         if info.is_main:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
             print(f"epoch {epoch}/{train['epochs']}: {shown}", flush=True)
-        checkpoint(metric)
+        if epoch % train["save_every_epochs"] == 0 or epoch == train["epochs"] or metric is not None:
+            checkpoint(metric)
 
     log.close()
     summary.update(best_top1=manager.best_metric, last=manager.latest(),

@@ -95,7 +95,7 @@ def test_training_lowers_the_loss_and_logs_everything(teacher_run):
     assert all(set(r) >= {"loss", "lr", "grad_norm", "clips_per_s"} for r in steps)
     assert sum(r["event"] == "epoch" for r in lines) == TEACHER_EPOCHS
     assert os.path.isfile(summary["best"]) and summary["best_top1"] == max(e.get("val_top1", -1) for e in epochs)
-    assert len(glob.glob(os.path.join(cfg["output"], "checkpoint_*.pt"))) == 3  # keep_last
+    assert len(_checkpoint_names(cfg["output"])) == 3  # keep_last
 
 
 def test_distillation_lowers_the_loss_and_keeps_the_teacher_frozen(teacher_run, videos, tmp_path):
@@ -117,17 +117,24 @@ def test_distillation_needs_a_teacher_checkpoint(videos, tmp_path):
         run_training(tiny_config(videos, tmp_path), distill=True)
 
 
+def _checkpoint_names(folder) -> list[str]:
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(folder, "checkpoint_*.pt")))
+
+
+def _resume_from(cfg: dict, checkpoint, folder) -> dict:
+    """The run of cfg continued in a fresh folder holding only `checkpoint` (resume: auto)."""
+    folder.mkdir()
+    shutil.copy(checkpoint, folder / os.path.basename(checkpoint))
+    return run_training(dict(cfg, output=str(folder), resume="auto"))
+
+
 def test_resume_from_a_mid_epoch_checkpoint_is_exact(videos, tmp_path):
     """2 epochs straight == resume from the checkpoint after step 3 (mid-epoch 0) + the rest, bit for
     bit: mixup boxes, drop-path draws, data order and augmentation all continue where they stopped."""
     cfg = tiny_config(videos, tmp_path / "straight", train__save_every_steps=3, train__keep_last=10, train__eval_every=1)
     straight = run_training(cfg)
-    assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "straight" / "checkpoint_*.pt"))) == [
-        "checkpoint_3.pt", "checkpoint_4.pt", "checkpoint_6.pt", "checkpoint_8.pt"]
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copy(tmp_path / "straight" / "checkpoint_3.pt", resumed_dir / "checkpoint_3.pt")
-    resumed = run_training(dict(cfg, output=str(resumed_dir), resume="auto"))
+    assert _checkpoint_names(tmp_path / "straight") == ["checkpoint_3.pt", "checkpoint_4.pt", "checkpoint_6.pt", "checkpoint_8.pt"]
+    resumed = _resume_from(cfg, tmp_path / "straight" / "checkpoint_3.pt", tmp_path / "resumed")
     assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
     final_straight, final_resumed = _final_state(straight), _final_state(resumed)
     assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
@@ -145,13 +152,9 @@ def test_checkpoints_every_nth_epoch_keep_the_last_and_evaluated_ones_and_resume
     cfg = tiny_config(videos, tmp_path / "straight", train__epochs=5, train__save_every_epochs=4, train__eval_every=3,
                       train__keep_last=10)
     straight = run_training(cfg)
-    assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "straight" / "checkpoint_*.pt"))) == [
-        "checkpoint_12.pt", "checkpoint_16.pt", "checkpoint_20.pt"]
+    assert _checkpoint_names(tmp_path / "straight") == ["checkpoint_12.pt", "checkpoint_16.pt", "checkpoint_20.pt"]
     assert torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["step"] in (12, 20)
-    resumed_dir = tmp_path / "resumed"
-    resumed_dir.mkdir()
-    shutil.copy(tmp_path / "straight" / "checkpoint_12.pt", resumed_dir / "checkpoint_12.pt")
-    resumed = run_training(dict(cfg, output=str(resumed_dir), resume="auto"))
+    resumed = _resume_from(cfg, tmp_path / "straight" / "checkpoint_12.pt", tmp_path / "resumed")
     assert [e["epoch"] for e in resumed["epochs"]] == [3, 4]
     final_straight, final_resumed = _final_state(straight), _final_state(resumed)
     assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)

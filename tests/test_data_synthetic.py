@@ -92,6 +92,8 @@ def test_direction_spread():
             default_frames, default = render_clip(label, 8, 32, seed=seed)
             assert np.array_equal(frames, default_frames) and np.array_equal(straight.centers, default.centers)
         assert max(np.abs(offsets)) <= 30 + 1e-9 and min(offsets) < -20 and max(offsets) > 20
+    frames, _ = render_clip("move_up", 8, 32, seed=3, direction_spread=np.float32(30))  # any real number
+    assert np.array_equal(frames, render_clip("move_up", 8, 32, seed=3, direction_spread=30)[0])
     a, _ = render_clip("approach", 8, 32, seed=2, direction_spread=45)
     b, _ = render_clip("approach", 8, 32, seed=2)
     assert np.array_equal(a, b)
@@ -107,7 +109,7 @@ def test_bad_arguments(tmp_path):
     for bad in ((0.0, 0.5), (0.8, 0.5), (0.5, 1.2), (1.0,), "opaque", None):
         with pytest.raises(ValueError, match="opacity: expected"):
             generate_dataset("/tmp/unused", opacity=bad)
-    for bad in (-1, 46, "30", None, True):
+    for bad in (-1, 46, float("nan"), np.float32(45.5), "30", None, True):
         with pytest.raises(ValueError, match="direction_spread: expected"):
             generate_dataset("/tmp/unused", direction_spread=bad)
         with pytest.raises(ValueError, match="direction_spread: expected"):

@@ -133,7 +133,8 @@ def _opacity_range(opacity) -> tuple[float, float]:
 
 
 def _direction_spread(direction_spread) -> float:
-    if isinstance(direction_spread, bool) or not isinstance(direction_spread, (int, float)) or not 0 <= direction_spread <= 45:
+    if (isinstance(direction_spread, bool) or not isinstance(direction_spread, numbers.Real)
+            or not 0 <= direction_spread <= 45):  # NaN fails the comparison too
         raise ValueError(f"direction_spread: expected degrees in [0, 45] (45: neighbouring directions meet), got {direction_spread!r}")
     return float(direction_spread)
 

@@ -132,23 +132,25 @@ def _opacity_range(opacity) -> tuple[float, float]:
     return low, high
 
 
+def _real(name: str, value, ok, expected: str) -> float:
+    """`value` as a float if it is a finite real number (not a bool) that `ok` accepts; else a ValueError
+    naming the argument and what it expects."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
+
+
 def _direction_spread(direction_spread) -> float:
-    if (isinstance(direction_spread, bool) or not isinstance(direction_spread, numbers.Real)
-            or not 0 <= direction_spread <= 45):  # NaN fails the comparison too
-        raise ValueError(f"direction_spread: expected degrees in [0, 45] (45: neighbouring directions meet), got {direction_spread!r}")
-    return float(direction_spread)
+    return _real("direction_spread", direction_spread, lambda v: 0 <= v <= 45,
+                 "degrees in [0, 45] (45: neighbouring directions meet)")
 
 
 def _appearance(camera_jitter, clutter, motion) -> tuple[float, float, float]:
     """The three difficulty knobs checked: a negative jitter or clutter would fail deep inside numpy or
     be clipped away, and motion <= 0 would freeze or reverse every class (labels silently wrong)."""
-    checks = (("camera_jitter", camera_jitter, lambda v: v >= 0, "a number >= 0 (pixels at size 64)"),
-              ("clutter", clutter, lambda v: 0 <= v <= 1, "a number in [0, 1] (the background texture's amplitude)"),
-              ("motion", motion, lambda v: v > 0, "a number > 0 (1: the default amount of change)"))
-    for name, value, ok, expected in checks:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or not ok(value):
-            raise ValueError(f"{name}: expected {expected}, got {value!r}")
-    return float(camera_jitter), float(clutter), float(motion)
+    return (_real("camera_jitter", camera_jitter, lambda v: v >= 0, "a number >= 0 (pixels at size 64)"),
+            _real("clutter", clutter, lambda v: 0 <= v <= 1, "a number in [0, 1] (the background texture's amplitude)"),
+            _real("motion", motion, lambda v: v > 0, "a number > 0 (1: the default amount of change)"))
 
 
 def render_clip(

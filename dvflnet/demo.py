@@ -25,7 +25,7 @@ import yaml
 
 from .complexity import count_flops, count_parameters
 from .data.synthetic import generate_dataset
-from .engine.config import DEFAULTS, ConfigError, merge_config, parse_opts
+from .engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts
 from .engine.loop import build_model, run_evaluation, run_training
 
 DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
@@ -70,7 +70,14 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
     unknown = set(spec["dataset"]) - known
     if unknown:
         raise ConfigError(f"{path}: dataset: unknown key(s) {sorted(unknown)} (known: {sorted(known)})")
-    run_configs(spec, "")  # raises on any unknown run-config key
+    # unknown keys raise here; values are checked now too, not when a run starts minutes later
+    for run, cfg in run_configs(spec, "").items():
+        if run == "distill":  # the teacher's checkpoint exists once the teacher has trained
+            cfg["teacher"]["checkpoint"] = "the teacher's final weights"
+        try:
+            check_config(cfg, distill=run == "distill")
+        except ConfigError as err:
+            raise ConfigError(f"{path}: the {run} run: {err}") from None
     return spec
 
 

@@ -330,7 +330,7 @@ def test_torchrun_two_gloo_processes(videos, tmp_path):
 
 # the demo at toy size (the real settings are in configs/demo.yaml)
 TOY_DEMO_OPTS = ["dataset.train_per_class", "3", "dataset.val_per_class", "1", "dataset.num_frames", "8", "student_train_per_class", "2",
-                 "teacher.train.epochs", "1", "student.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4",
+                 "teacher.train.epochs", "2", "teacher.train.mixup_start_epoch", "1", "student.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4",
                  "base.data.num_workers", "0", "base.train.progress", "false", "teacher.model.kwargs", json.dumps(TINY_MODEL),
                  "base.eval.views", "[[1, 1], [2, 3]]"]
 
@@ -366,6 +366,13 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert cli_main(["demo", "--output", str(tmp_path), "--opts", "base.train.epoch", "1"]) == 2
     assert cli_main(["demo", "--output", str(tmp_path), "--opts", "student_train_per_class", "401"]) == 2
     assert "student_train_per_class: expected an integer in [1, dataset.train_per_class]" in capsys.readouterr().err
+    # a value no run can take is refused before the videos are generated, not when its run starts
+    refused = tmp_path / "refused"
+    assert cli_main(["demo", "--output", str(refused), "--opts", "teacher.train.epochs", "4"]) == 2
+    assert "the teacher run: train.mixup_start_epoch: expected a value in [0, 3], got 6" in capsys.readouterr().err
+    assert cli_main(["demo", "--output", str(refused), "--opts", "student.train.batch_size", "0"]) == 2
+    assert "the student run: train.batch_size: expected a value in [1, inf]" in capsys.readouterr().err
+    assert not refused.exists()
 
 
 def test_demo_picture_smooths_long_loss_curves(tmp_path):

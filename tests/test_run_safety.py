@@ -130,6 +130,8 @@ def test_demo_config_top_level_typo_is_an_error(tmp_path):
     ("train", "base_lr", 0.0, r"train.base_lr"),
     ("train", "label_smoothing", 1.0, r"train.label_smoothing: expected a value in \[0.0, 1.0\)"),
     ("train", "cutmix_prob", 1.5, r"train.cutmix_prob"),
+    ("train", "mixup_start_epoch", 2, r"train.mixup_start_epoch: expected a value in \[0, 1\]"),
+    ("train", "mixup_start_epoch", -1, r"train.mixup_start_epoch"),
     ("train", "clip_grad", 0.0, r"train.clip_grad"),
     ("train", "mixup_alpha", 0.0, r"train.mixup_alpha"),
     ("train", "momentum", 1.0, r"train.momentum"),

@@ -14,6 +14,7 @@ import torch
 
 from dvflnet.ablate import run_grid
 from dvflnet.cli import main as cli_main
+from dvflnet.data import smooth_one_hot
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.engine import DEFAULTS, run_training
 from dvflnet.engine.distributed import DistInfo, TrainSampler
@@ -81,6 +82,31 @@ def test_cache_holds_the_teachers_logits_on_the_training_stream(setup, tmp_path)
     assert seen == 9
 
 
+def _stream(cfg, epochs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    info = DistInfo()
+    dataset = train_dataset(cfg)
+    sampler = TrainSampler(len(dataset), cfg["train"]["batch_size"], info, cfg["seed"])
+    return [(clips, targets) for epoch in range(epochs)
+            for _, clips, targets in epoch_batches(cfg, dataset, sampler, info, epoch, 0, 3)]
+
+
+def test_mixup_starts_at_mixup_start_epoch(setup, tmp_path):
+    """Before train.mixup_start_epoch: the whole clips, with label-smoothed one-hot targets; from it
+    on, the very batches a run mixing from the start draws."""
+    late = _stream(distill_config(setup, tmp_path, epochs=3, mixup_start_epoch=2), 3)
+    mixing = _stream(distill_config(setup, tmp_path, epochs=3), 3)
+    whole = _stream(distill_config(setup, tmp_path, epochs=3, mixup=False), 3)
+    assert len(late) == len(mixing) == len(whole) == 9
+    for i, ((clips, targets), (mixed, mixed_targets), (plain, labels)) in enumerate(zip(late, mixing, whole)):
+        if i < 6:  # epochs 0 and 1
+            torch.testing.assert_close(clips, plain, rtol=0, atol=0)
+            assert not torch.equal(clips, mixed)
+            torch.testing.assert_close(targets, smooth_one_hot(labels, len(CLASSES), 0.1), rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(clips, mixed, rtol=0, atol=0)
+            torch.testing.assert_close(targets, mixed_targets, rtol=0, atol=0)
+
+
 def test_cached_distillation_equals_online(setup, tmp_path):
     """Same student, same stream, teacher logits from the cache: the first step's loss to fp16 rounding
     of the logits, every later step within what that rounding moves the student."""
@@ -103,6 +129,7 @@ def test_a_cache_built_for_another_run_is_refused(setup, tmp_path):
         "data.size": lambda c: c["data"].update(size=64, short_side=72),
         "batches.epochs": lambda c: c["train"].update(epochs=2),
         "augmentation.mixup": lambda c: c["train"].update(mixup=False),
+        "augmentation.mixup_start_epoch": lambda c: c["train"].update(epochs=2, mixup_start_epoch=1),
         "teacher.kwargs": lambda c: c["teacher"].update(kwargs={**TEACHER, "embed_dim": 16}),
     }
     for name, change in changes.items():

@@ -82,6 +82,9 @@ DEFAULTS: dict = {
         "max_nonfinite_steps": 5,
         "label_smoothing": 0.1,
         "mixup": True,
+        # with mixup: the epoch (0-based) it starts at; the epochs before train on whole clips (with
+        # label smoothing). A model from a random start finds its features sooner on whole clips.
+        "mixup_start_epoch": 0,
         "cutmix_prob": 0.5,
         "mixup_alpha": 0.8,
         "cutmix_alpha": 1.0,
@@ -334,6 +337,7 @@ def check_config(cfg: dict, distill: bool = False) -> None:
     _check_range("train.momentum", train["momentum"], 0.0, 1.0, high_open=True)
     _check_range("train.clip_grad", train["clip_grad"], 0.0, low_open=True)
     _check_range("train.label_smoothing", train["label_smoothing"], 0.0, 1.0, high_open=True)
+    _check_range("train.mixup_start_epoch", train["mixup_start_epoch"], 0, train["epochs"] - 1)
     _check_range("train.cutmix_prob", train["cutmix_prob"], 0.0, 1.0)
     _check_range("train.mixup_alpha", train["mixup_alpha"], 0.0, low_open=True)
     _check_range("train.cutmix_alpha", train["cutmix_alpha"], 0.0, low_open=True)

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmix, read_class_names
+from ..data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmix, read_class_names, smooth_one_hot
 from ..losses import DistillationLoss
 from ..models import CheckpointError, create_model, load_checkpoint
 from .checkpoint import CheckpointManager, RunLock, capture_rng_state, nonfinite_tensors, restore_rng_state
@@ -120,11 +120,13 @@ def epoch_batches(cfg: dict, dataset: VideoCSVDataset, sampler: TrainSampler, in
         if batch >= stop:
             break
         clips, targets = clips.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
-        if train["mixup"]:
+        if train["mixup"] and epoch >= train["mixup_start_epoch"]:
             clips, targets = mixup_cutmix(
                 clips, targets, data["num_classes"], _step_generator(cfg["seed"], info.rank, epoch, batch),
                 train["label_smoothing"], train["cutmix_prob"], train["mixup_alpha"], train["cutmix_alpha"],
             )
+        elif train["mixup"]:  # whole clips before mixup starts: the same soft targets, unmixed
+            targets = smooth_one_hot(targets, data["num_classes"], train["label_smoothing"])
         yield batch, clips, targets
 
 

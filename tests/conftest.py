@@ -10,3 +10,18 @@ if not torch.cuda.is_available():
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+_GPU_BACKENDS = {"cuda", "triton"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every case parametrised on the CUDA or Triton backend (or a CUDA device) `gpu`: on a GPU
+    machine they run there, and `pytest -m gpu` is the GPU share of the suite (bench/run_gpu.sh).
+    Without a GPU the Triton ones still run, interpreted, and the CUDA ones skip."""
+    import pytest
+
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if any(isinstance(v, str) and v.split(":")[0] in _GPU_BACKENDS for v in params.values()):
+            item.add_marker(pytest.mark.gpu)

@@ -253,6 +253,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .tools.prepare import prepare, summary
+
+    prepared, paths = prepare(args.dataset, args.videos, args.output, args.annotations, args.split, args.fold,
+                              args.missing, args.overwrite)
+    print(summary(prepared, paths, args.videos))
+    return 0
+
+
+def cmd_check_split(args: argparse.Namespace) -> int:
+    from .tools.check_split import check_split, format_report
+
+    report = check_split(args.train_csv, args.val_csv, args.num_classes)
+    print(format_report(report, args.num_classes is not None))
+    return 1 if report.leaks else 0
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    import time
+
+    from .tools.resize import resize_tree
+
+    start = time.monotonic()
+    report = resize_tree(args.src, args.dst, args.short_side, args.workers, progress=not args.no_progress)
+    for source, why in report.failed:
+        print(f"{source}: {why}", file=sys.stderr)
+    print(f"resize: {report.done} resized, {report.already} already done, {len(report.failed)} failed"
+          + (f", {report.cleaned} unfinished files of an earlier run removed" if report.cleaned else "")
+          + f" in {time.monotonic() - start:.0f} s; short side {args.short_side} under {args.dst}")
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvflnet", description="DVFL-Net / Video-FocalNet models and tools")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -370,6 +402,34 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=_positive(int), help="intra-op CPU threads (torch.set_num_threads; default: torch's)")
     demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.train.epochs 20")
     demo.set_defaults(func=cmd_demo)
+
+    prep = sub.add_parser("prepare", help="train/val/labels CSVs of a paper dataset from its official annotation files")
+    prep.add_argument("dataset", choices=["ucf101", "hmdb51", "ucf50", "ssv2", "k400"])
+    prep.add_argument("--videos", required=True, help="the dataset's video folder (data.root; CSV paths are relative to it)")
+    prep.add_argument("--annotations", help="the official annotation folder (ucfTrainTestlist/, testTrainMulti_7030_splits/, "
+                      "SSv2 labels/, Kinetics' CSVs); UCF50 has none")
+    prep.add_argument("--split", type=int, default=1, help="UCF101 / HMDB51 official split, 1-3 (default 1)")
+    prep.add_argument("--fold", type=int, default=1, help="UCF50 leave-one-group-out fold: group gNN held out, 1-25 (default 1)")
+    prep.add_argument("--output", required=True, help="folder for train.csv, val.csv, labels.csv")
+    prep.add_argument("--missing", choices=["error", "skip"], default="error",
+                      help="a listed video not on disk: an error (default), or left out and counted")
+    prep.add_argument("--overwrite", action="store_true", help="replace CSVs already in --output")
+    prep.set_defaults(func=cmd_prepare)
+
+    check = sub.add_parser("check-split", help="exit 1 when a validation list shares files, file names or UCF groups "
+                           "with the training list, or has labels out of range")
+    check.add_argument("train_csv")
+    check.add_argument("val_csv")
+    check.add_argument("--num-classes", type=_positive(int), help="K: labels must lie in 0..K-1 (default: the number of distinct labels)")
+    check.set_defaults(func=cmd_check_split)
+
+    resize = sub.add_parser("resize", help="rescale a video tree: every frame, same frame rate, shorter side N (PyAV)")
+    resize.add_argument("src")
+    resize.add_argument("dst")
+    resize.add_argument("--short-side", type=int, required=True, help="pixels of the shorter side (even), e.g. 256 or 320")
+    resize.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="files in parallel (default: the cores)")
+    resize.add_argument("--no-progress", action="store_true", help="no progress bar")
+    resize.set_defaults(func=cmd_resize)
     return parser
 
 
@@ -378,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, OSError, CheckpointError, VideoReadError, RunLockedError, TrainingDiverged,
-            MissingExtraError) as err:  # ConfigError, AnnotationError, ... are ValueErrors
+            MissingExtraError) as err:  # ConfigError, AnnotationError, PrepareError, SplitFileError ... are ValueErrors
         print(f"dvflnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

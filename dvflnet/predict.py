@@ -18,12 +18,11 @@ import torch
 
 from .data import AnnotationError, VideoReadError, read_class_names
 from .data.dataset import csv_rows, test_views
-from .data.video import video_info
+from .data.video import VIDEO_EXTENSIONS, video_info
 from .engine.config import DEFAULTS, ConfigError, load_config, merge_config
 from .models import create_model, load_checkpoint, read_checkpoint
 from .models.checkpoint import extract_state_dict
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 # Errors that belong to one video: reported in its result, and the other videos are still scored.
 _PER_VIDEO_ERRORS = (VideoReadError, OSError, ValueError)
 

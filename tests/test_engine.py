@@ -311,21 +311,51 @@ def test_cli_generate_data_passes_every_knob(tmp_path, monkeypatch, capsys):
     assert "invalid choice: 'fly'" in capsys.readouterr().err
 
 
-def test_torchrun_two_gloo_processes(videos, tmp_path):
-    """DDP over 2 CPU processes: training runs in step, evaluation gathers each video exactly once."""
-    cfg = tiny_config(videos, tmp_path / "ddp", train__epochs=1, train__warmup_epochs=0, train__batch_size=2)
-    config = _write_yaml(cfg, tmp_path / "ddp.yaml")
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dvflnet"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for command in (["train", "--config", config], ["evaluate", "--config", config]):
-        done = subprocess.run(base + command, capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    steps = [r for r in _steps(tmp_path / "ddp") if r["event"] == "step"]
-    assert [r["step"] for r in steps] == [1, 2, 3, 4]  # 16 videos / (2 processes x 2 clips)
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _results(output) -> tuple[list, dict]:
+    """What a run computed, without its timings: the step records' losses and learning rates, and the
+    evaluation reports."""
+    steps = [(r["step"], r["loss"], r["lr"], r["grad_norm"]) for r in _steps(output) if r["event"] == "step"]
+    reports = {}
     for views in ("1x1", "2x3"):
-        with open(tmp_path / "ddp" / f"eval_{views}.json") as f:
+        with open(os.path.join(output, f"eval_{views}.json")) as f:
             report = json.load(f)
+        reports[views] = {k: v for k, v in report.items() if "time" not in k and "second" not in k and k != "checkpoint"}
+    return steps, reports
+
+
+def test_torchrun_two_gloo_processes_on_one_node_and_on_two_nodes(videos, tmp_path):
+    """DDP over 2 CPU processes: training runs in step, evaluation gathers each video exactly once; and
+    the same 2 processes as two "nodes" (two torchrun agents, c10d rendezvous on 127.0.0.1, the
+    multi-node path of docs/datasets.md) train and evaluate exactly as one node does."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    configs = {}
+    for name in ("one-node", "two-nodes"):
+        cfg = tiny_config(videos, tmp_path / name, train__epochs=1, train__warmup_epochs=0, train__batch_size=2)
+        configs[name] = _write_yaml(cfg, tmp_path / f"{name}.yaml")
+    one_node = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dvflnet"]
+    for command in (["train", "--config", configs["one-node"]], ["evaluate", "--config", configs["one-node"]]):
+        done = subprocess.run(one_node + command, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps, reports = _results(tmp_path / "one-node")
+    assert [record[0] for record in steps] == [1, 2, 3, 4]  # 16 videos / (2 processes x 2 clips)
+    for report in reports.values():
         assert report["num_videos"] == 12 and sum(map(sum, report["confusion"])) == 12
+    for command in (["train", "--config", configs["two-nodes"]], ["evaluate", "--config", configs["two-nodes"]]):
+        port = _free_port()
+        node = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+                "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"dvfl-{port}", "--local-addr", "127.0.0.1", "-m", "dvflnet"]
+        agents = [subprocess.Popen(node + command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(2)]
+        outputs = [agent.communicate(timeout=300)[0] for agent in agents]
+        assert all(agent.returncode == 0 for agent in agents), "\n".join(out[-3000:] for out in outputs)
+    assert _results(tmp_path / "two-nodes") == (steps, reports)
 
 
 # the demo at toy size (the real settings are in configs/demo.yaml)

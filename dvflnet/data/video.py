@@ -11,6 +11,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+# What counts as a video file where folders are searched (predict, prepare, resize).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
+
 
 class VideoReadError(RuntimeError):
     """A video that is missing, unreadable or truncated; the message names the file."""

@@ -37,11 +37,23 @@ def write_json_atomic(obj, path: str) -> None:
     _write_atomic(path, ".json", lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
+def write_text_atomic(text: str, path: str) -> None:
+    """`text` (UTF-8) under `path`, written as atomically as save_atomic."""
+    _write_atomic(path, os.path.splitext(path)[1], lambda f: f.write(text.encode()))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: str, suffix: str, write) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets what open() would give it
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,0 +1,1 @@
+"""Dataset tools: prepare (official splits -> CSVs), check-split (leaks), resize (video trees)."""

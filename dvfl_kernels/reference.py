@@ -132,7 +132,10 @@ def kd_ce_loss(
     int labels (B,) with optional label smoothing (PyTorch's definition: eps/K on every class) or a
     soft distribution (B, K) (mixup / cutmix), smoothed the same way. total = alpha kd + (1-alpha) ce.
     The teacher is treated as a constant: no gradient flows to it. A teacher row of all -inf
-    logits has kd_b = 0. temperature is in (0, _checks.MAX_KD_TEMPERATURE].
+    logits has kd_b = 0. A teacher row holding NaN or +inf is no distribution either, and is not
+    silently scored: its kd_b and total_b are NaN and its student gradient row is NaN (ce_b stays),
+    so a training step sees a non-finite loss (every backend gives this). temperature is in
+    (0, _checks.MAX_KD_TEMPERATURE].
     """
     dtype = compute_dtype(student_logits)
     s = student_logits.to(dtype)
@@ -140,15 +143,18 @@ def kd_ce_loss(
     num_classes = s.shape[-1]
     # A teacher row with no finite logit (all -inf) is no distribution: its KD term is defined as 0
     # (and passes no gradient). Any finite stand-in row keeps the masked-out arithmetic free of NaN.
-    no_teacher = torch.isneginf(t).all(-1)
+    bad_teacher = (torch.isnan(t) | torch.isposinf(t)).any(-1)
+    no_teacher = torch.isneginf(t).all(-1) | bad_teacher
     t = torch.where(no_teacher[:, None], 0.0, t)
 
     log_p_teacher = F.log_softmax(t / temperature, dim=-1)
     p_teacher = log_p_teacher.exp()
-    log_p_student_soft = F.log_softmax(s / temperature, dim=-1)
+    # a bad teacher row's student logits become NaN for the KD term only: NaN kd and NaN gradient
+    s_kd = s + torch.where(bad_teacher, float("nan"), 0.0).to(dtype)[:, None]  # (an add: other rows' gradient stays)
+    log_p_student_soft = F.log_softmax(s_kd / temperature, dim=-1)
     # 0 * log 0 = 0: classes the teacher rules out (logit -inf) contribute nothing.
     kl_terms = torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student_soft), 0.0)
-    kd = torch.where(no_teacher, 0.0, temperature * temperature * kl_terms.sum(-1))
+    kd = torch.where(no_teacher & ~bad_teacher, 0.0, temperature * temperature * kl_terms.sum(-1))
 
     log_p_student = F.log_softmax(s, dim=-1)
     if target.is_floating_point():

@@ -205,7 +205,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
               f"({predictor.precision_reason}); {args.views[0]}x{args.views[1]} views", file=sys.stderr)
     results = predictor.predict_many(expand_inputs(args.videos, args.root), top=args.top,
                                       window_seconds=args.window_seconds, stride_seconds=args.stride_seconds)
-    print(json.dumps(results) if args.json else format_table(results, args.top))
+    print(json.dumps(results, allow_nan=False) if args.json else format_table(results, args.top))
     return 0 if all("error" not in r for r in results) else 1
 
 

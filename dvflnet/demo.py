@@ -21,11 +21,10 @@ import statistics
 import time
 
 import torch
-import yaml
 
 from .complexity import count_flops, count_parameters
 from .data.synthetic import generate_dataset
-from .engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts
+from .engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
 from .engine.loop import build_model, run_evaluation, run_training
 
 DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
@@ -49,8 +48,7 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
     run section is checked against the run-config keys, the dataset section against generate_dataset."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"demo config: no such file: {path}")
-    with open(path) as f:
-        spec = yaml.safe_load(f) or {}
+    spec = read_yaml_file(path)
     for dotted, value in parse_opts(opts):
         node, keys = spec, dotted.split(".")
         for key in keys[:-1]:
@@ -74,6 +72,7 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
     for run, cfg in run_configs(spec, "").items():
         if run == "distill":  # the teacher's checkpoint exists once the teacher has trained
             cfg["teacher"]["checkpoint"] = "the teacher's final weights"
+        cfg["data"]["labels_csv"] = None  # generated with the videos, one name per class
         try:
             check_config(cfg, distill=run == "distill")
         except ConfigError as err:

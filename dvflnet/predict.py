@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,7 +21,9 @@ from .data import AnnotationError, VideoReadError, read_class_names
 from .data.dataset import csv_rows, test_views
 from .data.video import VIDEO_EXTENSIONS, video_info
 from .engine.config import DEFAULTS, ConfigError, load_config, merge_config
+from .engine.loop import NonFiniteOutputError
 from .models import create_model, load_checkpoint, read_checkpoint
+from .models.registry import resolve_name
 from .models.checkpoint import extract_state_dict
 
 # Errors that belong to one video: reported in its result, and the other videos are still scored.
@@ -67,6 +70,10 @@ def model_from_checkpoint(checkpoint: str, config: str | None = None, model: str
     state, saved = extract_state_dict(obj)
     cfg = _run_config(saved, config, checkpoint)
     if model:
+        if (config or isinstance(saved, dict) and "model" in saved) and resolve_name(model) != resolve_name(cfg["model"]["name"]):
+            source = config or f"{checkpoint} (its saved config)"
+            raise ConfigError(f"--model {model}: {source} is a {cfg['model']['name']}; drop --model, or give a "
+                              f"checkpoint of {model}")
         cfg["model"]["name"] = model
     head = state.get("head.weight")
     found = head.shape[0] if head is not None else None
@@ -83,8 +90,11 @@ def model_from_checkpoint(checkpoint: str, config: str | None = None, model: str
     net = create_model(cfg["model"]["name"], num_classes=num_classes, num_frames=data["num_frames"],
                        img_size=data["size"], **kwargs)
     load_checkpoint(net, obj, strict=True)
-    if names is None and data["labels_csv"] and os.path.isfile(data["labels_csv"]):
-        names = read_class_names(data["labels_csv"])
+    if names is None and data["labels_csv"]:
+        try:
+            names = read_class_names(data["labels_csv"])
+        except (OSError, ValueError) as err:  # the run's labels file is not here: say so, show numbers
+            warnings.warn(f"class names not loaded ({err}); classes are shown as numbers (--classes names them)", stacklevel=2)
     return net.eval(), data, names
 
 
@@ -131,6 +141,8 @@ class Predictor:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         with autocast:
             logits = self.model(views.to(self.device))
+        if not torch.isfinite(logits).all():
+            raise NonFiniteOutputError(f"{path}: the model's outputs are not finite (NaN or inf); not scored (broken weights?)")
         return logits.float().softmax(-1).mean(0).cpu()
 
     def _top(self, probs: torch.Tensor, k: int) -> list[dict]:
@@ -143,6 +155,8 @@ class Predictor:
         with window_seconds a "windows" timeline: top-1 per window of that length, every stride_seconds
         (default: the window), the last window ending at the video's end."""
         path = os.fspath(path)
+        if os.path.isdir(path):
+            raise VideoReadError(path, f"a folder with no video files ({', '.join(VIDEO_EXTENSIONS)}) in it")
         result = {"path": path, "top5": self._top(self.scores(path), top), "views": f"{self.views[0]}x{self.views[1]}"}
         if window_seconds:
             result["windows"] = self.timeline(path, window_seconds, stride_seconds or window_seconds)
@@ -182,12 +196,11 @@ def expand_inputs(inputs: list[str], root: str | None = None) -> list[str]:
         if os.path.isdir(item):
             found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
                            if f.lower().endswith(VIDEO_EXTENSIONS))
-            if not found:
-                raise FileNotFoundError(f"{item}: no video files ({', '.join(VIDEO_EXTENSIONS)}) in this folder")
-            paths += found
+            paths += found or [item]  # an empty folder is reported in its own result, the others go on
         elif item.lower().endswith(".csv"):
             if not os.path.isfile(item):
-                raise FileNotFoundError(f"video list: no such file: {item}")
+                paths.append(item)  # reported in its result ("no such file")
+                continue
             base = root if root is not None else os.path.dirname(os.path.abspath(item))
             rows = [fields for number, fields in csv_rows(item)]
             if rows and rows[0][0].lower() in ("path", "video"):

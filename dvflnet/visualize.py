@@ -46,6 +46,8 @@ def modulator_maps(predictor, path: str, layers: list[str] | None = None) -> tup
         maps[name] = {}
         for kind in ("spatial", "temporal"):
             magnitude = mods[name][kind].float().abs().mean(-1)  # (T', h, w)
+            # a tubelet stem folds T / T' frames into each map: each map stands for all of them
+            magnitude = magnitude.repeat_interleave(len(frames) // magnitude.shape[0], dim=0)
             up = F.interpolate(magnitude[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
             up = (up - up.min()) / (up.max() - up.min()).clamp_min(1e-12)
             maps[name][kind] = up.cpu().numpy()

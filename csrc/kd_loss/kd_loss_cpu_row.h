@@ -161,17 +161,22 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
                     acc_t temperature, acc_t eps, acc_t* scratch, acc_t* grad) {
   const acc_t inv_t = acc_t(1) / temperature;
   acc_t m_s = -std::numeric_limits<acc_t>::infinity(), m_t = m_s;
-#pragma omp simd reduction(max : m_s, m_t)
+  acc_t bad_t = 0;  // teacher logits that are NaN or +inf
+#pragma omp simd reduction(max : m_s, m_t) reduction(+ : bad_t)
   for (int64_t k = 0; k < K; ++k) {
     m_s = max_of(m_s, s[k]);
     m_t = max_of(m_t, t[k]);
+    bad_t += (t[k] != t[k]) | (t[k] == std::numeric_limits<acc_t>::infinity()) ? acc_t(1) : acc_t(0);
   }
+  // A teacher row with a NaN or +inf logit is no distribution: NaN KD, total and gradient
+  // (reference.kd_ce_loss); its arithmetic runs as for an all -inf row, then is marked.
+  const bool bad_teacher = bad_t > 0;
   int64_t argmax_s = 0, argmax_t = 0;  // first index of each maximum
   while (argmax_s < K - 1 && s[argmax_s] != m_s) ++argmax_s;
   while (argmax_t < K - 1 && t[argmax_t] != m_t) ++argmax_t;
   // A teacher row with no finite logit (all -inf) is no distribution: its KD term is defined as 0
   // (reference.kd_ce_loss). A max of 0 keeps its probabilities 0 instead of NaN.
-  const bool no_teacher = m_t == -std::numeric_limits<acc_t>::infinity();
+  const bool no_teacher = bad_teacher || m_t == -std::numeric_limits<acc_t>::infinity();
   if (no_teacher) m_t = 0;
 
   acc_t* e_s = scratch;
@@ -231,7 +236,7 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
     c.p_label_m1 = expm1_accurate(acc_t(-(log_z_s + margin)));  // p_label - 1 from the accurate log p
   }
   if (!valid) ce = std::numeric_limits<double>::quiet_NaN();
-  c.poison = valid ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN();
+  c.poison = valid && !bad_teacher ? acc_t(0) : std::numeric_limits<acc_t>::quiet_NaN();
 
   double kl = 0;
   for (int64_t k0 = 0; k0 < K; k0 += kSumBlock) {
@@ -246,7 +251,8 @@ RowResult kd_ce_row(const acc_t* s, const acc_t* t, const acc_t* q, int64_t labe
   }
   kl_and_grad_scalar(s, t, q, c, argmax_s, kl, grad);
   if (argmax_t != argmax_s) kl_and_grad_scalar(s, t, q, c, argmax_t, kl, grad);
-  const double kd = no_teacher ? 0.0 : double(temperature) * double(temperature) * kl;
+  const double kd = bad_teacher ? std::numeric_limits<double>::quiet_NaN()
+                    : no_teacher ? 0.0 : double(temperature) * double(temperature) * kl;
   return {double(alpha) * kd + (1 - double(alpha)) * ce, kd, ce};
 }
 

@@ -5,8 +5,9 @@
 // reduction merges them (rescaling sums to the common max); then every thread sums its share of
 // the KL and writes its share of d total / d s. Half and bfloat16 logits are read as float32 and everything accumulates in float32
 // (float64 for float64 logits). Invalid rows (label outside [0, K), soft targets with a negative
-// entry or not summing to 1)
-// get NaN: that validates CUDA inputs without an extra launch or a host synchronisation.
+// entry or not summing to 1) get NaN CE, total and gradient; a teacher row with a NaN or +inf logit
+// gets NaN KD, total and gradient: that validates CUDA inputs without an extra launch or a host
+// synchronisation.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -18,7 +19,7 @@ namespace {
 constexpr int kMaxThreads = 256;      // threads per row for large K (8 warps)
 constexpr int kSmallKThreads = 128;   // below kLargeK a 128-thread block keeps most lanes busy
 constexpr int64_t kLargeK = 1024;
-constexpr int kStats = 9;             // fields of Stats
+constexpr int kStats = 10;            // fields of Stats
 constexpr double kSoftTargetTol = 1e-4;  // as dvfl_kernels._checks.SOFT_TARGET_TOL
 constexpr float kSeriesRange = 0.5f;  // |d| up to which e^d - 1 - d comes from its series
 
@@ -55,6 +56,7 @@ struct Stats {
   double m_s, z_s, z_st;  // max of s; sum exp(s - m_s); sum exp((s - m_s) / T)
   double m_t, z_tt;       // max of t; sum exp((t - m_t) / T)
   double sum_s, sum_q, sum_qs, neg_q;  // sum_qs: exact products q * s; neg_q: negative soft targets
+  double bad_t;  // teacher logits that are NaN or +inf: the row is no distribution (NaN kd and gradient)
 
   __device__ void merge(const Stats& o, acc_t inv_t) {
     const double ms = max(m_s, o.m_s), mt = max(m_t, o.m_t);
@@ -67,6 +69,7 @@ struct Stats {
     sum_q += o.sum_q;
     sum_qs += o.sum_qs;
     neg_q += o.neg_q;
+    bad_t += o.bad_t;
   }
 };
 
@@ -82,6 +85,7 @@ __device__ Stats<acc_t> shuffle_down(const Stats<acc_t>& s, int offset) {
   o.sum_q = __shfl_down_sync(0xffffffffu, s.sum_q, offset);
   o.sum_qs = __shfl_down_sync(0xffffffffu, s.sum_qs, offset);
   o.neg_q = __shfl_down_sync(0xffffffffu, s.neg_q, offset);
+  o.bad_t = __shfl_down_sync(0xffffffffu, s.bad_t, offset);
   return o;
 }
 
@@ -114,9 +118,10 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
   const acc_t* q_row = soft ? static_cast<const acc_t*>(target) + row * stride_y : nullptr;
   const acc_t inv_t = acc_t(1) / temperature;
 
-  Stats<acc_t> st{neg_big(), 0, 0, neg_big(), 0, 0, 0, 0, 0};
+  Stats<acc_t> st{neg_big(), 0, 0, neg_big(), 0, 0, 0, 0, 0, 0};
   for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
     const acc_t s = to_acc(s_row[k]), t = to_acc(t_row[k]);
+    if (isnan(t) || (isinf(t) && t > acc_t(0))) st.bad_t += 1;
     if (s > st.m_s) {  // rescale this thread's sums to the new max
       st.z_s *= exp_acc(acc_t(st.m_s - s));
       st.z_st *= exp_acc(acc_t(st.m_s - s) * inv_t);
@@ -143,19 +148,20 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
   __shared__ acc_t shared[8];
   __shared__ int64_t shared_label;
   __shared__ double shared_ce;
+  __shared__ bool shared_bad_teacher;
   for (int offset = 16; offset > 0; offset >>= 1) st.merge(shuffle_down(st, offset), inv_t);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   if (lane == 0) {
     double* p = partial[warp];
     p[0] = st.m_s; p[1] = st.z_s; p[2] = st.z_st; p[3] = st.m_t; p[4] = st.z_tt;
-    p[5] = st.sum_s; p[6] = st.sum_q; p[7] = st.sum_qs; p[8] = st.neg_q;
+    p[5] = st.sum_s; p[6] = st.sum_q; p[7] = st.sum_qs; p[8] = st.neg_q; p[9] = st.bad_t;
   }
   __syncthreads();
   if (warp == 0) {
-    Stats<acc_t> w{neg_big(), 0, 0, neg_big(), 0, 0, 0, 0, 0};
+    Stats<acc_t> w{neg_big(), 0, 0, neg_big(), 0, 0, 0, 0, 0, 0};
     if (lane < warps) {
       const double* p = partial[lane];
-      w = Stats<acc_t>{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+      w = Stats<acc_t>{p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]};
     }
     for (int offset = 16; offset > 0; offset >>= 1) w.merge(shuffle_down(w, offset), inv_t);
     if (lane == 0) {
@@ -187,13 +193,16 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
       shared[7] = acc_t(p_label_m1);
       shared_label = label;
       shared_ce = valid ? ce : double(NAN);
+      shared_bad_teacher = w.bad_t > 0;
     }
   }
   __syncthreads();
   const acc_t m_s = shared[0], m_t = shared[1], log_z_s = shared[2], log_z_st = shared[3], log_z_tt = shared[4];
   const acc_t q_mass = shared[6], p_label_m1 = shared[7];
   const int64_t label = shared_label;
-  const acc_t poison = isnan(shared_ce) ? acc_t(NAN) : acc_t(0);
+  // an invalid target or a teacher row with NaN / +inf logits: NaN gradient (reference.kd_ce_loss)
+  const bool bad_teacher = shared_bad_teacher;
+  const acc_t poison = isnan(shared_ce) || bad_teacher ? acc_t(NAN) : acc_t(0);
   const bool no_teacher = shared[5] == acc_t(0);
   const acc_t kd_scale = no_teacher ? acc_t(0) : alpha * temperature, ce_scale = 1 - alpha, smooth = eps / acc_t(K);
   acc_t* g_row = grad + row * K;
@@ -219,7 +228,8 @@ kd_ce_rows_kernel(const scalar_t* __restrict__ student, const scalar_t* __restri
   __shared__ double scratch[kMaxThreads / 32];
   kl = block_sum(kl, scratch);
   if (threadIdx.x == 0) {
-    const double kd = no_teacher ? 0.0 : double(temperature) * double(temperature) * kl, ce = shared_ce;
+    const double kd = bad_teacher ? double(NAN) : no_teacher ? 0.0 : double(temperature) * double(temperature) * kl;
+    const double ce = shared_ce;
     losses[row] = acc_t(double(alpha) * kd + (1 - double(alpha)) * ce);
     losses[rows + row] = acc_t(kd);
     losses[2 * rows + row] = acc_t(ce);

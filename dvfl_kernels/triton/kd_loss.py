@@ -6,8 +6,9 @@ backward pass is a scale of the saved gradient. Element math is float32 (float64
 logits); the sums are float64, and every loss is written as a sum of non-negative terms, so the results
 keep float32 accuracy even for confident predictions and near-identical distributions.
 
-Invalid rows (a label outside [0, K), soft targets with a negative entry or not summing to 1) get NaN losses and gradient:
-that is how CUDA tensors are validated without an extra launch or a host synchronisation.
+Invalid rows (a label outside [0, K), soft targets with a negative entry or not summing to 1) get NaN losses and gradient,
+and so does a teacher row with a NaN or +inf logit (NaN KD and total): that is how CUDA tensors are validated without
+an extra launch or a host synchronisation.
 """
 from __future__ import annotations
 
@@ -90,6 +91,7 @@ def kd_ce_rows_kernel(
     sum_q = tl.zeros((), tl.float64)
     sum_qs = tl.zeros((), tl.float64)  # sum over q > 0 of q * s (exact float64 products)
     neg_q = tl.zeros((), ACC)  # number of negative soft-target entries
+    bad_t = tl.zeros((), ACC)  # teacher logits that are NaN or +inf
     for k0 in range(0, num_classes, BLOCK_K):
         offs = k0 + tl.arange(0, BLOCK_K)
         mask = offs < num_classes
@@ -101,6 +103,7 @@ def kd_ce_rows_kernel(
         m_t_new = tl.maximum(m_t, tl.max(t, 0))
         z_tt = _rescaled_sum(z_tt, m_t, m_t_new, t, inv_temp)
         m_s, m_t = m_s_new, m_t_new
+        bad_t += tl.sum(tl.where((t != t) | (t == float("inf")), 1.0, 0.0), 0)
         sum_s += tl.sum(tl.where(mask, s, 0.0).to(tl.float64), 0)
         if SOFT:
             q = tl.load(y_row + offs, mask=mask, other=0.0).to(ACC)
@@ -139,7 +142,9 @@ def kd_ce_rows_kernel(
     # Pass 2: KL = sum_k (q_T - p_t - p_t d) = sum p_t (e^d - 1 - d) where p_t > 0: non-negative
     # terms, exact for close distributions. The gradient's q_T - p_t = p_t expm1(d) there; for probabilities near 1
     # (few classes) it is expm1(log q_T) - expm1(log p_t), the difference of the small complements.
-    poison = tl.where(valid, 0.0, float("nan"))
+    # an invalid target, or a teacher row with a NaN or +inf logit (no distribution): NaN gradient
+    bad_teacher = bad_t > 0
+    poison = tl.where(valid & (bad_t == 0), 0.0, float("nan"))
     g_row = grad_ptr + row * stride_g
     kl = tl.zeros((), tl.float64)
     for k0 in range(0, num_classes, BLOCK_K):
@@ -174,7 +179,7 @@ def kd_ce_rows_kernel(
             grad = kd_scale * kd_diff + (1.0 - alpha) * ce_grad
             tl.store(g_row + offs, grad + poison, mask=mask)
 
-    kd = tl.where(no_teacher, 0.0, temperature * temperature * kl).to(ACC)
+    kd = tl.where(bad_teacher, float("nan"), tl.where(no_teacher, 0.0, temperature * temperature * kl)).to(ACC)
     ce = tl.where(valid, ce.to(ACC), float("nan"))
     tl.store(losses_ptr + row, alpha * kd + (1.0 - alpha) * ce)
     tl.store(losses_ptr + num_rows + row, kd)

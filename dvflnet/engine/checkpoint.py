@@ -12,16 +12,15 @@ import json
 import os
 import random
 import socket
-import tempfile
 import time
 import warnings
 
 import numpy as np
 import torch
 
+from ..atomic import clean_temporary_files, save_torch, write_json
 from ..models import CheckpointError, read_checkpoint
 
-TMP_PREFIX = ".tmp-"
 # What every training checkpoint holds; a file without these is not one (e.g. a bare state dict).
 REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "step", "rng")
 
@@ -29,45 +28,12 @@ REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "ste
 def save_atomic(obj, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
     half-written checkpoint under `path`."""
-    _write_atomic(path, ".pt", lambda f: torch.save(obj, f))
+    save_torch(obj, path)
 
 
 def write_json_atomic(obj, path: str) -> None:
-    """`obj` as indented JSON under `path`, written as atomically as save_atomic."""
-    _write_atomic(path, ".json", lambda f: f.write(json.dumps(obj, indent=1).encode()))
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    """`text` (UTF-8) under `path`, written as atomically as save_atomic."""
-    _write_atomic(path, os.path.splitext(path)[1], lambda f: f.write(text.encode()))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: str, suffix: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=suffix)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600: the file gets what open() would give it
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`obj` as indented strict JSON under `path`, written as atomically as save_atomic."""
+    write_json(obj, path)
 
 
 def capture_rng_state() -> dict:
@@ -161,12 +127,7 @@ class CheckpointManager:
 
     def clean_leftovers(self) -> list[str]:
         """Delete temporary files an interrupted write left behind; returns their names."""
-        if not os.path.isdir(self.folder):
-            return []
-        names = [n for n in os.listdir(self.folder) if n.startswith(TMP_PREFIX)]
-        for name in names:
-            os.unlink(os.path.join(self.folder, name))
-        return names
+        return [os.path.basename(p) for p in clean_temporary_files(self.folder)]
 
 
 def nonfinite_tensors(state: dict) -> list[str]:

@@ -129,7 +129,7 @@ def _kind_of(name: str, default) -> str:
 
 def _scalar(kind: str, value, name: str, where: str):
     def bad(expected: str):
-        return ConfigError(f"{where}: {name}: expected {expected}, got {value!r}")
+        return ConfigError(f"{where}: {name}: expected {expected}, got {shown(value)}")
 
     if kind == "bool":
         if isinstance(value, bool):
@@ -230,15 +230,49 @@ def _read_yaml(path: str, seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
         raise ConfigError(f"{path}: _base_ includes form a cycle: {' -> '.join(seen + (path,))}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config: no such file: {path}")
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    data = read_yaml_file(path)
     bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise ConfigError(f"{path}: _base_: expected a file name or a list of file names, got {shown(bases)}")
     layers = []
-    for base in [bases] if isinstance(bases, str) else bases:
+    for base in bases:
         layers += _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
     return layers + [(path, data)]
+
+
+def read_yaml_file(path: str) -> dict:
+    """A YAML file's top-level mapping; anything else is one ConfigError naming the file (and the line
+    and column of a syntax error)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}:{_yaml_where(err)} not valid YAML: {_yaml_problem(err)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _yaml_where(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return f"{mark.line + 1}:{mark.column + 1}:" if mark is not None else ""
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line (a tag it refuses, e.g. !!python/object, reads as such)."""
+    parts = [getattr(err, "context", None), getattr(err, "problem", None)]
+    text = "; ".join(p for p in parts if p) or str(err).splitlines()[0]
+    return " ".join(text.split())
+
+
+def shown(value, limit: int = 80) -> str:
+    """repr(value), cut to `limit` characters: a 200 KB value must not make a 200 KB message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def set_by_path(cfg: dict, dotted: str, value, where: str = "--opts") -> None:
@@ -276,7 +310,13 @@ def parse_opts(opts: list[str] | None) -> list[tuple[str, object]]:
     opts = list(opts or [])
     if len(opts) % 2:
         raise ConfigError(f"--opts: expected KEY VALUE pairs, got an odd count: {opts}")
-    return [(key, yaml.safe_load(text)) for key, text in zip(opts[::2], opts[1::2])]
+    pairs = []
+    for key, text in zip(opts[::2], opts[1::2]):
+        try:
+            pairs.append((key, yaml.safe_load(text)))
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--opts {key}: {shown(text)} is not a valid YAML value: {_yaml_problem(err)}") from None
+    return pairs
 
 
 def parse_device(device: str | None) -> torch.device | None:
@@ -304,6 +344,49 @@ def _check_range(name: str, value, low=None, high=None, low_open=False, high_ope
     if too_low or too_high:
         interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open else ']'}"
         raise ConfigError(f"{name}: expected a value in {interval}, got {value!r}")
+
+
+def _check_relations(cfg: dict, distill: bool) -> None:
+    """Values that are valid alone but not together: the model's own arguments (the checks of the
+    Python API, VideoFocalNet), the frame size against the model's stride and the test crop, the class
+    names against the class count."""
+    from ..models.registry import MODEL_CONFIGS, resolve_name
+    from ..models.video_focalnet import check_model_args
+
+    data, model = cfg["data"], cfg["model"]
+    runs = [("model", model["name"], model["kwargs"], model["drop_path_rate"])]
+    if distill and cfg["teacher"]["name"]:
+        runs.append(("teacher", cfg["teacher"]["name"], cfg["teacher"]["kwargs"], None))
+    for section, name, kwargs, drop_path in runs:
+        args = {**_model_defaults(), **MODEL_CONFIGS[resolve_name(name)], **kwargs, "num_classes": data["num_classes"],
+                "num_frames": data["num_frames"]}
+        if drop_path is not None:
+            args["drop_path_rate"] = drop_path
+        try:
+            check_model_args(**{k: args[k] for k in inspect.signature(check_model_args).parameters})
+        except ValueError as err:
+            raise ConfigError(f"{section}: {err} (from {section}.name {name!r}, {section}.kwargs and data)") from None
+        stride = args["patch_size"] * 2 ** (len(args["depths"]) - 1)
+        if data["size"] % stride:
+            raise ConfigError(f"data.size: expected a multiple of {stride} ({section} {name}: patch_size {args['patch_size']} "
+                              f"x 2^{len(args['depths']) - 1} patch merges), got {data['size']}")
+    if data["test_short_side"] < data["size"]:
+        raise ConfigError(f"data.test_short_side: expected at least data.size ({data['size']}: the test crops are "
+                          f"{data['size']}x{data['size']} cut from frames of that short side), got {data['test_short_side']}")
+    if data["labels_csv"]:
+        from ..data.dataset import read_class_names
+
+        names = read_class_names(data["labels_csv"])
+        if len(names) != data["num_classes"]:
+            raise ConfigError(f"data.labels_csv: {data['labels_csv']} names {len(names)} classes, "
+                              f"data.num_classes is {data['num_classes']}")
+
+
+def _model_defaults() -> dict:
+    """VideoFocalNet's keyword defaults."""
+    from ..models import VideoFocalNet
+
+    return {name: p.default for name, p in inspect.signature(VideoFocalNet).parameters.items()}
 
 
 def check_config(cfg: dict, distill: bool = False) -> None:
@@ -342,8 +425,8 @@ def check_config(cfg: dict, distill: bool = False) -> None:
     _check_range("train.mixup_alpha", train["mixup_alpha"], 0.0, low_open=True)
     _check_range("train.cutmix_alpha", train["cutmix_alpha"], 0.0, low_open=True)
     for name, views in [("train.eval_views", train["eval_views"])] + [(f"eval.views[{i}]", v) for i, v in enumerate(cfg["eval"]["views"])]:
-        if min(views) < 1:
-            raise ConfigError(f"{name}: expected at least 1 clip x 1 crop, got {views}")
+        if views[0] < 1 or views[1] not in (1, 3):
+            raise ConfigError(f"{name}: expected [clips >= 1, crops 1 or 3], got {views}")
     _check_range("eval.batch_size", cfg["eval"]["batch_size"], 1)
     if model["drop_path_rate"] is not None:
         _check_range("model.drop_path_rate", model["drop_path_rate"], 0.0, 1.0, high_open=True)
@@ -353,6 +436,7 @@ def check_config(cfg: dict, distill: bool = False) -> None:
             resolve_name(name)
         except ValueError as err:
             raise ConfigError(f"{key}: {err}") from None
+    _check_relations(cfg, distill)
     if model["backend"] not in ("auto", "reference", *available_backends("spatial_context")):
         raise ConfigError(f"model.backend: expected auto, reference or an available backend "
                           f"({', '.join(available_backends('spatial_context'))}), got {model['backend']!r}")

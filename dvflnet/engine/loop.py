@@ -10,6 +10,7 @@ every process runs the same function; rank 0 writes logs, checkpoints and report
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from ..data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmi
 from ..losses import DistillationLoss
 from ..models import CheckpointError, create_model, load_checkpoint
 from .checkpoint import CheckpointManager, RunLock, capture_rng_state, nonfinite_tensors, restore_rng_state
+from ..atomic import write_json
 from .config import ConfigError, check_config
 from .distributed import DistInfo, ShardSampler, TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
 from .optim import build_optimizer, scaled_lr
@@ -235,6 +237,10 @@ def evaluate(model: nn.Module, dataset: VideoCSVDataset, info: DistInfo, batch_s
     order = torch.tensor(indices).argsort()
     all_scores = torch.cat([part[1] for part in gathered])[order]
     all_labels = torch.cat([part[2] for part in gathered])[order]
+    broken = (~torch.isfinite(all_scores).all(1)).nonzero().flatten().tolist()
+    if broken:  # never scored: a NaN row's argmax is an arbitrary class
+        raise NonFiniteOutputError(f"the model's outputs are not finite (NaN or inf) for {len(broken)} of {len(dataset)} "
+                                   f"videos, e.g. {dataset.items[broken[0]][0]}; nothing was scored (broken weights?)")
     return classification_report(all_scores, all_labels, num_classes)
 
 
@@ -252,6 +258,10 @@ def classification_report(scores: torch.Tensor, labels: torch.Tensor, num_classe
         "per_class_top1": [round(v, 4) if n else None for v, n in zip(per_class.tolist(), confusion.sum(1).tolist())],
         "confusion": confusion.tolist(),
     }
+
+
+class NonFiniteOutputError(ValueError):
+    """The model's outputs hold NaN or inf: reported, never scored."""
 
 
 # -- training -----------------------------------------------------------------------------------------
@@ -285,6 +295,17 @@ def _architecture_differences(saved: dict | None, cfg: dict) -> list[str]:
         if old != new:
             diffs.append(f"{section}.{key}: checkpoint {old!r}, config {new!r}")
     return diffs
+
+
+def _with_absolute_paths(cfg: dict) -> dict:
+    """The config as saved with the run: its file paths absolute, so that predict / evaluate / export
+    from another folder find the class names and the data (a relative path meant the training's folder)."""
+    saved = copy.deepcopy(cfg)
+    for section, key in (("data", "root"), ("data", "train_csv"), ("data", "val_csv"), ("data", "labels_csv"),
+                         ("model", "pretrained"), ("teacher", "checkpoint"), ("kd", "teacher_cache")):
+        if saved[section].get(key):
+            saved[section][key] = os.path.abspath(saved[section][key])
+    return saved
 
 
 def _find_resume(cfg: dict, manager: CheckpointManager) -> tuple[str, dict] | None:
@@ -326,9 +347,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
     state = resume[1] if resume else (manager.load(resume_path) if resume_path else None)
     if info.is_main:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=1)
+        write_json(_with_absolute_paths(cfg), os.path.join(out, "config.json"))
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
     log.truncate_after(state["step"] if state else 0)
 
@@ -516,9 +535,7 @@ def run_evaluation(cfg: dict) -> dict:
             report.update(checkpoint=path, views=[clips, crops], classes=_class_names(cfg))
             results[f"{clips}x{crops}"] = report
             if info.is_main:
-                os.makedirs(cfg["output"], exist_ok=True)
-                with open(os.path.join(cfg["output"], f"eval_{clips}x{crops}.json"), "w") as f:
-                    json.dump(report, f)
+                write_json(report, os.path.join(cfg["output"], f"eval_{clips}x{crops}.json"))
         return results
     finally:
         shutdown_distributed(info)

@@ -26,7 +26,8 @@ def list_models() -> list[str]:
 def resolve_name(name: str) -> str:
     canonical = ALIASES.get(name, name)
     if canonical not in MODEL_CONFIGS:
-        raise ValueError(f"model name: unknown model {name!r}; known: {', '.join(list_models())}")
+        text = repr(name) if len(repr(name)) <= 80 else f"{repr(name)[:80]}... ({len(repr(name)):,} characters)"
+        raise ValueError(f"model name: unknown model {text}; known: {', '.join(list_models())}")
     return canonical
 
 

@@ -11,6 +11,7 @@ Input: clips ``(B, T, 3, H, W)``; frames are folded into the batch, ``N = B*T`` 
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Callable, Iterator
 
 import torch
@@ -21,6 +22,36 @@ from torch import nn
 import dvfl_kernels
 
 from .layers import DropPath, Mlp, to_2tuple, trunc_normal_
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_model_args(*, num_classes, embed_dim, depths, focal_levels, focal_windows, patch_size, in_chans, mlp_ratio,
+                     drop_rate, drop_path_rate, num_frames, tubelet_size) -> None:
+    """The constructor's values and their relations, checked before anything is built (the config
+    path runs the same checks, naming its keys)."""
+    def expect(ok: bool, name: str, what: str, value) -> None:
+        if not ok:
+            raise ValueError(f"{name}: expected {what}, got {value!r}")
+
+    expect(_integer(num_classes) and num_classes >= 0, "num_classes", "an integer >= 0 (0: no head)", num_classes)
+    for name, value in (("embed_dim", embed_dim), ("patch_size", patch_size), ("in_chans", in_chans),
+                        ("num_frames", num_frames), ("tubelet_size", tubelet_size)):
+        expect(_integer(value) and value >= 1, name, "a positive integer", value)
+    expect(len(depths) == len(focal_levels) == len(focal_windows) and len(depths) > 0,
+           "depths, focal_levels, focal_windows", "one entry per stage each", (depths, focal_levels, focal_windows))
+    expect(all(_integer(d) and d >= 0 for d in depths), "depths", "integers >= 0 (blocks per stage)", depths)
+    expect(all(_integer(v) and v >= 1 for v in focal_levels), "focal_levels", "positive integers", focal_levels)
+    expect(all(_integer(v) and v >= 1 for v in focal_windows), "focal_windows", "positive integers", focal_windows)
+    expect(isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0 and int(embed_dim * mlp_ratio) >= 1, "mlp_ratio",
+           "a number > 0", mlp_ratio)
+    expect(isinstance(drop_rate, (int, float)) and 0 <= drop_rate < 1, "drop_rate", "a value in [0, 1)", drop_rate)
+    expect(isinstance(drop_path_rate, (int, float)) and 0 <= drop_path_rate < 1, "drop_path_rate", "a value in [0, 1)",
+           drop_path_rate)
+    if num_frames % tubelet_size != 0:
+        raise ValueError(f"num_frames={num_frames} must be a multiple of tubelet_size={tubelet_size}")
 
 
 class VideoFocalNet(nn.Module):
@@ -68,13 +99,9 @@ class VideoFocalNet(nn.Module):
     ):
         super().__init__()
         depths, focal_levels, focal_windows = list(depths), list(focal_levels), list(focal_windows)
-        if not (len(depths) == len(focal_levels) == len(focal_windows)) or len(depths) == 0:
-            raise ValueError(
-                f"depths, focal_levels, focal_windows: expected one entry per stage, got "
-                f"{depths}, {focal_levels}, {focal_windows}"
-            )
-        if num_frames % tubelet_size != 0:
-            raise ValueError(f"num_frames={num_frames} must be a multiple of tubelet_size={tubelet_size}")
+        check_model_args(num_classes=num_classes, embed_dim=embed_dim, depths=depths, focal_levels=focal_levels,
+                         focal_windows=focal_windows, patch_size=patch_size, in_chans=in_chans, mlp_ratio=mlp_ratio,
+                         drop_rate=drop_rate, drop_path_rate=drop_path_rate, num_frames=num_frames, tubelet_size=tubelet_size)
         self.num_layers = len(depths)
         widths = [embed_dim * 2**i for i in range(self.num_layers)]
         self.num_classes = num_classes
@@ -186,6 +213,8 @@ class VideoFocalNet(nn.Module):
             raise ValueError(f"x: expected a {expected} tensor, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"x: expected a floating-point tensor (normalised frames), got dtype {x.dtype}")
+        if x.shape[0] == 0 or (frames_dim and x.shape[1] == 0):
+            raise ValueError(f"x: expected at least one clip of at least one frame, got shape {tuple(x.shape)}")
         channels, height, width = x.shape[-3:]
         if channels != self.in_chans:
             raise ValueError(f"x: expected {self.in_chans} channels at dim {x.dim() - 3} {expected}, got {tuple(x.shape)}")

@@ -32,7 +32,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..data.video import VIDEO_EXTENSIONS
-from ..engine.checkpoint import write_text_atomic
+from ..atomic import write_text
 
 DATASETS = ("ucf101", "hmdb51", "ucf50", "ssv2", "k400")
 # A UCF-style clip name: v_<Class>_g<group>_c<clip>.<ext> (UCF101 and UCF50 alike).
@@ -329,7 +329,7 @@ def write_csvs(prepared: Prepared, output: str, overwrite: bool = False) -> dict
     if existing and not overwrite:
         raise PrepareError(f"--output: {', '.join(existing)} already exist; --overwrite replaces them")
     for name, (rows,) in files.items():
-        write_text_atomic(_csv_text(rows), paths[name])
+        write_text(_csv_text(rows), paths[name])
     return paths
 
 

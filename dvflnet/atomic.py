@@ -1,0 +1,89 @@
+"""One writer for every file dvflnet writes (JSON, CSV, checkpoints, exports, caches).
+
+Each file is written to a temporary file beside it (named TMP_PREFIX...), flushed and fsynced, then
+renamed over the target: a crash, a kill or a full disk never leaves a truncated file under the
+target's name. The file gets the permissions `open()` would give it (the umask is honoured; mkstemp
+alone would make it 0600). A write that fails raises OSError naming the target path, and leaves
+nothing behind; temporary files of a killed process are removed by `clean_temporary_files` when the
+next run starts in that folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Callable, IO
+
+TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call write(binary file) into a temporary file beside `path`, then rename it to `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
+            raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
+        raise
+
+
+def write_bytes(data: bytes, path: str) -> None:
+    write_atomic(path, lambda f: f.write(data))
+
+
+def write_text(text: str, path: str) -> None:
+    write_bytes(text.encode(), path)
+
+
+def write_json(obj, path: str, indent: int | None = 1) -> None:
+    """Strict JSON (NaN and infinities are refused: they are not JSON), written atomically."""
+    write_text(json.dumps(obj, indent=indent, allow_nan=False), path)
+
+
+def save_torch(obj, path: str) -> None:
+    """torch.save, written atomically."""
+    import torch
+
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def clean_temporary_files(folder: str, recursive: bool = False) -> list[str]:
+    """Remove the temporary files an interrupted write left in `folder` (and below, if recursive)."""
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    walk = os.walk(folder) if recursive else [(folder, [], os.listdir(folder))]
+    for directory, _, names in walk:
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(TMP_PREFIX) and os.path.isfile(path):
+                os.unlink(path)
+                removed.append(path)
+    return removed

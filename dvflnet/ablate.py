@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import os
 import statistics
 
-from .engine.checkpoint import write_json_atomic
-from .engine.config import ConfigError
+from .atomic import save_figure, write_json, write_text
+from .engine.config import ConfigError, check_config
 from .engine.loop import run_evaluation, run_training
 from .engine.teacher_cache import build_teacher_cache
 
@@ -33,22 +34,61 @@ def cell_name(alpha: float, temperature: float) -> str:
     return f"alpha{alpha:g}-T{temperature:g}"
 
 
+def cell_config(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
+    cell = copy.deepcopy(cfg)
+    cell["kd"].update(alpha=alpha, temperature=temperature)
+    cell.update(output=folder, resume="auto")
+    return cell
+
+
+def _settings(cell: dict) -> dict:
+    """What a cell's result depends on: its whole run config but where it is written and how progress
+    shows (paths made absolute, as the trainer saves them)."""
+    from .engine.loop import with_absolute_paths
+
+    settings = with_absolute_paths(cell)
+    settings.pop("output", None)
+    settings.pop("resume", None)
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("progress", "log_every")}
+    return json.loads(json.dumps(settings))  # as read back from JSON (tuples as lists)
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for key in sorted(set(old) | set(new), key=str) for d in _differences(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"[:120]]
+
+
 def run_cell(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
     """One distillation run of the grid (resumed when cut short) and its 1x1 evaluation; the result is
     kept in <folder>/result.json, so a finished cell is read back instead of run again."""
     result_path = os.path.join(folder, "result.json")
+    cell = cell_config(cfg, alpha, temperature, folder)
+    settings = _settings(cell)
     if os.path.isfile(result_path):
         with open(result_path) as f:
-            return json.load(f)
-    cell = copy.deepcopy(cfg)
-    cell["kd"].update(alpha=alpha, temperature=temperature)
-    cell.update(output=folder, resume="auto")
+            result = json.load(f)
+        if result.get("settings") != settings:
+            changed = _differences(result.get("settings") or {}, settings)
+            raise ConfigError(f"{folder}: this cell was run with other settings ({', '.join(changed[:5]) or 'unknown: no settings saved'}); "
+                              "give another --output, or remove the folder to run it again")
+        return result
+    if os.path.isdir(folder) and os.listdir(folder):
+        saved = os.path.join(folder, "config.json")
+        if os.path.isfile(saved):  # a cell cut short: resume only what these settings started
+            with open(saved) as f:
+                changed = _differences(_settings(json.load(f)), settings)
+            if changed:
+                raise ConfigError(f"{folder}: a cell cut short under other settings ({', '.join(changed[:5])}); "
+                                  "give another --output, or remove the folder to run it again")
     summary = run_training(cell, distill=True)
     cell["eval"].update(checkpoint=summary["last"], views=[[1, 1]])
     report = run_evaluation(cell)["1x1"]
     result = {"seed": cfg["seed"], "alpha": alpha, "temperature": temperature, "1x1_top1": report["top1"],
-              "1x1_top5": report["top5"], "train_time_s": summary["train_time_s"], "checkpoint": summary["last"]}
-    write_json_atomic(result, result_path)
+              "1x1_top5": report["top5"], "train_time_s": summary["train_time_s"], "checkpoint": summary["last"],
+              "settings": settings}
+    write_json(result, result_path)
     return result
 
 
@@ -56,9 +96,19 @@ def run_grid(cfg: dict, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, s
     """Every (seed, alpha, temperature) cell; returns their results and writes the grid's files."""
     if not cfg["teacher"]["checkpoint"] or not cfg["teacher"]["name"]:
         raise ConfigError("teacher.name and teacher.checkpoint: the grid distils from a trained teacher; set both")
-    for name, values in (("--alphas", alphas), ("--temperatures", temperatures)):
+    for name, values in (("--alphas", alphas), ("--temperatures", temperatures), ("--seeds", seeds or [0])):
         if not values:
             raise ConfigError(f"{name}: expected at least one value")
+        twice = sorted({v for v in values if list(values).count(v) > 1})
+        if twice:
+            raise ConfigError(f"{name}: {', '.join(map(str, twice))} given more than once")
+    # every cell's values (alpha in [0, 1], T in (0, max], finite) checked before the teacher runs
+    for alpha in alphas:
+        for temperature in temperatures:
+            try:
+                check_config(cell_config(cfg, alpha, temperature, output), distill=True)
+            except ConfigError as err:
+                raise ConfigError(f"alpha {alpha:g}, T {temperature:g}: {err}") from None
     seeds = [cfg["seed"]] if not seeds else list(seeds)
     results = []
     for seed in seeds:
@@ -119,10 +169,11 @@ def write_grid(results: list[dict], output: str) -> dict[str, str]:
     """grid.csv (one row per run), grid.md (mean +- std per cell, alpha x temperature) and grid.png."""
     os.makedirs(output, exist_ok=True)
     paths = {kind: os.path.join(output, f"grid.{kind}") for kind in ("csv", "md", "png")}
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["seed", "alpha", "temperature", *METRICS, "train_time_s"], extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(results)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=["seed", "alpha", "temperature", *METRICS, "train_time_s"], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(results)
+    write_text(table.getvalue(), paths["csv"])
     rows = summarize(results)
     alphas = sorted({r["alpha"] for r in rows})
     temperatures = sorted({r["temperature"] for r in rows})
@@ -135,8 +186,7 @@ def write_grid(results: list[dict], output: str) -> dict[str, str]:
         cells = [by_cell.get((alpha, t)) for t in temperatures]
         lines.append(f"| {alpha:g} | " + " | ".join(
             f"{c['1x1_top1_mean']:.1f} ± {c['1x1_top1_std']:.1f}" if c else "-" for c in cells) + " |")
-    with open(paths["md"], "w") as f:
-        f.write("\n".join(lines) + "\n")
+    write_text("\n".join(lines) + "\n", paths["md"])
     _heatmap(alphas, temperatures, by_cell, seeds, paths["png"])
     return paths
 
@@ -162,5 +212,5 @@ def _heatmap(alphas, temperatures, by_cell, seeds, path: str) -> None:
                           color="white" if cell["1x1_top1_mean"] < np.nanmean(grid) else "black")
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)

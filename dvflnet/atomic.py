@@ -54,6 +54,40 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
         raise
 
 
+def check_writable(path: str) -> None:
+    """Fail now, naming `path`, if it cannot be written later (a folder, a read-only place): before
+    minutes of work whose result would have nowhere to go."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
+
+
+def write_through_path(path: str, save: Callable[[str], None]) -> None:
+    """For writers that only take a file name (ONNX): save(temporary path beside `path`), fsync, then
+    rename to `path`; the same guarantees as write_atomic."""
+    def copy_in(f):
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=TMP_PREFIX,
+                                   suffix=os.path.splitext(path)[1])
+        os.close(fd)
+        try:
+            save(tmp)
+            with open(tmp, "rb") as source:
+                while block := source.read(1 << 22):
+                    f.write(block)
+        finally:
+            os.unlink(tmp)
+
+    write_atomic(path, copy_in)
+
+
 def write_bytes(data: bytes, path: str) -> None:
     write_atomic(path, lambda f: f.write(data))
 
@@ -72,6 +106,15 @@ def save_torch(obj, path: str) -> None:
     import torch
 
     write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_figure(figure, path: str, dpi: int = 100) -> None:
+    """A matplotlib figure as PNG, written atomically."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, dpi=dpi, format="png")
+    write_bytes(buffer.getvalue(), path)
 
 
 def clean_temporary_files(folder: str, recursive: bool = False) -> list[str]:

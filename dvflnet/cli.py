@@ -22,6 +22,12 @@ def _fmt_bytes(n: int | None) -> str:
 
 def cmd_flops(args: argparse.Namespace) -> int:
     from .complexity import measure
+    from .engine.config import parse_device
+
+    parse_device(args.device)  # a device this machine lacks is a one-line error, before any model is built
+    stride = 32  # patch 4 x 2^3 merges, every variant
+    if args.size % stride:
+        raise ValueError(f"--size: expected a multiple of {stride}, got {args.size}")
 
     names = list(MODEL_CONFIGS) if args.model == "all" else [args.model]
     rows = []
@@ -106,7 +112,10 @@ def _run_config(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import run_training
 
-    summary = run_training(_run_config(args), distill=args.command == "distill")
+    cfg = _run_config(args)
+    args.on_interrupt = (f"the checkpoints and log.jsonl written so far are in {cfg['output']}; the same command resumes "
+                         "from the newest checkpoint (resume: auto)")
+    summary = run_training(cfg, distill=args.command == "distill")
     if summary.get("best_top1") is not None:
         print(f"best top-1 {summary['best_top1']:.2f}% ({summary['best']}); last checkpoint {summary['last']}")
     return 0
@@ -118,6 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     if args.checkpoint:
         cfg["eval"]["checkpoint"] = args.checkpoint
+    args.on_interrupt = f"the eval_*.json reports finished before it are in {cfg['output']}"
     for views, report in run_evaluation(cfg).items():
         print(f"{views} views: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  ({report['num_videos']} videos; "
               f"per-class accuracy and confusion matrix in {cfg['output']}/eval_{views}.json)")
@@ -130,6 +140,8 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     if args.cache:
         cfg["kd"]["teacher_cache"] = args.cache
+    args.on_interrupt = (f"the finished chunks are kept in {cfg['kd']['teacher_cache']}; the same command builds only "
+                         "the missing ones")
     summary = build_teacher_cache(cfg)
     print(f"teacher cache {cfg['kd']['teacher_cache']}: {summary['written']} chunk(s) written, {summary['kept']} already "
           f"there, {summary['time_s']:.0f} s; distil from it with --opts kd.teacher_cache {cfg['kd']['teacher_cache']}")
@@ -153,6 +165,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     else:
         cfg = load_config(args.config, args.opts)
         output = args.output or os.path.join(cfg["output"], "grid")
+        args.on_interrupt = (f"finished cells (result.json) and the teacher caches are in {output}; the same command "
+                             "reuses them and resumes the interrupted cell from its checkpoints")
         run_grid(cfg, output, args.alphas or ALPHAS, args.temperatures or TEMPERATURES, args.seeds)
     print(f"grid: {os.path.join(output, 'grid.md')}, grid.csv and grid.png next to it")
     return 0
@@ -162,7 +176,8 @@ def cmd_generate_data(args: argparse.Namespace) -> int:
     # only the knobs given on the command line; the others keep generate_dataset's defaults
     knobs = {name: getattr(args, name) for name in ("classes", "fps", "camera_jitter", "clutter", "motion", "opacity", "direction_spread")
              if getattr(args, name) is not None}
-    dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size, seed=args.seed, **knobs)
+    dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size, seed=args.seed,
+                               overwrite=args.overwrite, **knobs)
     print(f"wrote {len(dataset.classes)} classes x ({args.train_per_class} train + {args.val_per_class} val) videos: "
           f"{dataset.train_csv}, {dataset.val_csv}, {dataset.labels_csv}")
     return 0
@@ -185,6 +200,13 @@ def _positive(kind):
     return parse
 
 
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def _checkpoint_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint as the trainer writes it, or a raw state dict")
     parser.add_argument("--config", help="a run YAML (default: the config saved in the checkpoint)")
@@ -203,8 +225,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"{predictor.model.num_classes} classes; {predictor.device}, {predictor.precision} "
               f"({predictor.precision_reason}); {args.views[0]}x{args.views[1]} views", file=sys.stderr)
-    results = predictor.predict_many(expand_inputs(args.videos, args.root), top=args.top,
-                                      window_seconds=args.window_seconds, stride_seconds=args.stride_seconds)
+    paths = expand_inputs(args.videos, args.root)
+    results: list[dict] = []
+    try:
+        predictor.predict_many(paths, top=args.top, window_seconds=args.window_seconds,
+                               stride_seconds=args.stride_seconds, into=results)
+    except KeyboardInterrupt:  # what was scored is printed, then the one-line interrupt message
+        print(json.dumps(results, allow_nan=False) if args.json else format_table(results, args.top))
+        args.on_interrupt = f"the {len(results)} of {len(paths)} videos scored before it are printed above"
+        raise
     print(json.dumps(results, allow_nan=False) if args.json else format_table(results, args.top))
     return 0 if all("error" not in r for r in results) else 1
 
@@ -242,6 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     spec = load_demo_config(args.config or DEMO_CONFIG, opts)
     if args.seed is not None:
         set_seed(spec, args.seed)
+    args.on_interrupt = (f"finished runs are in {spec['output']}; the same command reuses finished seeds (--seeds) and "
+                         "starts an unfinished demo afresh")
     if args.threads is not None:
         import torch
 
@@ -276,6 +307,7 @@ def cmd_resize(args: argparse.Namespace) -> int:
     from .tools.resize import resize_tree
 
     start = time.monotonic()
+    args.on_interrupt = f"the videos finished so far are in {args.dst}; the same command resumes (finished files are not redone)"
     report = resize_tree(args.src, args.dst, args.short_side, args.workers, progress=not args.no_progress)
     for source, why in report.failed:
         print(f"{source}: {why}", file=sys.stderr)
@@ -291,11 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     flops = sub.add_parser("flops", help="parameters, fvcore GFLOPs and peak memory of the model variants")
     flops.add_argument("model", nargs="?", default="all", help="a variant name (see dvflnet.models.list_models) or 'all'")
-    flops.add_argument("--frames", type=int, default=8)
-    flops.add_argument("--size", type=int, default=224)
-    flops.add_argument("--classes", type=int, default=101)
+    flops.add_argument("--frames", type=_positive(int), default=8)
+    flops.add_argument("--size", type=_positive(int), default=224)
+    flops.add_argument("--classes", type=_positive(int), default=101)
     flops.add_argument("--memory", action="store_true", help="also measure peak memory of a forward and a training step")
-    flops.add_argument("--batch", type=int, default=1, help="clips per step for --memory")
+    flops.add_argument("--batch", type=_positive(int), default=1, help="clips per step for --memory")
     flops.add_argument("--device", default="cpu")
     flops.add_argument("--json", action="store_true", help="one JSON object per model")
     flops.set_defaults(func=cmd_flops)
@@ -305,11 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--backend", nargs="+", default=["reference", "cpu"], choices=["reference", "cpu", "auto"])
     bench.add_argument("--dtype", nargs="+", default=["fp32", "bf16-autocast", "bf16-weights"],
                        choices=["fp32", "bf16-autocast", "bf16-weights"])
-    bench.add_argument("--frames", type=int, default=8)
-    bench.add_argument("--size", type=int, default=224)
-    bench.add_argument("--classes", type=int, default=400)
-    bench.add_argument("--rounds", type=int, default=7)
-    bench.add_argument("--warmup", type=int, default=2)
+    bench.add_argument("--frames", type=_positive(int), default=8)
+    bench.add_argument("--size", type=_positive(int), default=224)
+    bench.add_argument("--classes", type=_positive(int), default=400)
+    bench.add_argument("--rounds", type=_positive(int), default=7)
+    bench.add_argument("--warmup", type=_at_least_zero, default=2)
     bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     bench.set_defaults(func=cmd_bench)
 
@@ -359,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--opacity", nargs=2, type=float, metavar=("LOW", "HIGH"),
                      help=f"range of the shape's mid-clip opacity, 1 1 for opaque (default: {' '.join(map(str, default['opacity']))})")
     gen.add_argument("--direction-spread", type=float, help=f"degrees a move class may travel off its axis, in [0, 45] (default: {default['direction_spread']})")
+    gen.add_argument("--overwrite", action="store_true", help="replace train.csv / val.csv / labels.csv already in ROOT")
     gen.set_defaults(func=cmd_generate_data)
 
     predict = sub.add_parser("predict", help="top-5 classes of videos (files, folders, CSVs) from a checkpoint")
@@ -437,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, what was kept and how to go on; no traceback
+        kept = getattr(args, "on_interrupt", None) or "nothing was kept"
+        print(f"\ndvflnet {args.command}: interrupted; {kept}", file=sys.stderr)
+        return 130
     except (ValueError, OSError, CheckpointError, VideoReadError, RunLockedError, TrainingDiverged,
             MissingExtraError) as err:  # ConfigError, AnnotationError, PrepareError, SplitFileError ... are ValueErrors
         print(f"dvflnet {args.command}: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import inspect
 import itertools
 import json
@@ -22,6 +23,7 @@ import time
 
 import torch
 
+from .atomic import save_figure, write_json, write_text
 from .complexity import count_flops, count_parameters
 from .data.synthetic import generate_dataset
 from .engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
@@ -109,16 +111,17 @@ def _prepare_data(spec: dict) -> str:
     wanted = json.dumps({**spec["dataset"], "student_train_per_class": spec["student_train_per_class"]}, sort_keys=True)
     if os.path.isfile(stamp) and open(stamp).read() == wanted:
         return root
-    dataset = generate_dataset(root, **spec["dataset"])
+    dataset = generate_dataset(root, **spec["dataset"], overwrite=True)  # the demo's own folder, settings changed
     taken: dict[int, int] = {}
-    with open(dataset.train_csv, newline="") as f, open(os.path.join(root, STUDENT_CSV), "w", newline="") as out:
-        writer = csv.writer(out)
+    chosen = io.StringIO()
+    writer = csv.writer(chosen)
+    with open(dataset.train_csv, newline="") as f:
         for path, label in csv.reader(f):
             taken[label] = taken.get(label, 0) + 1
             if taken[label] <= spec["student_train_per_class"]:
                 writer.writerow((path, label))
-    with open(stamp, "w") as f:
-        f.write(wanted)
+    write_text(chosen.getvalue(), os.path.join(root, STUDENT_CSV))
+    write_text(wanted, stamp)
     return root
 
 
@@ -150,12 +153,10 @@ def run_demo(spec: dict) -> list[dict]:
                    gflops=count_flops(model, cfg["data"]["num_frames"], cfg["data"]["size"]) / 1e9,
                    **{f"{k}_{m}": v[m] for k, v in results.items() for m in ("top1", "top5")})
     print_table(rows)
-    with open(os.path.join(spec["output"], "results.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_json(rows, os.path.join(spec["output"], "results.json"))
     picture = plot_results(rows, {run: summaries[run]["epochs"] for run in RUNS}, os.path.join(spec["output"], "results.png"))
     print(f"learning curves and table: {picture}", flush=True)
-    with open(os.path.join(spec["output"], SPEC_JSON), "w") as f:  # written last: marks a finished demo
-        json.dump(_settings(spec), f, indent=1, sort_keys=True)
+    write_text(json.dumps(_settings(spec), indent=1, sort_keys=True), os.path.join(spec["output"], SPEC_JSON))  # last: marks a finished demo
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec['output']}/results.json", flush=True)
     return rows
 
@@ -196,10 +197,8 @@ def run_seeds(spec: dict, seeds: list[int]) -> dict:
             print(f"seed {seed}: finished earlier with these settings, read from {one['output']}/results.json", flush=True)
         per_seed[seed] = rows
     summary = summarize(per_seed)
-    with open(os.path.join(spec["output"], "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
-    with open(os.path.join(spec["output"], "summary.md"), "w") as f:
-        f.write(summary_markdown(summary))
+    write_json(summary, os.path.join(spec["output"], "summary.json"))
+    write_text(summary_markdown(summary), os.path.join(spec["output"], "summary.md"))
     print(summary_markdown(summary), flush=True)
     return summary
 
@@ -292,6 +291,6 @@ def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> 
     table.table(cellText=cells, colLabels=["run", "params", "GFLOPs", "train s"] + [f"{v} top-1" for v in views],
                 loc="center").scale(1, 1.6)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)
     return path

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import io
 import os
 
 import torch
+
+from .atomic import check_writable, write_bytes, write_through_path
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 ONNX_MAX_REL_ERR = 1e-4  # fp32 logits, ONNX Runtime against PyTorch
@@ -57,11 +60,11 @@ def export_onnx(model: torch.nn.Module, out: str, frames: int = 8, size: int = 2
     require(ONNX_PACKAGES, "ONNX export")
     import onnxruntime
 
+    check_writable(out)
     net = _decomposed(model)
     clip = _example(net, frames, size)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     program = torch.onnx.export(net, (clip,), dynamo=True, dynamic_shapes=_batch_dim(), verbose=False)
-    program.save(out)
+    write_through_path(out, program.save)
     session = onnxruntime.InferenceSession(out, providers=["CPUExecutionProvider"])
     with torch.no_grad():
         want = net(clip)
@@ -80,13 +83,16 @@ def export_pt2(model: torch.nn.Module, out: str, frames: int = 8, size: int = 22
     clip = _example(net, frames, size)
     base, ext = os.path.splitext(out)
     decomposed_path = f"{base}.decomposed{ext or '.pt2'}"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    check_writable(out)
+    check_writable(decomposed_path)
     with torch.no_grad():
         want = _decomposed(net)(clip)
     errors = {}
     for path, module in ((out, net), (decomposed_path, _decomposed(net))):
         program = torch.export.export(module, (clip,), dynamic_shapes=_batch_dim())
-        torch.export.save(program, path)
+        buffer = io.BytesIO()  # serialised in memory: torch's C++ file writer aborts the process on a full disk
+        torch.export.save(program, buffer)
+        write_bytes(buffer.getvalue(), path)
         with torch.no_grad():
             got = torch.export.load(path).module()(clip)
         errors[path] = _max_rel_err(got, want)

@@ -89,7 +89,7 @@ def model_from_checkpoint(checkpoint: str, config: str | None = None, model: str
     kwargs.setdefault("backend", cfg["model"]["backend"])
     net = create_model(cfg["model"]["name"], num_classes=num_classes, num_frames=data["num_frames"],
                        img_size=data["size"], **kwargs)
-    load_checkpoint(net, obj, strict=True)
+    load_checkpoint(net, obj, strict=True, source=checkpoint)
     if names is None and data["labels_csv"]:
         try:
             names = read_class_names(data["labels_csv"])
@@ -177,9 +177,11 @@ class Predictor:
             out.append({"start": start / fps, "end": stop / fps, **best})
         return out
 
-    def predict_many(self, paths: list[str], **kwargs) -> list[dict]:
-        """predict() per path; a video that cannot be scored gives {"path", "error"} and the rest go on."""
-        results = []
+    def predict_many(self, paths: list[str], into: list | None = None, **kwargs) -> list[dict]:
+        """predict() per path; a video that cannot be scored gives {"path", "error"} and the rest go on.
+        Results are appended to `into` (a new list by default) as they come, so an interrupted call
+        leaves the finished ones there."""
+        results = [] if into is None else into
         for path in paths:
             try:
                 results.append(self.predict(path, **kwargs))

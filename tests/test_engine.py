@@ -299,9 +299,9 @@ def test_cli_generate_data_passes_every_knob(tmp_path, monkeypatch, capsys):
     assert cli_main(argv) == 0
     assert seen["args"] == (3, 2, 8, 32)
     assert seen["kwargs"] == {"seed": 5, "classes": ["move_left", "move_up"], "fps": 10, "camera_jitter": 0.2, "clutter": 0.1,
-                              "motion": 2.0, "opacity": [1.0, 1.0], "direction_spread": 30.0}
+                              "motion": 2.0, "opacity": [1.0, 1.0], "direction_spread": 30.0, "overwrite": False}
     assert cli_main(["generate-data", str(tmp_path / "b")]) == 0
-    assert seen["kwargs"] == {"seed": 0}  # nothing given: generate_dataset's own defaults
+    assert seen["kwargs"] == {"seed": 0, "overwrite": False}  # nothing given: generate_dataset's own defaults
     monkeypatch.undo()
     assert cli_main(["generate-data", str(tmp_path / "c"), "--motion", "-1"]) == 2
     assert "generate-data: error: motion: expected a number > 0" in capsys.readouterr().err

@@ -126,7 +126,7 @@ def test_a_cache_built_for_another_run_is_refused(setup, tmp_path):
     build_teacher_cache(cfg)
     changes = {
         "augmentation.seed": lambda c: c.update(seed=8),
-        "data.size": lambda c: c["data"].update(size=64, short_side=72),
+        "data.size": lambda c: c["data"].update(size=64, short_side=72, test_short_side=64),
         "batches.epochs": lambda c: c["train"].update(epochs=2),
         "augmentation.mixup": lambda c: c["train"].update(mixup=False),
         "augmentation.mixup_start_epoch": lambda c: c["train"].update(epochs=2, mixup_start_epoch=1),

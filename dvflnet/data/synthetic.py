@@ -14,6 +14,7 @@ public format) and `labels.csv` (`id,name`).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import numbers
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..atomic import write_text
 from .video import write_video
 
 CLASSES = (
@@ -200,6 +202,12 @@ class SyntheticDataset:
     classes: tuple[str, ...]
 
 
+def _csv_text(rows) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
+
+
 def generate_dataset(
     root: str | os.PathLike,
     train_per_class: int = 40,
@@ -214,8 +222,11 @@ def generate_dataset(
     motion: float = 1.0,
     opacity: tuple[float, float] = OPACITY,
     direction_spread: float = 0.0,
+    overwrite: bool = False,
 ) -> SyntheticDataset:
-    """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs)."""
+    """Write the dataset under `root` (videos/<split>/<class>/<n>.mp4 and the CSVs). CSVs already in
+    `root` are refused unless `overwrite` (they may be the user's own). Every argument is checked
+    before anything is created."""
     root = os.fspath(root)
     opacity = _opacity_range(opacity)
     direction_spread = _direction_spread(direction_spread)
@@ -223,6 +234,13 @@ def generate_dataset(
     for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("fps", fps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 16 or size % 16:
+        raise ValueError(f"size: expected a multiple of 16 pixels, at least 16 (H.264 frames that decord reads back), got {size!r}")
+    if isinstance(num_frames, bool) or not isinstance(num_frames, numbers.Integral) or num_frames < 2:
+        raise ValueError(f"num_frames: expected an integer >= 2 (the classes are changes over time), got {num_frames!r}")
+    existing = [os.path.join(root, n) for n in ("train.csv", "val.csv", "labels.csv") if os.path.exists(os.path.join(root, n))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{', '.join(existing)} already exist; refusing to overwrite them (--overwrite replaces them)")
     unknown = [c for c in classes if c not in CLASSES]
     if unknown:
         raise ValueError(f"classes: unknown {unknown}; known: {CLASSES}")
@@ -244,11 +262,7 @@ def generate_dataset(
     paths = {}
     for split, split_rows in rows.items():
         paths[split] = os.path.join(root, f"{split}.csv")
-        with open(paths[split], "w", newline="") as f:
-            csv.writer(f).writerows(split_rows)
+        write_text(_csv_text(split_rows), paths[split])
     labels_csv = os.path.join(root, "labels.csv")
-    with open(labels_csv, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "name"])
-        writer.writerows(enumerate(classes))
+    write_text(_csv_text([("id", "name"), *enumerate(classes)]), labels_csv)
     return SyntheticDataset(root, paths["train"], paths["val"], labels_csv, tuple(classes))

@@ -32,12 +32,17 @@ class VideoReadError(RuntimeError):
 def _open(path: str):
     import decord
 
+    if os.path.isdir(path):
+        raise VideoReadError(path, "is a folder, not a video file")
     if not os.path.isfile(path):
         raise VideoReadError(path, "no such file")
     try:
         return decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
     except Exception as err:  # decord raises its own DECORDError (a RuntimeError) for bad files
-        raise VideoReadError(path, f"cannot open the video ({str(err).splitlines()[0]})") from None
+        text = str(err)
+        if "st_nb" in text or "video stream" in text:  # decord's assertion for a file without one
+            raise VideoReadError(path, "the file has no video stream (audio only?)") from None
+        raise VideoReadError(path, f"cannot open the video ({text.splitlines()[0][:200]})") from None
 
 
 def video_length(path: str | os.PathLike) -> int:

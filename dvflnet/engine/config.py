@@ -136,9 +136,9 @@ def _scalar(kind: str, value, name: str, where: str):
             return value
         raise bad("true or false")
     if kind == "str":
-        if isinstance(value, str):
+        if isinstance(value, str) and "\x00" not in value:
             return value
-        raise bad("a string")
+        raise bad("a string without NUL bytes" if isinstance(value, str) else "a string")
     if isinstance(value, bool):  # True is an int to Python, never a number in a config
         raise bad("an integer" if kind == "int" else "a number")
     if isinstance(value, str):
@@ -339,6 +339,8 @@ def parse_device(device: str | None) -> torch.device | None:
 
 
 def _check_range(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # NaN compares false with every bound
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
@@ -397,6 +399,10 @@ def check_config(cfg: dict, distill: bool = False) -> None:
     from ..models.registry import resolve_name
 
     data, train, model = cfg["data"], cfg["train"], cfg["model"]
+    if not isinstance(cfg["output"], str) or not cfg["output"]:
+        raise ConfigError(f"output: expected a folder path, got {shown(cfg['output'])}")
+    if os.path.exists(cfg["output"]) and not os.path.isdir(cfg["output"]):
+        raise ConfigError(f"output: {cfg['output']} is a file; expected a folder for the run")
     if not isinstance(data["num_classes"], int) or data["num_classes"] < 1:
         raise ConfigError(f"data.num_classes: expected a positive integer, got {data['num_classes']!r}")
     for key in ("num_frames", "frame_interval", "size", "short_side", "test_short_side"):

@@ -297,7 +297,7 @@ def _architecture_differences(saved: dict | None, cfg: dict) -> list[str]:
     return diffs
 
 
-def _with_absolute_paths(cfg: dict) -> dict:
+def with_absolute_paths(cfg: dict) -> dict:
     """The config as saved with the run: its file paths absolute, so that predict / evaluate / export
     from another folder find the class names and the data (a relative path meant the training's folder)."""
     saved = copy.deepcopy(cfg)
@@ -347,7 +347,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
     state = resume[1] if resume else (manager.load(resume_path) if resume_path else None)
     if info.is_main:
-        write_json(_with_absolute_paths(cfg), os.path.join(out, "config.json"))
+        write_json(with_absolute_paths(cfg), os.path.join(out, "config.json"))
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
     log.truncate_after(state["step"] if state else 0)
 

@@ -37,6 +37,7 @@ import torch
 
 from ..data.dataset import csv_rows
 from ..models import CheckpointError
+from ..atomic import clean_temporary_files
 from .checkpoint import RunLock, save_atomic, write_json_atomic
 from .config import ConfigError
 
@@ -220,6 +221,9 @@ def build_teacher_cache(cfg: dict) -> dict:
         if info.is_main:
             os.makedirs(folder, exist_ok=True)
             lock = RunLock(folder).acquire()
+            left = clean_temporary_files(folder)  # a killed build's half-written chunks
+            if left:
+                print(f"teacher cache: removed {len(left)} temporary file(s) an interrupted build left in {folder}")
             saved = read_key(folder)
             if saved is None:
                 write_json_atomic(key, os.path.join(folder, KEY_FILE))

@@ -41,6 +41,8 @@ _PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
 def read_checkpoint(path: str | os.PathLike, map_location="cpu"):
     """Unpickle a checkpoint file safely (tensors, containers, numbers, yacs configs only)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint: {path} is a folder; expected a checkpoint file (e.g. {os.path.join(path, 'best.pt')})")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint: no such file: {path}")
     try:
@@ -123,6 +125,7 @@ def load_checkpoint(
     strict: bool = True,
     reset_head: bool = False,
     map_location="cpu",
+    source: str | None = None,
 ) -> LoadReport:
     """Load weights into `model` and report what was loaded.
 
@@ -133,7 +136,7 @@ def load_checkpoint(
       shape match is loaded (a model with fewer blocks per stage takes the first ones); temporal
       layers and the head stay fresh. The report lists all of it.
     """
-    source = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>"
+    source = source or (os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "<state dict>")
     obj = read_checkpoint(checkpoint, map_location) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
     state, config = extract_state_dict(obj)
     model_state = model.state_dict()
@@ -175,8 +178,12 @@ def load_checkpoint(
     report.loaded = sorted(k for k in state if k in model_state)
     unexplained_missing = [k for k in report.missing if k not in report.mismatched]
     if strict and (unexplained_missing or report.unexpected):
+        def listed(names: list[str]) -> str:
+            more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+            return f"{len(names)} ({', '.join(names[:10])}{more})" if names else "none"
+
         raise CheckpointError(
-            f"{source}: checkpoint does not match the model: missing {unexplained_missing[:10]}, "
-            f"unexpected {report.unexpected[:10]} (another variant or configuration?)"
+            f"{source}: checkpoint does not match the model: missing {listed(unexplained_missing)}, "
+            f"unexpected {listed(report.unexpected)} (another variant or configuration?)"
         )
     return report

@@ -69,11 +69,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from dvflnet.models import create_model
 
-    for name in ("frames", "size", "rounds"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"dvflnet bench: --{name} must be at least 1, got {getattr(args, name)}")
-    if args.warmup < 0 or args.threads < 0:
-        raise SystemExit("dvflnet bench: --warmup and --threads must be >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     clip = torch.randn(1, args.frames, 3, args.size, args.size)
@@ -342,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--classes", type=_positive(int), default=400)
     bench.add_argument("--rounds", type=_positive(int), default=7)
     bench.add_argument("--warmup", type=_at_least_zero, default=2)
-    bench.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    bench.add_argument("--threads", type=_at_least_zero, default=0, help="torch threads (0: torch's default)")
     bench.set_defaults(func=cmd_bench)
 
     for name, help_text in (("train", "train a model (a teacher, or a student from scratch)"),

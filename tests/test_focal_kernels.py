@@ -439,5 +439,6 @@ def test_cli_bench_times_each_backend(capsys):
     assert main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 5 and lines[1].split()[:2] == ["reference", "fp32"] and lines[4].split()[:2] == ["cpu", "bf16-weights"]
-    with pytest.raises(SystemExit, match="--rounds must be at least 1"):
+    with pytest.raises(SystemExit):
         main(argv[:6] + ["--rounds", "0"])
+    assert "argument --rounds: expected a positive number, got '0'" in capsys.readouterr().err

@@ -14,6 +14,8 @@ import os
 import tempfile
 from typing import Callable, IO
 
+from .interrupt import deferred
+
 TMP_PREFIX = ".tmp-"
 
 
@@ -36,11 +38,11 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
         raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
+        with deferred(), os.fdopen(fd, "wb") as f:  # a Ctrl-C waits for the write to finish
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)  # make the rename itself durable

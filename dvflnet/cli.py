@@ -7,6 +7,7 @@ import json
 import os
 import sys
 
+from . import interrupt
 from .data import synthetic
 from .data.synthetic import generate_dataset
 from .data.video import VideoReadError
@@ -463,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    interrupt.install()
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was kept and how to go on; no traceback

@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from .. import interrupt
+
 # What counts as a video file where folders are searched (predict, prepare, resize).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -37,7 +39,9 @@ def _open(path: str):
     if not os.path.isfile(path):
         raise VideoReadError(path, "no such file")
     try:
-        return decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+        reader = decord.VideoReader(path, num_threads=1, ctx=decord.cpu(0))
+        interrupt.check()
+        return reader
     except Exception as err:  # decord raises its own DECORDError (a RuntimeError) for bad files
         text = str(err)
         if "st_nb" in text or "video stream" in text:  # decord's assertion for a file without one
@@ -72,6 +76,7 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray | C
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except Exception as err:  # truncated or corrupt data past the header
         raise VideoReadError(path, f"cannot decode frames {indices.tolist()} ({str(err).splitlines()[0]})") from None
+    interrupt.check()  # a Ctrl-C during decoding is swallowed in decord's callbacks: raise it now
     if frames.shape[0] != len(indices):
         raise VideoReadError(path, f"decoded {frames.shape[0]} frames, wanted {len(indices)} (truncated video?)")
     return torch.from_numpy(np.ascontiguousarray(frames))

@@ -346,8 +346,9 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         resume = _find_resume(cfg, manager)
     resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
     state = resume[1] if resume else (manager.load(resume_path) if resume_path else None)
+    saved_config = with_absolute_paths(cfg)  # in config.json and every checkpoint
     if info.is_main:
-        write_json(with_absolute_paths(cfg), os.path.join(out, "config.json"))
+        write_json(saved_config, os.path.join(out, "config.json"))
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
     log.truncate_after(state["step"] if state else 0)
 
@@ -410,7 +411,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             manager.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-                "epoch_partial": epoch_partial, "rng": rng, "config": cfg,
+                "epoch_partial": epoch_partial, "rng": rng, "config": saved_config,
             }, step, metric)
         barrier(info)
 

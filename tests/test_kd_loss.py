@@ -315,3 +315,26 @@ def test_mixed_devices_are_named():
         dvfl_kernels.kd_ce_loss(s, t.to("meta"), y, 0.3, 10.0)
     with pytest.raises(ValueError, match="target is on meta but student_logits is on cpu"):
         dvfl_kernels.kd_ce_loss(s, t, y.to("meta"), 0.3, 10.0)
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")], ids=["plus-inf", "nan"])
+@pytest.mark.parametrize("backend", ["reference", *BACKENDS])
+def test_a_teacher_row_that_is_no_distribution_gives_nan_kd_and_gradient(backend, bad):
+    """Issue 28, item 4: a teacher row holding +inf or NaN is never scored: on every backend its kd and
+    total are NaN and its student gradient row is NaN, while its ce and every other row match the
+    reference's finite answer."""
+    device = "cpu" if backend == "reference" else kernel_device(backend)
+    s, t, target = _inputs(4, 9, False, device)
+    t[2, 5] = bad
+    student = s.clone().requires_grad_()
+    total, kd, ce = dvfl_kernels.kd_ce_loss(student, t, target, 0.3, 10.0, 0.1, backend=backend, reduction="none")
+    total.nansum().backward()  # (kd and ce are detached reports)
+    assert torch.isnan(total[2]) and torch.isnan(kd[2]) and torch.isfinite(ce).all()
+    assert torch.isnan(student.grad[2]).all() and torch.isfinite(student.grad[[0, 1, 3]]).all()
+    keep = [0, 1, 3]
+    ref = s.detach().double()[keep].requires_grad_()
+    ref_total, _, _ = reference.kd_ce_loss(ref, t.double()[keep], target[keep], 0.3, 10.0, 0.1, reduction="none")
+    ref_total.sum().backward()
+    assert_close(total[keep], ref_total, 1e-5, "total")
+    assert_close(ce, reference.kd_ce_loss(s.double(), t.double(), target, 0.3, 10.0, 0.1, reduction="none")[2], 1e-5, "ce")
+    assert_close(student.grad[keep], ref.grad, 1e-5, "grad")

@@ -73,21 +73,26 @@ def check_writable(path: str) -> None:
 
 
 def write_through_path(path: str, save: Callable[[str], None]) -> None:
-    """For writers that only take a file name (ONNX): save(temporary path beside `path`), fsync, then
-    rename to `path`; the same guarantees as write_atomic."""
-    def copy_in(f):
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=TMP_PREFIX,
-                                   suffix=os.path.splitext(path)[1])
-        os.close(fd)
-        try:
+    """For writers that only take a file name (ONNX, PyAV): save(temporary path beside `path`, same
+    extension), fsync, then rename to `path`; the same guarantees as write_atomic."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    check_writable(path)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        with deferred():
+            os.chmod(tmp, 0o666 & ~_umask())
             save(tmp)
-            with open(tmp, "rb") as source:
-                while block := source.read(1 << 22):
-                    f.write(block)
-        finally:
+            with open(tmp, "rb+") as written:
+                os.fsync(written.fileno())
+            os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
             os.unlink(tmp)
-
-    write_atomic(path, copy_in)
+        if isinstance(err, OSError):
+            raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
+        raise
 
 
 def write_bytes(data: bytes, path: str) -> None:

@@ -11,12 +11,14 @@ frame and scaled to [0, 1] per layer and kind over the whole clip (so frames com
 """
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .atomic import save_figure, write_bytes
 from .data.dataset import test_views
 from .data.transforms import MEAN, STD
 from .models import capture_modulators
@@ -89,11 +91,13 @@ def visualize(predictor, path: str, out_dir: str, layers: list[str] | None = Non
     figure.suptitle(title, fontsize=9)
     figure.subplots_adjust(left=0.08, right=0.99, bottom=0.01, top=1 - 0.35 / len(rows), wspace=0.05, hspace=0.05)
     png = os.path.join(out_dir, f"{stem}_modulators.png")
-    figure.savefig(png, dpi=100)
+    save_figure(figure, png)
     plt.close(figure)
 
     strips = [np.concatenate([images[t] for _, images in rows], axis=1) for t in range(count)]
     gif = os.path.join(out_dir, f"{stem}_modulators.gif")
     pictures = [Image.fromarray(strip) for strip in strips]
-    pictures[0].save(gif, save_all=True, append_images=pictures[1:], duration=gif_ms, loop=0)
+    animation = io.BytesIO()
+    pictures[0].save(animation, format="GIF", save_all=True, append_images=pictures[1:], duration=gif_ms, loop=0)
+    write_bytes(animation.getvalue(), gif)
     return {"png": png, "gif": gif, "layers": list(maps), "frames": count, **top}

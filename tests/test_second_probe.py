@@ -171,11 +171,16 @@ def test_class_names_follow_the_run_or_their_loss_is_said(runs, tmp_path, monkey
             assert Predictor.from_checkpoint(str(tmp_path / "moved.pt")).class_names is None
 
 
-def test_a_nul_byte_in_a_path_is_refused(runs, tmp_path):  # item 6
+def test_a_nul_byte_in_a_labels_path_or_file_is_refused(runs, tmp_path):  # item 6
+    from dvflnet.data import AnnotationError, read_class_names
     from dvflnet.engine.config import merge_config
 
     with pytest.raises(ConfigError, match="data.labels_csv: expected a string without NUL bytes"):
         merge_config(copy.deepcopy(DEFAULTS), {"data": {"labels_csv": "labels\x00.csv"}}, "run.json")
+    labels = tmp_path / "labels.csv"
+    labels.write_bytes(b"0,move_left\n1,move\x00up\n")
+    with pytest.raises(AnnotationError, match="labels.csv:2: a NUL byte"):
+        read_class_names(str(labels))
 
 
 def test_predict_model_must_match_the_checkpoint(runs, capsys):  # item 7

@@ -33,6 +33,8 @@ def csv_rows(csv_path: str):
         try:
             for fields in reader:
                 fields = [field.strip() for field in fields]
+                if any("\x00" in field for field in fields):  # Python's csv reads NUL bytes as text
+                    raise AnnotationError(f"{csv_path}:{reader.line_num}: a NUL byte: not a text CSV line")
                 if any(fields):
                     yield reader.line_num, fields
         except (csv.Error, UnicodeDecodeError) as err:

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .. import interrupt
+from ..atomic import write_through_path
 
 # What counts as a video file where folders are searched (predict, prepare, resize).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
@@ -83,16 +84,20 @@ def read_frames(path: str | os.PathLike, indices: Sequence[int] | np.ndarray | C
 
 
 def write_video(path: str | os.PathLike, frames: torch.Tensor | np.ndarray, fps: int = 25, crf: int = 18) -> None:
-    """Encode uint8 RGB frames (T, H, W, 3) as H.264 in an mp4 (H even, W a multiple of 16)."""
-    import av
-
+    """Encode uint8 RGB frames (T, H, W, 3) as H.264 in an mp4 (H even, W a multiple of 16), atomically."""
     frames = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames: expected uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
     if frames.shape[1] % 2 or frames.shape[2] % 16:
         # yuv420p needs even sizes; decord mis-copies frames whose width is not a multiple of 16
         raise ValueError(f"frames: H must be even and W a multiple of 16, got {frames.shape[1]}x{frames.shape[2]}")
-    with av.open(os.fspath(path), mode="w") as container:
+    write_through_path(os.fspath(path), lambda tmp: _encode(tmp, frames, fps, crf))
+
+
+def _encode(path: str, frames: np.ndarray, fps: int, crf: int) -> None:
+    import av
+
+    with av.open(path, mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"

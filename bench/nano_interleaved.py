@@ -1,0 +1,87 @@
+"""VFL-Net nano inference on this CPU against its deployment peer, cases interleaved.
+
+One clip 1 x 8 x 3 x 224 x 224 under torch.inference_mode(): dvfl on backend "reference" and "auto",
+fp32 and bf16 autocast, and OpenVINO on the ONNX export of the reference decomposition, f32 and bf16
+(its precision hint). Each round times every case once, in turn, so that the machine's drift hits
+all cases alike; medians and ranges over the rounds. pytest-benchmark times cases in blocks, which
+on a shared 2-core machine moved the ratios by up to 1.5x between runs.
+
+    python bench/nano_interleaved.py [--rounds 9] [--json bench/results/nano-interleaved-cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def cases(clip: torch.Tensor) -> dict:
+    from dvflnet.export import export_onnx
+    from dvflnet.models import create_model
+
+    torch.manual_seed(0)
+    reference = create_model("vfl_net_nano", num_classes=400, backend="reference").eval()
+    auto = create_model("vfl_net_nano", num_classes=400, backend="auto").eval()
+    auto.load_state_dict(reference.state_dict())
+
+    def dvfl(model, bf16: bool):
+        def run():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(clip)
+        return run
+
+    out = {"reference fp32": dvfl(reference, False), "auto fp32": dvfl(auto, False),
+           "reference bf16": dvfl(reference, True), "auto bf16": dvfl(auto, True)}
+    try:
+        import openvino
+    except ImportError:
+        return out
+    path = str(Path(tempfile.mkdtemp()) / "nano.onnx")
+    export_onnx(reference, path, frames=8, size=224)
+    core, feed = openvino.Core(), clip.numpy()
+    for precision in ("f32", "bf16"):
+        request = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision}).create_infer_request()
+        out[f"openvino {precision}"] = (lambda r: lambda: r.infer({0: feed}))(request)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--json", help="write the medians, ranges and machine facts here")
+    args = parser.parse_args()
+    clip = torch.randn(1, 8, 3, 224, 224)
+    timed = cases(clip)
+    for run in timed.values():  # warm-up: first-call allocations, oneDNN primitive creation
+        run()
+        run()
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(args.rounds):
+        for name, run in timed.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    rows = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)} for name, v in times.items()}
+    for name, row in rows.items():
+        print(f"{name:<16} {row['median_ms']:8.1f} ms  ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
+    if args.json:
+        report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "clip": "1x8x3x224x224", "cases": rows}
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

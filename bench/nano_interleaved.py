@@ -29,7 +29,7 @@ def cpu_model() -> str:
 
 
 def cases(clip: torch.Tensor) -> dict:
-    from dvflnet.export import export_onnx
+    from dvflnet.tools.export import export_onnx
     from dvflnet.models import create_model
 
     torch.manual_seed(0)

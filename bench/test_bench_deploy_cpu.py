@@ -1,4 +1,4 @@
-"""The peers a CPU user would deploy instead: VFL-Net nano exported to ONNX by `dvflnet.export`
+"""The peers a CPU user would deploy instead: VFL-Net nano exported to ONNX by `dvflnet.tools.export`
 (reference decomposition of the dvfl ops), run by ONNX Runtime (fp32) and OpenVINO (fp32, and bf16
 through its precision hint), one clip 1 x 8 x 3 x 224 x 224. Run together with
 test_bench_model_cpu.py so the ratios come from one session:
@@ -23,7 +23,7 @@ def exported(tmp_path_factory):
         pytest.skip("the CPU deployment peers (run_gpu.sh times the GPU cases)")
     for package in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(package)
-    from dvflnet.export import export_onnx
+    from dvflnet.tools.export import export_onnx
 
     torch.manual_seed(0)
     model = create_model("vfl_net_nano", num_classes=400, backend="reference").eval()

@@ -83,7 +83,7 @@ def test_demo_training_step(benchmark, device, backend, run):
     """One optimiser step of the demo's small models at the demo's batch and clip size (float32)."""
     if device != "cpu":
         pytest.skip("the CPU training-step cases")
-    from dvflnet.demo import load_demo_config, run_configs
+    from dvflnet.experiments.demo import load_demo_config, run_configs
 
     cfg = run_configs(load_demo_config(), "")[run]
     data, train = cfg["data"], cfg["train"]

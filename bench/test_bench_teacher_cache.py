@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from dvflnet.engine.checkpoint import save_atomic
+from dvflnet.engine.run_state import save_atomic
 from dvflnet.engine.teacher_cache import CHUNK_BATCHES, compress, expand
 from dvflnet.losses import DistillationLoss
 from dvflnet.models import create_model

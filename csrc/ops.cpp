@@ -1,7 +1,7 @@
-// Schemas of every dvfl op, declared once. Implementations are registered per dispatch key: the
-// loss's C++ kernels in their own files (TORCH_LIBRARY_IMPL); the focal ops' CPU and CUDA kernels,
-// fake kernels and autograd from dvfl_kernels/focal.py, which calls the C++ CPU kernels through the
-// functions this module exports (and Triton's for CUDA tensors, or for CPU tensors interpreted).
+// Schemas of the dvfl C++ ops, declared once. Their CPU and CUDA kernels are registered per dispatch
+// key next to the kernels (TORCH_LIBRARY_IMPL in csrc/focal/focal.cpp, csrc/kd_loss/); fake kernels
+// and autograd per op family in dvfl_kernels/focal.py and kd_loss.py. The Triton ops are declared in
+// Python (dvfl::*_triton), so they load without this extension.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -16,36 +16,29 @@ TORCH_LIBRARY(dvfl, m) {
       "float label_smoothing, bool compute_grad) -> (Tensor, Tensor)");
 
   // Focal modulation (maths: dvfl_kernels/reference.py). Activations are channels-last (N, H, W, C),
-  // channel stride 1, any other strides. `backend` names the kernel family that runs the call on
-  // the tensors' device ("cpu", "triton", "cuda"). Forward ops return (context, pre, mean): `pre`
+  // channel stride 1, any other strides. Forward ops return (context, pre, mean): `pre`
   // is (L, N, H, W, C) pre-activations when `save` (else (0, N, H, W, C)) and `mean` the global
   // term's mean, (N, C) spatially and (N / num_frames, H, W, C) temporally, both in the
   // accumulation dtype (float32, or float64 for float64 inputs). Backward ops return
   // [d z, d g, d weights[0], ...].
   m.def(
-      "spatial_context(Tensor z, Tensor g, Tensor[] weights, bool normalize, bool save, str backend) "
+      "spatial_context(Tensor z, Tensor g, Tensor[] weights, bool normalize, bool save) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "spatial_context_backward(Tensor grad, Tensor z, Tensor g, Tensor[] weights, Tensor pre, Tensor mean, "
-      "bool normalize, str backend) -> Tensor[]");
+      "bool normalize) -> Tensor[]");
   m.def(
-      "temporal_context(Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, bool normalize, bool save, "
-      "str backend) -> (Tensor, Tensor, Tensor)");
+      "temporal_context(Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, bool normalize, bool save) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "temporal_context_backward(Tensor grad, Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, "
-      "Tensor pre, Tensor mean, bool normalize, str backend) -> Tensor[]");
-  m.def("modulate(Tensor q, Tensor m_s, Tensor m_t, str backend) -> Tensor");
-  m.def("modulate_backward(Tensor grad, Tensor q, Tensor m_s, Tensor m_t, str backend) -> Tensor[]");
+      "Tensor pre, Tensor mean, bool normalize) -> Tensor[]");
+  m.def("modulate(Tensor q, Tensor m_s, Tensor m_t) -> Tensor");
+  m.def("modulate_backward(Tensor grad, Tensor q, Tensor m_s, Tensor m_t) -> Tensor[]");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "dvfl C++ kernels; importing this module registers torch.ops.dvfl.*";
-  m.def("spatial_context_kernels", &dvfl::spatial_context_kernels);
-  m.def("spatial_context_backward_kernels", &dvfl::spatial_context_backward_kernels);
-  m.def("temporal_context_kernels", &dvfl::temporal_context_kernels);
-  m.def("temporal_context_backward_kernels", &dvfl::temporal_context_backward_kernels);
-  m.def("modulate_kernels", &dvfl::modulate_kernels);
-  m.def("modulate_backward_kernels", &dvfl::modulate_backward_kernels);
+  m.doc() = "dvfl C++ kernels; importing this module registers torch.ops.dvfl.* and their CPU / CUDA kernels";
   m.def("focal_cpu_capability", &dvfl::focal_cpu_capability,
         "The instruction set the CPU focal kernels run with here (avx512 or base).");
 }

@@ -2,6 +2,7 @@
 
 Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``.
 """
+from ._checks import MAX_KD_TEMPERATURE
 from .ops import (
     BACKENDS,
     BackendUnavailableError,
@@ -14,6 +15,7 @@ from .ops import (
 
 __all__ = [
     "BACKENDS",
+    "MAX_KD_TEMPERATURE",
     "BackendUnavailableError",
     "available_backends",
     "kd_ce_loss",

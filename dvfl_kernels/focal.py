@@ -1,14 +1,12 @@
-"""The focal-modulation ops (schemas declared once, in csrc/ops.cpp): one fake kernel and one
-autograd formula per op, and the kernels that serve each device.
-
-Every op takes a trailing ``backend`` string naming the kernel family that runs it, so one schema
-serves them all and the choice survives ``torch.compile`` and ``torch.export``:
-- CPU tensors: ``"cpu"``, the C++ kernels (csrc/focal/); ``"triton"`` runs the Triton kernels in
-  Triton's interpreter (TRITON_INTERPRET=1, for tests without a GPU).
-- CUDA tensors: ``"triton"``, or ``"cuda"``: the CUDA C++ kernels (csrc/focal/focal_cuda.cu, in
-  builds with CUDA), launched by the same C++ code as the CPU kernels.
-Forward ops also return what their backward needs (pre-activations, global means); the public
-functions (``dvfl_kernels.spatial_context`` ...) return the context alone.
+"""The focal-modulation ops: one fake kernel and one autograd formula per op, shared by both kernel
+families, each op declared once:
+- ``dvfl::spatial_context``, ``temporal_context``, ``modulate`` and their ``_backward`` ops: schemas in
+  csrc/ops.cpp, C++ kernels registered per dispatch key (CPU, and CUDA in builds with CUDA) in
+  csrc/focal/focal.cpp;
+- ``dvfl::spatial_context_triton`` ... ``modulate_backward_triton``: the Triton kernels, declared here
+  (they need no C++ extension), for CUDA tensors or, interpreted (TRITON_INTERPRET=1), CPU tensors.
+The backend is chosen once, in ops.py, by picking the op. Forward ops also return what their backward
+needs (pre-activations, global means); the public functions return the context alone.
 """
 from __future__ import annotations
 
@@ -17,6 +15,19 @@ from types import ModuleType
 import torch
 
 _BACKWARD_NOTE = "ran with save=False (no input needed a gradient), so it kept nothing for backward"
+OPS = ("spatial_context", "temporal_context", "modulate")
+# The Triton family's schemas (the C++ family's are csrc/ops.cpp's, the same with their own names).
+TRITON_SCHEMAS = {
+    "spatial_context": "(Tensor z, Tensor g, Tensor[] weights, bool normalize, bool save) -> (Tensor, Tensor, Tensor)",
+    "spatial_context_backward": "(Tensor grad, Tensor z, Tensor g, Tensor[] weights, Tensor pre, Tensor mean, "
+                                "bool normalize) -> Tensor[]",
+    "temporal_context": "(Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, bool normalize, bool save) "
+                        "-> (Tensor, Tensor, Tensor)",
+    "temporal_context_backward": "(Tensor grad, Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, Tensor pre, "
+                                 "Tensor mean, bool normalize) -> Tensor[]",
+    "modulate": "(Tensor q, Tensor m_s, Tensor m_t) -> Tensor",
+    "modulate_backward": "(Tensor grad, Tensor q, Tensor m_s, Tensor m_t) -> Tensor[]",
+}
 
 
 def _acc_dtype(x: torch.Tensor) -> torch.dtype:
@@ -27,15 +38,20 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-# ---- fake kernels (shapes and dtypes of every backend's outputs) -------------------------------------
-def _fake_spatial(z, g, weights, normalize, save, backend):
+def op_name(op: str, family: str, backward: bool = False) -> str:
+    """The custom op of `op` in a kernel family ("cpp" or "triton")."""
+    return f"{op}{'_backward' if backward else ''}{'_triton' if family == 'triton' else ''}"
+
+
+# ---- fake kernels (shapes and dtypes of both families' outputs) ----------------------------------------
+def _fake_spatial(z, g, weights, normalize, save):
     n, h, w, c = z.shape
     acc = _acc_dtype(z)
     return (z.new_empty(z.shape), z.new_empty((len(weights) if save else 0, n, h, w, c), dtype=acc),
             z.new_empty((n, c), dtype=acc))
 
 
-def _fake_temporal(z_t, g_t, weights, num_frames, normalize, save, backend):
+def _fake_temporal(z_t, g_t, weights, num_frames, normalize, save):
     n, h, w, c = z_t.shape
     acc = _acc_dtype(z_t)
     return (z_t.new_empty(z_t.shape), z_t.new_empty((len(weights) if save else 0, n, h, w, c), dtype=acc),
@@ -46,170 +62,109 @@ def _fake_context_backward(grad, z, g, weights, *rest):
     return [z.new_empty(z.shape), g.new_empty(g.shape), *(w.new_empty(w.shape) for w in weights)]
 
 
-def _fake_modulate(q, m_s, m_t, backend):
+def _fake_modulate(q, m_s, m_t):
     return q.new_empty(q.shape)
 
 
-def _fake_modulate_backward(grad, q, m_s, m_t, backend):
+def _fake_modulate_backward(grad, q, m_s, m_t):
     return [q.new_empty(q.shape), m_s.new_empty(m_s.shape), m_t.new_empty(m_t.shape)]
 
 
-# ---- autograd ------------------------------------------------------------------------------------------
-def _spatial_setup(ctx, inputs, output):
-    z, g, weights, normalize, save, backend = inputs
-    ctx.save_for_backward(z, g, output[1], output[2], *weights)
-    ctx.normalize, ctx.saved, ctx.backend = normalize, save, backend
-    ctx.mark_non_differentiable(output[1], output[2])
+FAKES = {"spatial_context": _fake_spatial, "spatial_context_backward": _fake_context_backward,
+         "temporal_context": _fake_temporal, "temporal_context_backward": _fake_context_backward,
+         "modulate": _fake_modulate, "modulate_backward": _fake_modulate_backward}
 
 
-def _spatial_backward(ctx, grad, _grad_pre, _grad_mean):
-    if not ctx.saved:
-        raise RuntimeError(f"dvfl::spatial_context: {_BACKWARD_NOTE}")
-    z, g, pre, mean, *weights = ctx.saved_tensors
-    dz, dg, *dweights = torch.ops.dvfl.spatial_context_backward(
-        grad, z, g, weights, pre, mean, ctx.normalize, ctx.backend
-    )
-    return dz, dg, dweights, None, None, None
+# ---- autograd (each forward's backward is its family's backward op) ---------------------------------------
+def _autograd(op: str, backward_op):
+    """(setup_context, backward) of forward op `op`, whose gradient `backward_op` computes."""
+    if op == "modulate":
+        def setup(ctx, inputs, output):
+            ctx.save_for_backward(*inputs)
+
+        def backward(ctx, grad):
+            return tuple(backward_op(grad, *ctx.saved_tensors))
+
+        return setup, backward
+    spatial = op == "spatial_context"
+
+    def setup(ctx, inputs, output):
+        if spatial:
+            z, g, weights, normalize, save = inputs
+        else:
+            z, g, weights, ctx.num_frames, normalize, save = inputs
+        ctx.save_for_backward(z, g, output[1], output[2], *weights)
+        ctx.normalize, ctx.saved = normalize, save
+        ctx.mark_non_differentiable(output[1], output[2])
+
+    def backward(ctx, grad, _grad_pre, _grad_mean):
+        if not ctx.saved:
+            raise RuntimeError(f"dvfl::{op}: {_BACKWARD_NOTE}")
+        z, g, pre, mean, *weights = ctx.saved_tensors
+        frames = () if spatial else (ctx.num_frames,)
+        dz, dg, *dweights = backward_op(grad, z, g, weights, *frames, pre, mean, ctx.normalize)
+        return (dz, dg, dweights, *([None] * (2 if spatial else 3)))
+
+    return setup, backward
 
 
-def _temporal_setup(ctx, inputs, output):
-    z_t, g_t, weights, num_frames, normalize, save, backend = inputs
-    ctx.save_for_backward(z_t, g_t, output[1], output[2], *weights)
-    ctx.num_frames, ctx.normalize, ctx.saved, ctx.backend = num_frames, normalize, save, backend
-    ctx.mark_non_differentiable(output[1], output[2])
+def register_family(family: str) -> None:
+    """Fake kernels and autograd of one family's ops (the C++ ops once the extension has loaded; the
+    Triton ops once declared)."""
+    for name, fake in FAKES.items():
+        op, backward = name.removesuffix("_backward"), name.endswith("_backward")
+        torch.library.register_fake(f"dvfl::{op_name(op, family, backward)}")(fake)
+    for op in OPS:
+        setup, backward = _autograd(op, getattr(torch.ops.dvfl, op_name(op, family, backward=True)))
+        torch.library.register_autograd(f"dvfl::{op_name(op, family)}", backward, setup_context=setup)
 
 
-def _temporal_backward(ctx, grad, _grad_pre, _grad_mean):
-    if not ctx.saved:
-        raise RuntimeError(f"dvfl::temporal_context: {_BACKWARD_NOTE}")
-    z_t, g_t, pre, mean, *weights = ctx.saved_tensors
-    dz, dg, *dweights = torch.ops.dvfl.temporal_context_backward(
-        grad, z_t, g_t, weights, ctx.num_frames, pre, mean, ctx.normalize, ctx.backend
-    )
-    return dz, dg, dweights, None, None, None, None
-
-
-def _modulate_setup(ctx, inputs, output):
-    q, m_s, m_t, backend = inputs
-    ctx.save_for_backward(q, m_s, m_t)
-    ctx.backend = backend
-
-
-def _modulate_backward(ctx, grad):
-    dq, dm_s, dm_t = torch.ops.dvfl.modulate_backward(grad, *ctx.saved_tensors, ctx.backend)
-    return dq, dm_s, dm_t, None
-
-
-# ---- kernels per device --------------------------------------------------------------------------------
 def _as_contract(out, pre, mean, like: torch.Tensor):
     """Triton keeps float32 buffers; the schema's contract is the accumulation dtype."""
     acc = _acc_dtype(like)
     return out, pre.to(acc), mean.to(acc)
 
 
-class _Kernels:
-    """The kernel families built here: `ext` is the extension module (the C++ kernels of both devices,
-    CUDA ones when `with_cuda`), `triton` the Triton launchers."""
-
-    def __init__(self, ext: ModuleType | None, triton: ModuleType | None, with_cuda: bool):
-        self.ext, self.triton, self.with_cuda = ext, triton, with_cuda
-
-    def pick(self, op: str, backend: str, device: str):
-        if backend == "triton" and self.triton is not None:
-            return "triton"
-        if self.ext is not None and ((backend == "cpu" and device == "cpu") or (backend == "cuda" and device == "cuda" and self.with_cuda)):
-            return "cpp"
-        raise RuntimeError(f"dvfl::{op}: backend {backend!r} has no kernel for {device} tensors in this installation")
-
-    # the registered kernels; `device` is the dispatch key's device type
-    def spatial(self, device):
-        def kernel(z, g, weights, normalize, save, backend):
-            if self.pick("spatial_context", backend, device) == "triton":
-                return _as_contract(*self.triton.spatial_context_forward(z, g, weights, normalize, save), z)
-            return self.ext.spatial_context_kernels(z, g, weights, normalize, save)
-
-        return kernel
-
-    def spatial_backward(self, device):
-        def kernel(grad, z, g, weights, pre, mean, normalize, backend):
-            if self.pick("spatial_context_backward", backend, device) == "triton":
-                dz, dg, dweights = self.triton.spatial_context_backward(
-                    grad, z, g, weights, pre.float(), mean.float(), normalize
-                )
-                return [dz, dg, *dweights]
-            return self.ext.spatial_context_backward_kernels(grad, z, g, weights, pre, mean, normalize)
-
-        return kernel
-
-    def temporal(self, device):
-        def kernel(z_t, g_t, weights, num_frames, normalize, save, backend):
-            if self.pick("temporal_context", backend, device) == "triton":
-                out = self.triton.temporal_context_forward(z_t, g_t, weights, num_frames, normalize, save)
-                return _as_contract(*out, z_t)
-            return self.ext.temporal_context_kernels(z_t, g_t, weights, num_frames, normalize, save)
-
-        return kernel
-
-    def temporal_backward(self, device):
-        def kernel(grad, z_t, g_t, weights, num_frames, pre, mean, normalize, backend):
-            if self.pick("temporal_context_backward", backend, device) == "triton":
-                dz, dg, dweights = self.triton.temporal_context_backward(
-                    grad, z_t, g_t, weights, num_frames, pre.float(), mean.float(), normalize
-                )
-                return [dz, dg, *dweights]
-            return self.ext.temporal_context_backward_kernels(grad, z_t, g_t, weights, num_frames, pre, mean, normalize)
-
-        return kernel
-
-    def modulate(self, device):
-        def kernel(q, m_s, m_t, backend):
-            if self.pick("modulate", backend, device) == "triton":
-                return self.triton.modulate_forward(q, m_s, m_t)
-            return self.ext.modulate_kernels(q, m_s, m_t)
-
-        return kernel
-
-    def modulate_backward(self, device):
-        def kernel(grad, q, m_s, m_t, backend):
-            if self.pick("modulate_backward", backend, device) == "triton":
-                return list(self.triton.modulate_backward(grad, q, m_s, m_t))
-            return self.ext.modulate_backward_kernels(grad, q, m_s, m_t)
-
-        return kernel
-
-
-def register(ext: ModuleType | None, triton: ModuleType | None, with_cuda: bool) -> None:
-    """Register fake kernels, autograd and the CPU / CUDA kernels of the dvfl focal ops (their schemas
-    come with the C++ extension, so this runs once it has loaded)."""
-    kernels = _Kernels(ext, triton, with_cuda)
-    ops = {
-        "spatial_context": (_fake_spatial, kernels.spatial),
-        "spatial_context_backward": (_fake_context_backward, kernels.spatial_backward),
-        "temporal_context": (_fake_temporal, kernels.temporal),
-        "temporal_context_backward": (_fake_context_backward, kernels.temporal_backward),
-        "modulate": (_fake_modulate, kernels.modulate),
-        "modulate_backward": (_fake_modulate_backward, kernels.modulate_backward),
+def declare_triton(triton: ModuleType) -> None:
+    """Declare the Triton family's ops (no C++ extension needed) with the kernels of `triton`
+    (dvfl_kernels.triton.focal_modulation), their fakes and autograd."""
+    kernels = {
+        "spatial_context": lambda z, g, w, normalize, save: _as_contract(
+            *triton.spatial_context_forward(z, g, w, normalize, save), z),
+        "spatial_context_backward": lambda grad, z, g, w, pre, mean, normalize: _flat(
+            triton.spatial_context_backward(grad, z, g, w, pre.float(), mean.float(), normalize)),
+        "temporal_context": lambda z, g, w, frames, normalize, save: _as_contract(
+            *triton.temporal_context_forward(z, g, w, frames, normalize, save), z),
+        "temporal_context_backward": lambda grad, z, g, w, frames, pre, mean, normalize: _flat(
+            triton.temporal_context_backward(grad, z, g, w, frames, pre.float(), mean.float(), normalize)),
+        "modulate": triton.modulate_forward,
+        "modulate_backward": lambda grad, q, m_s, m_t: list(triton.modulate_backward(grad, q, m_s, m_t)),
     }
-    for name, (fake, kernel_for) in ops.items():
-        torch.library.register_fake(f"dvfl::{name}")(fake)
-        for device in ("cpu", "cuda"):
-            torch.library.impl(f"dvfl::{name}", device.upper())(kernel_for(device))
-    torch.library.register_autograd("dvfl::spatial_context", _spatial_backward, setup_context=_spatial_setup)
-    torch.library.register_autograd("dvfl::temporal_context", _temporal_backward, setup_context=_temporal_setup)
-    torch.library.register_autograd("dvfl::modulate", _modulate_backward, setup_context=_modulate_setup)
+    for name, schema in TRITON_SCHEMAS.items():
+        op, backward = name.removesuffix("_backward"), name.endswith("_backward")
+        qualname = f"dvfl::{op_name(op, 'triton', backward)}"
+        torch.library.define(qualname, schema)
+        for device in ("CPU", "CUDA"):
+            torch.library.impl(qualname, device)(kernels[name])
+    register_family("triton")
 
 
-def implementations(backend: str) -> dict:
-    """The public-function implementations of `backend` ("cpu", "cuda" or "triton"), for ops.register_backend."""
+def _flat(grads) -> list:
+    dz, dg, dweights = grads
+    return [dz, dg, *dweights]
+
+
+def implementations(family: str) -> dict:
+    """The public functions' implementations on one family's ops, for ops.register_backend."""
+    spatial_op, temporal_op, modulate_op = (getattr(torch.ops.dvfl, op_name(op, family)) for op in OPS)
 
     def spatial(z, g, weights, normalize):
-        return torch.ops.dvfl.spatial_context(z, g, weights, normalize, needs_grad(z, g, *weights), backend)[0]
+        return spatial_op(z, g, weights, normalize, needs_grad(z, g, *weights))[0]
 
     def temporal(z_t, g_t, weights, num_frames, normalize):
-        save = needs_grad(z_t, g_t, *weights)
-        return torch.ops.dvfl.temporal_context(z_t, g_t, weights, num_frames, normalize, save, backend)[0]
+        return temporal_op(z_t, g_t, weights, num_frames, normalize, needs_grad(z_t, g_t, *weights))[0]
 
     def modulate(q, m_s, m_t):
-        return torch.ops.dvfl.modulate(q, m_s, m_t, backend)
+        return modulate_op(q, m_s, m_t)
 
     return {"spatial_context": spatial, "temporal_context": temporal, "modulate": modulate}

@@ -187,39 +187,36 @@ def kd_ce_loss(
 
 def _load_extension():
     try:
-        from . import _C  # loading it registers the schemas of torch.ops.dvfl.* and the loss's kernels
+        from . import _C  # loading it registers the dvfl C++ ops and their CPU / CUDA kernels
     except ImportError as err:
         LOAD_ERRORS["cpu"] = LOAD_ERRORS["cuda"] = f"the C++ extension dvfl_kernels._C did not load ({err})"
         return None
     kd_loss.register_cpp(register_backend)
-    for op, impl in focal.implementations("cpu").items():
+    focal.register_family("cpp")
+    for op, impl in focal.implementations("cpp").items():
         register_backend(op, "cpu", impl)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("dvfl::kd_ce_loss_rows", "CUDA"):
         LOAD_ERRORS["cuda"] = "dvfl_kernels._C was built without CUDA kernels (CPU-only torch or DVFL_SKIP_CUDA=1)"
     else:
-        for op, impl in focal.implementations("cuda").items():
+        for op, impl in focal.implementations("cpp").items():
             register_backend(op, "cuda", impl)
     return _C
 
 
-def _load_triton():
+def _load_triton() -> None:
     try:
         from .triton import focal_modulation as triton_focal
         from .triton import kd_loss as triton_kd_loss
     except ImportError as err:
         LOAD_ERRORS["triton"] = f"triton is not importable ({err})"
-        return None
+        return
     kd_loss.register_triton(register_backend, triton_kd_loss)
-    if _EXTENSION is None:  # the focal ops' schemas come with the extension
-        return None
+    focal.declare_triton(triton_focal)
     for op, impl in focal.implementations("triton").items():
         register_backend(op, "triton", impl)
-    return triton_focal
 
 
 _EXTENSION = _load_extension()
-_TRITON_FOCAL = _load_triton()
-if _EXTENSION is not None:
-    focal.register(_EXTENSION, _TRITON_FOCAL, with_cuda="cuda" not in LOAD_ERRORS)
+_load_triton()
 HAS_EXTENSION = _EXTENSION is not None
 HAS_TRITON = "triton" not in LOAD_ERRORS

@@ -11,9 +11,9 @@ from . import interrupt
 from .data import synthetic
 from .data.synthetic import generate_dataset
 from .data.video import VideoReadError
-from .engine.checkpoint import RunLockedError
-from .engine.loop import TrainingDiverged
-from .export import MissingExtraError
+from .engine.run_state import RunLockedError
+from .engine.training import TrainingDiverged
+from .tools.export import MissingExtraError
 from .models import MODEL_CONFIGS, CheckpointError
 
 
@@ -62,41 +62,14 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Median inference time per clip of a model variant on this machine, per backend and precision."""
-    import statistics
-    import time
+    from .tools.bench import time_inference
 
-    import torch
-
-    from dvflnet.models import create_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    clip = torch.randn(1, args.frames, 3, args.size, args.size)
-    rows = []
-    for backend in args.backend:
-        for dtype in args.dtype:
-            model = create_model(args.model, num_classes=args.classes, backend=backend).eval()
-            x = clip
-            if dtype == "bf16-weights":
-                model, x = model.to(torch.bfloat16), clip.to(torch.bfloat16)
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16-autocast")
-            times = []
-            with torch.inference_mode(), autocast:
-                for i in range(args.warmup + args.rounds):
-                    start = time.perf_counter()
-                    model(x)
-                    if i >= args.warmup:
-                        times.append(time.perf_counter() - start)
-            rows.append((backend, dtype, statistics.median(times) * 1e3, min(times) * 1e3))
-    print(f"{args.model}, one clip 1x{args.frames}x3x{args.size}x{args.size}, {torch.get_num_threads()} threads, "
-          f"{args.rounds} rounds (median / min ms)")
-    for backend, dtype, median, best in rows:
-        print(f"  {backend:<10} {dtype:<14} {median:9.1f} {best:9.1f}")
+    print(time_inference(args.model, args.backend, args.dtype, args.frames, args.size, args.classes, args.rounds,
+                         args.warmup, args.threads))
     return 0
 
 
-def _run_config(args: argparse.Namespace) -> dict:
+def _load_run_config(args: argparse.Namespace) -> dict:
     from .engine.config import load_config
 
     cfg = load_config(args.config, args.opts)
@@ -108,7 +81,7 @@ def _run_config(args: argparse.Namespace) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from .engine import run_training
 
-    cfg = _run_config(args)
+    cfg = _load_run_config(args)
     args.on_interrupt = (f"the checkpoints and log.jsonl written so far are in {cfg['output']}; the same command resumes "
                          "from the newest checkpoint (resume: auto)")
     summary = run_training(cfg, distill=args.command == "distill")
@@ -120,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .engine import run_evaluation
 
-    cfg = _run_config(args)
+    cfg = _load_run_config(args)
     if args.checkpoint:
         cfg["eval"]["checkpoint"] = args.checkpoint
     args.on_interrupt = f"the eval_*.json reports finished before it are in {cfg['output']}"
@@ -133,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_cache_teacher(args: argparse.Namespace) -> int:
     from .engine.teacher_cache import build_teacher_cache
 
-    cfg = _run_config(args)
+    cfg = _load_run_config(args)
     if args.cache:
         cfg["kd"]["teacher_cache"] = args.cache
     args.on_interrupt = (f"the finished chunks are kept in {cfg['kd']['teacher_cache']}; the same command builds only "
@@ -145,7 +118,7 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from .ablate import ALPHAS, TEMPERATURES, merge_grids, run_grid
+    from .experiments.grid import ALPHAS, TEMPERATURES, merge_grids, run_grid
     from .engine.config import ConfigError, load_config
 
     if (args.config is None) == (args.merge is None):
@@ -212,7 +185,7 @@ def _checkpoint_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor, expand_inputs, format_table
+    from .tools.predict import Predictor, expand_inputs, format_table
 
     predictor = Predictor.from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes,
                                           views=args.views, device=args.device, precision=args.precision)
@@ -235,8 +208,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx, export_pt2
-    from .predict import model_from_checkpoint
+    from .tools.export import export_onnx, export_pt2
+    from .tools.predict import model_from_checkpoint
 
     model, data, _ = model_from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes)
     frames, size = args.frames or data["num_frames"], args.size or data["size"]
@@ -249,8 +222,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from .predict import Predictor
-    from .visualize import visualize
+    from .tools.predict import Predictor
+    from .tools.visualize import visualize
 
     predictor = Predictor.from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes,
                                           device=args.device, precision="fp32")
@@ -261,7 +234,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DEMO_CONFIG, load_demo_config, run_demo, run_seeds, set_seed
+    from .experiments.demo import DEMO_CONFIG, load_demo_config, run_demo, run_seeds, set_seed
 
     opts = list(args.opts) + (["output", args.output] if args.output else [])
     spec = load_demo_config(args.config or DEMO_CONFIG, opts)

@@ -73,7 +73,7 @@ def test_visualize_maps_every_frame_whatever_the_stem(runs, run, tmp_path, capsy
     (lambda c: c["model"]["kwargs"].update(embed_dim=16), "model.kwargs.embed_dim"),
 ], ids=["base_lr", "embed_dim"])
 def test_a_reused_grid_cell_must_match_its_settings(runs, tmp_path, change, named):  # item 2
-    from dvflnet.ablate import run_cell
+    from dvflnet.experiments.grid import run_cell
 
     cfg = _config(runs["videos"], tmp_path / "unused")
     cfg["teacher"].update(name="vfl_net_nano", checkpoint=runs["plain"], kwargs=dict(TINY))
@@ -158,7 +158,7 @@ def test_class_names_follow_the_run_or_their_loss_is_said(runs, tmp_path, monkey
     saved = json.load(open(tmp_path / "run" / "config.json"))
     assert os.path.isabs(saved["data"]["labels_csv"]) and os.path.isabs(saved["data"]["root"])
     monkeypatch.chdir(tmp_path)
-    from dvflnet.predict import Predictor
+    from dvflnet.tools.predict import Predictor
 
     if labels == "relative":
         assert Predictor.from_checkpoint(checkpoint).class_names == list(CLASSES)
@@ -197,7 +197,7 @@ def test_predict_model_must_match_the_checkpoint(runs, capsys):  # item 7
     ([0.3, 0.3], "--alphas: 0.3 given more than once"),
 ], ids=["above-1", "nan", "duplicates"])
 def test_grid_values_are_checked_before_the_teacher_cache(runs, tmp_path, alphas, message):  # item 9
-    from dvflnet.ablate import run_grid
+    from dvflnet.experiments.grid import run_grid
 
     cfg = _config(runs["videos"], tmp_path / "unused")
     cfg["teacher"].update(name="vfl_net_nano", checkpoint=runs["plain"], kwargs=dict(TINY))

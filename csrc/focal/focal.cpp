@@ -19,6 +19,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 
 #include <cstdlib>
@@ -27,6 +28,7 @@
 
 #include "focal_args.h"
 #include "focal_cuda.h"
+#include "../cpu_capability.h"
 
 #if defined(DVFL_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
@@ -70,15 +72,9 @@ struct Kernels {
         &focal::NS::modulate_forward, &focal::NS::modulate_backward, &focal::NS::sum_rows            \
   }
 
-// The AVX-512 build where the CPU has it; DVFL_CPU_CAPABILITY=base forces the baseline (for tests).
+// The AVX-512 build where the CPU has it (cpu_capability.h; DVFL_CPU_CAPABILITY=base forces the baseline).
 const Kernels& kernels() {
-  static const Kernels chosen = [] {
-    const char* forced = std::getenv("DVFL_CPU_CAPABILITY");
-    const bool base_only = forced != nullptr && std::string(forced) == "base";
-    const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    return avx512 && !base_only ? DVFL_KERNELS(avx512) : DVFL_KERNELS(base);
-  }();
+  static const Kernels chosen = cpu_has_avx512() ? DVFL_KERNELS(avx512) : DVFL_KERNELS(base);
   return chosen;
 }
 
@@ -441,5 +437,45 @@ std::vector<at::Tensor> modulate_backward_kernels(const at::Tensor& grad_in, con
   run(q, kernels().modulate_backward, DVFL_CUDA_KERNEL(modulate_backward), a, a.N * a.H, grain_for(3 * a.W * a.C));
   return {dq, dm_s, dm_t};
 }
+
+// ---- registration: the kernels of torch.ops.dvfl.* (schemas: csrc/ops.cpp) per dispatch key ----------
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_op(const at::Tensor& z, const at::Tensor& g, at::TensorList weights,
+                                                          bool normalize, bool save) {
+  return spatial_context_kernels(z, g, weights.vec(), normalize, save);
+}
+std::vector<at::Tensor> spatial_backward_op(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g,
+                                            at::TensorList weights, const at::Tensor& pre, const at::Tensor& mean,
+                                            bool normalize) {
+  return spatial_context_backward_kernels(grad, z, g, weights.vec(), pre, mean, normalize);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_op(const at::Tensor& z_t, const at::Tensor& g_t,
+                                                           at::TensorList weights, int64_t num_frames, bool normalize,
+                                                           bool save) {
+  return temporal_context_kernels(z_t, g_t, weights.vec(), num_frames, normalize, save);
+}
+std::vector<at::Tensor> temporal_backward_op(const at::Tensor& grad, const at::Tensor& z_t, const at::Tensor& g_t,
+                                             at::TensorList weights, int64_t num_frames, const at::Tensor& pre,
+                                             const at::Tensor& mean, bool normalize) {
+  return temporal_context_backward_kernels(grad, z_t, g_t, weights.vec(), num_frames, pre, mean, normalize);
+}
+
+void register_focal(torch::Library& m) {
+  m.impl("spatial_context", &spatial_op);
+  m.impl("spatial_context_backward", &spatial_backward_op);
+  m.impl("temporal_context", &temporal_op);
+  m.impl("temporal_context_backward", &temporal_backward_op);
+  m.impl("modulate", &modulate_kernels);
+  m.impl("modulate_backward", &modulate_backward_kernels);
+}
+
+}  // namespace
+
+// The same host code launches the CPU kernels or, for CUDA tensors, the CUDA ones (run() above).
+TORCH_LIBRARY_IMPL(dvfl, CPU, m) { register_focal(m); }
+#if defined(DVFL_WITH_CUDA)
+TORCH_LIBRARY_IMPL(dvfl, CUDA, m) { register_focal(m); }
+#endif
 
 }  // namespace dvfl

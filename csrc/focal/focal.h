@@ -1,5 +1,5 @@
-// CPU implementations of the focal-modulation ops (schemas: csrc/ops.cpp). Called by the op's CPU
-// kernel in dvfl_kernels/focal.py through the extension module's functions.
+// Host implementations of the focal-modulation ops (schemas: csrc/ops.cpp), for CPU and CUDA tensors
+// alike; registered as the ops' CPU and CUDA kernels at the end of focal.cpp.
 #pragma once
 
 #include <ATen/core/Tensor.h>

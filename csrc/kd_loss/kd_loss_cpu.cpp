@@ -17,6 +17,7 @@
 #include <tuple>
 #include <vector>
 
+#include "../cpu_capability.h"
 #include "kd_loss.h"
 #include "kd_loss_cpu_kernels.h"
 
@@ -30,16 +31,11 @@ template <typename acc_t>
 using RowKernel = void (*)(const acc_t*, const acc_t*, const acc_t*, int64_t, int64_t, acc_t, acc_t, acc_t, acc_t*,
                            acc_t*, double[3]);
 
-// The row kernel for this CPU: AVX2 + FMA where available, else the baseline build. The environment
-// variable DVFL_CPU_CAPABILITY=base forces the baseline (to test it on AVX2 machines).
+// The row kernel for this CPU: AVX2 + FMA where available, else the baseline build
+// (cpu_capability.h; DVFL_CPU_CAPABILITY=base forces the baseline).
 template <typename acc_t>
 RowKernel<acc_t> row_kernel() {
-  static const RowKernel<acc_t> kernel = [] {
-    const char* forced = std::getenv("DVFL_CPU_CAPABILITY");
-    const bool base_only = forced != nullptr && std::string(forced) == "base";
-    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return avx2 && !base_only ? &avx2::kd_ce_row_entry<acc_t> : &base::kd_ce_row_entry<acc_t>;
-  }();
+  static const RowKernel<acc_t> kernel = cpu_has_avx2_fma() ? &avx2::kd_ce_row_entry<acc_t> : &base::kd_ce_row_entry<acc_t>;
   return kernel;
 }
 

@@ -1,11 +1,15 @@
-"""The training engine: config, optimiser, schedule, checkpoints, distributed plumbing, and the
-train / distil / evaluate loops."""
-from .checkpoint import CheckpointManager, capture_rng_state, restore_rng_state, save_atomic
+"""The training engine, a few plain modules read in one sitting each: `config` (run configs as data),
+`builders` (model, teacher, datasets, loaders, the training stream), `training` (the loop),
+`evaluation`, `run_state` (checkpoints, resume, lock, log), `teacher_cache`, and the plumbing
+(`distributed`, `optim`, `schedule`)."""
+from .builders import build_model
 from .config import DEFAULTS, ConfigError, check_config, load_config
 from .distributed import DistInfo, ShardSampler, TrainSampler, init_distributed
-from .loop import build_model, classification_report, evaluate, run_evaluation, run_training
+from .evaluation import classification_report, evaluate, run_evaluation
 from .optim import build_optimizer, scaled_lr
+from .run_state import CheckpointManager, capture_rng_state, restore_rng_state, save_atomic
 from .schedule import WarmupCosine
+from .training import run_training
 
 __all__ = [
     "DEFAULTS",

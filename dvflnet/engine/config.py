@@ -394,7 +394,7 @@ def _model_defaults() -> dict:
 def check_config(cfg: dict, distill: bool = False) -> None:
     """The checks a run needs before any work starts (types were checked when the config was read)."""
     from dvfl_kernels import available_backends
-    from dvfl_kernels._checks import MAX_KD_TEMPERATURE
+    from dvfl_kernels import MAX_KD_TEMPERATURE
 
     from ..models.registry import resolve_name
 

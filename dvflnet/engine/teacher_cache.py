@@ -2,7 +2,7 @@
 
 A distillation run sees a fixed stream of micro-batches per epoch and rank: the sampler's permutation
 of (seed, epoch), each clip's segment and augmentation drawn from (seed, epoch, index), mixup / cutmix
-from (seed, rank, epoch, micro-batch). ``loop.epoch_batches`` produces that stream for training and
+from (seed, rank, epoch, micro-batch). ``builders.epoch_batches`` produces that stream for training and
 for this cache alike, so ``build_teacher_cache(cfg)`` runs the frozen teacher over exactly the clips
 (mixed) that the student will see and stores the logits; a run with ``kd.teacher_cache: DIR`` reads
 them instead of running the teacher, at any kd.alpha and kd.temperature.
@@ -38,7 +38,8 @@ import torch
 from ..data.dataset import csv_rows
 from ..models import CheckpointError
 from ..atomic import clean_temporary_files
-from .checkpoint import RunLock, save_atomic, write_json_atomic
+from .builders import autocast, autocast_dtype, batches_per_epoch, build_teacher, epoch_batches, train_dataset
+from .run_state import RunLock, save_atomic, write_json_atomic
 from .config import ConfigError
 
 FORMAT_VERSION = 1
@@ -208,7 +209,6 @@ def build_teacher_cache(cfg: dict) -> dict:
     resumes). Returns {"written", "kept", "time_s"} for this rank."""
     from .config import check_config
     from .distributed import TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
-    from .loop import autocast, autocast_dtype, batches_per_epoch, build_teacher, epoch_batches, train_dataset
 
     check_config(cfg, distill=True)
     folder = cfg["kd"]["teacher_cache"]

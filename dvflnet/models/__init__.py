@@ -1,5 +1,5 @@
 """DVFL-Net / Video-FocalNet models, variants and checkpoint loading."""
-from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
+from .weights import CheckpointError, LoadReport, load_checkpoint, read_checkpoint
 from .registry import ALIASES, MODEL_CONFIGS, create_model, list_models
 from .video_focalnet import (
     BasicLayer,

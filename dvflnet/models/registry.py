@@ -44,7 +44,7 @@ def create_model(name: str, pretrained=None, **kwargs) -> VideoFocalNet:
     if pretrained is True:
         raise ValueError("pretrained: no download location is built in; pass the path of a checkpoint file")
     if pretrained:
-        from .checkpoint import load_checkpoint
+        from .weights import load_checkpoint
 
         load_checkpoint(model, pretrained, reset_head=reset_head)
     return model

@@ -1,5 +1,6 @@
-"""Training checkpoints: atomic writes, exact resume, a best-model file and a limit on how many are kept;
-and the lock that keeps two runs out of one folder.
+"""The state of a run on disk: its checkpoints (atomic, exact resume, a best-model file, a limit on how
+many are kept), which one to resume from, the lock that keeps two runs out of one folder, and the
+JSON-lines log.
 
 A checkpoint holds model, optimizer, scheduler, AMP scaler, epoch, step, best metric, every RNG state
 and the config, and is loaded with weights_only=True (it contains tensors, numbers, strings, lists and
@@ -8,10 +9,13 @@ by name and set aside (renamed *.corrupt), never silently skipped or left to rot
 """
 from __future__ import annotations
 
+import copy
 import json
+import math
 import os
 import random
 import socket
+import sys
 import time
 import warnings
 
@@ -20,6 +24,7 @@ import torch
 
 from ..atomic import clean_temporary_files, save_torch, write_json
 from ..models import CheckpointError, read_checkpoint
+from .config import ConfigError
 
 # What every training checkpoint holds; a file without these is not one (e.g. a bare state dict).
 REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "step", "rng")
@@ -217,3 +222,96 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def interactive() -> bool:
+    """Progress bars on a terminal; plain lines where output goes to a file, a pipe or CI."""
+    return sys.stderr.isatty()
+
+
+class JsonLog:
+    """Append one JSON object per line (rank 0 only); flushed so a crash keeps what was logged.
+
+    Strict JSON: a non-finite number is written as null and its key listed under "nonfinite"."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.file = open(path, "a") if path else None
+
+    def write(self, **record) -> None:
+        if self.file:
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                record = {**{k: None if k in bad else v for k, v in record.items()}, "nonfinite": bad}
+            self.file.write(json.dumps(record, allow_nan=False) + "\n")
+            self.file.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Keep the records up to optimizer step `step` (a resume from there replays what follows) and
+        drop any line a kill cut short."""
+        if not self.path or not os.path.isfile(self.path):
+            return
+        kept = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and record.get("step", 0) <= step:
+                    kept.append(json.dumps(record, allow_nan=False) + "\n")
+        self.file.close()
+        tmp = self.path + ".rewrite"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+        self.file = open(self.path, "a")
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+_ARCHITECTURE_KEYS = (("model", "name"), ("model", "kwargs"), ("data", "num_classes"), ("data", "num_frames"))
+
+
+def architecture_differences(saved: dict | None, cfg: dict) -> list[str]:
+    """'key: checkpoint X, config Y' for each setting that shapes the model and differs."""
+    if not isinstance(saved, dict):
+        return []
+    diffs = []
+    for section, key in _ARCHITECTURE_KEYS:
+        old, new = (saved.get(section) or {}).get(key), cfg[section][key]
+        if old != new:
+            diffs.append(f"{section}.{key}: checkpoint {old!r}, config {new!r}")
+    return diffs
+
+
+def with_absolute_paths(cfg: dict) -> dict:
+    """The config as saved with the run: its file paths absolute, so that predict / evaluate / export
+    from another folder find the class names and the data (a relative path meant the training's folder)."""
+    saved = copy.deepcopy(cfg)
+    for section, key in (("data", "root"), ("data", "train_csv"), ("data", "val_csv"), ("data", "labels_csv"),
+                         ("model", "pretrained"), ("teacher", "checkpoint"), ("kd", "teacher_cache")):
+        if saved[section].get(key):
+            saved[section][key] = os.path.abspath(saved[section][key])
+    return saved
+
+
+def find_resume(cfg: dict, manager: CheckpointManager) -> tuple[str, dict] | None:
+    """(path, state) to resume from: cfg.resume "auto" (the newest checkpoint that loads), a path, or
+    null (fresh start, refused where an earlier run's checkpoints would be mixed with this one's)."""
+    if cfg["resume"] == "auto":
+        found = manager.newest_valid()
+    elif cfg["resume"]:
+        found = cfg["resume"], manager.load(cfg["resume"])
+    else:
+        if manager.has_checkpoints():
+            raise ConfigError(f"resume: null (a fresh start), but {cfg['output']} holds checkpoints of an earlier run; "
+                              "resume it (resume: auto) or choose another output")
+        return None
+    if found is not None:
+        diffs = architecture_differences(found[1].get("config"), cfg)
+        if diffs:
+            raise ConfigError(f"{found[0]}: saved with another model than this config builds: {'; '.join(diffs)}")
+    return found

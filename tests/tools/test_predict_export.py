@@ -16,9 +16,9 @@ from dvflnet.cli import main
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.data.video import video_info
 from dvflnet.engine import DEFAULTS, run_training
-from dvflnet.export import MissingExtraError, export_onnx, export_pt2
+from dvflnet.tools.export import MissingExtraError, export_onnx, export_pt2
 from dvflnet.models import VideoFocalNet
-from dvflnet.predict import Predictor, expand_inputs, model_from_checkpoint
+from dvflnet.tools.predict import Predictor, expand_inputs, model_from_checkpoint
 
 CLASSES = ("move_left", "move_right", "approach", "recede")
 
@@ -192,7 +192,7 @@ def test_visualize_writes_a_grid_and_a_gif(trained, tmp_path, capsys):
     gif = Image.open(tmp_path / f"{stem}_modulators.gif")
     assert gif.n_frames == 4 and gif.size == (32 * rows, 32)
     with pytest.raises(ValueError, match="no focal modulation named"):
-        from dvflnet.visualize import visualize
+        from dvflnet.tools.visualize import visualize
 
         visualize(Predictor.from_checkpoint(checkpoint), val[0], str(tmp_path), ["layers.9.blocks.0.modulation"])
 

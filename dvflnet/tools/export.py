@@ -1,6 +1,6 @@
 """Exporting a trained model for deployment: ONNX (checked with ONNX Runtime) and torch.export.
 
-    from dvflnet.export import export_onnx, export_pt2
+    from dvflnet.tools.export import export_onnx, export_pt2
     report = export_onnx(model, "nano.onnx", frames=8, size=224)    # {"max_rel_err": ..., ...}
     paths = export_pt2(model, "nano.pt2", frames=8, size=224)       # custom-op and decomposed programs
 
@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .atomic import check_writable, write_bytes, write_through_path
+from ..atomic import check_writable, write_bytes, write_through_path
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 ONNX_MAX_REL_ERR = 1e-4  # fp32 logits, ONNX Runtime against PyTorch

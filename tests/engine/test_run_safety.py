@@ -20,9 +20,9 @@ import yaml
 from dvflnet.data import AnnotationError, VideoReadError, read_annotations, read_class_names
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.engine import DEFAULTS, CheckpointManager, ConfigError, check_config, load_config, run_training
-from dvflnet.engine import loop
-from dvflnet.engine.checkpoint import RunLock, RunLockedError
-from dvflnet.engine.loop import TrainingDiverged
+from dvflnet.engine import training
+from dvflnet.engine.run_state import RunLock, RunLockedError
+from dvflnet.engine.training import TrainingDiverged
 from dvflnet.models import CheckpointError, VideoFocalNet, create_model, load_checkpoint
 
 CLASSES = ("move_left", "move_right")
@@ -114,7 +114,7 @@ def test_unknown_model_keyword_is_a_type_error():
 
 
 def test_demo_config_top_level_typo_is_an_error(tmp_path):
-    from dvflnet.demo import DEMO_CONFIG, load_demo_config
+    from dvflnet.experiments.demo import DEMO_CONFIG, load_demo_config
 
     spec = yaml.safe_load(open(DEMO_CONFIG))
     spec["distil"] = {"kd": {"alpha": 0.5}}
@@ -241,14 +241,14 @@ def test_skipped_videos_are_counted_in_the_epoch_record_with_workers(videos, tmp
 # -- runs and checkpoints -----------------------------------------------------------------------------
 def _poisoned_loss(monkeypatch, bad_steps):
     """Make the training loss NaN at the given (1-based) call numbers."""
-    real, calls = loop.F.cross_entropy, [0]
+    real, calls = training.F.cross_entropy, [0]
 
     def cross_entropy(*args, **kwargs):
         calls[0] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls[0] in bad_steps or "all" in bad_steps else loss
 
-    monkeypatch.setattr(loop.F, "cross_entropy", cross_entropy)
+    monkeypatch.setattr(training.F, "cross_entropy", cross_entropy)
 
 
 def test_a_non_finite_step_is_skipped_said_and_logged_as_strict_json(videos, tmp_path, monkeypatch, capsys):
@@ -367,24 +367,3 @@ def test_leftovers_are_cleaned_and_the_resumed_epoch_loss_covers_the_whole_epoch
 
 
 # -- drop-in for the public training code ----------------------------------------------------------------
-def test_thop_counts_the_fused_modulation_with_our_custom_ops():
-    thop = pytest.importorskip("thop")
-    from dvflnet.complexity import count_flops, thop_custom_ops
-
-    model = create_model("vfl_net_nano", num_classes=101, embed_dim=32).eval()
-    clip = torch.randn(1, 8, 3, 64, 64)
-    plain, _ = thop.profile(copy.deepcopy(model), inputs=(clip,), verbose=False)
-    counted, _ = thop.profile(copy.deepcopy(model), inputs=(clip,), custom_ops=thop_custom_ops(), verbose=False)
-    fvcore = count_flops(model, frames=8, size=64)
-    assert plain < 0.7 * fvcore  # what a thop user got: the fused ops' convolutions missing
-    assert counted == pytest.approx(fvcore, rel=2e-3)
-
-
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_gradients_come_back_in_the_parameters_layout(backend):
-    if backend not in ("reference", *__import__("dvfl_kernels").available_backends("spatial_context")):
-        pytest.skip(f"{backend} is not built")
-    model = create_model("vfl_net_nano", num_classes=3, embed_dim=8, num_frames=4, backend=backend, use_layerscale=True)
-    model(torch.randn(2, 4, 3, 32, 32)).sum().backward()
-    wrong = {n: (p.stride(), p.grad.stride()) for n, p in model.named_parameters() if p.grad.stride() != p.stride()}
-    assert not wrong

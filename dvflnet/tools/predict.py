@@ -1,6 +1,6 @@
 """Scoring videos with a trained model: the Python API under ``dvflnet predict``.
 
-    from dvflnet.predict import Predictor
+    from dvflnet.tools.predict import Predictor
     predictor = Predictor.from_checkpoint("runs/ucf101_nano_kd/best.pt")   # its saved config says the rest
     result = predictor.predict("clip.mp4")                                 # {"path", "top5": [...], ...}
     timeline = predictor.predict("long.mp4", window_seconds=4, stride_seconds=2)["windows"]
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import AnnotationError, VideoReadError, read_class_names
-from .data.dataset import csv_rows, test_views
-from .data.video import VIDEO_EXTENSIONS, video_info
-from .engine.config import DEFAULTS, ConfigError, load_config, merge_config
-from .engine.loop import NonFiniteOutputError
-from .models import create_model, load_checkpoint, read_checkpoint
-from .models.registry import resolve_name
-from .models.checkpoint import extract_state_dict
+from ..data import AnnotationError, VideoReadError, read_class_names
+from ..data.dataset import csv_rows, test_views
+from ..data.video import VIDEO_EXTENSIONS, video_info
+from ..engine.config import DEFAULTS, ConfigError, load_config, merge_config
+from ..engine.evaluation import NonFiniteOutputError
+from ..models import create_model, load_checkpoint, read_checkpoint
+from ..models.registry import resolve_name
+from ..models.weights import extract_state_dict
 
 # Errors that belong to one video: reported in its result, and the other videos are still scored.
 _PER_VIDEO_ERRORS = (VideoReadError, OSError, ValueError)
@@ -48,7 +48,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     return "fp32", "this CPU has no native bf16 (bf16 would be emulated, slower)"
 
 
-def _run_config(checkpoint_config: dict | None, config: str | None, source: str) -> dict:
+def _checkpoint_run_config(checkpoint_config: dict | None, config: str | None, source: str) -> dict:
     """The run config: --config, else the one the trainer saved in the checkpoint, else DEFAULTS."""
     if config:
         return load_config(config)
@@ -68,7 +68,7 @@ def model_from_checkpoint(checkpoint: str, config: str | None = None, model: str
     instead of the saved config; classes: a labels CSV (`<id>,<name>`); model_kwargs override."""
     obj = read_checkpoint(checkpoint)
     state, saved = extract_state_dict(obj)
-    cfg = _run_config(saved, config, checkpoint)
+    cfg = _checkpoint_run_config(saved, config, checkpoint)
     if model:
         if (config or isinstance(saved, dict) and "model" in saved) and resolve_name(model) != resolve_name(cfg["model"]["name"]):
             source = config or f"{checkpoint} (its saved config)"

@@ -20,10 +20,11 @@ import json
 import os
 import statistics
 
-from .atomic import save_figure, write_json, write_text
-from .engine.config import ConfigError, check_config
-from .engine.loop import run_evaluation, run_training
-from .engine.teacher_cache import build_teacher_cache
+from ..atomic import save_figure, write_json, write_text
+from ..engine.config import ConfigError, check_config
+from ..engine.evaluation import run_evaluation
+from ..engine.training import run_training
+from ..engine.teacher_cache import build_teacher_cache
 
 ALPHAS = (0.3, 0.5, 0.7)
 TEMPERATURES = (5.0, 10.0, 15.0)
@@ -44,7 +45,7 @@ def cell_config(cfg: dict, alpha: float, temperature: float, folder: str) -> dic
 def _settings(cell: dict) -> dict:
     """What a cell's result depends on: its whole run config but where it is written and how progress
     shows (paths made absolute, as the trainer saves them)."""
-    from .engine.loop import with_absolute_paths
+    from ..engine.run_state import with_absolute_paths
 
     settings = with_absolute_paths(cell)
     settings.pop("output", None)

@@ -1,8 +1,8 @@
 """What the model attends to: the spatial and temporal modulators over the frames (the Video-FocalNets
 paper's figures), as a PNG grid and an animated GIF.
 
-    from dvflnet.predict import Predictor
-    from dvflnet.visualize import visualize
+    from dvflnet.tools.predict import Predictor
+    from dvflnet.tools.visualize import visualize
     files = visualize(Predictor.from_checkpoint("best.pt"), "clip.mp4", "out/")
 
 For each chosen layer (default: the last block of every stage) the map is the channel mean of
@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .atomic import save_figure, write_bytes
-from .data.dataset import test_views
-from .data.transforms import MEAN, STD
-from .models import capture_modulators
+from ..atomic import save_figure, write_bytes
+from ..data.dataset import test_views
+from ..data.transforms import MEAN, STD
+from ..models import capture_modulators
 
 
 def default_layers(model: torch.nn.Module) -> list[str]:

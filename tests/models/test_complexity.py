@@ -2,6 +2,7 @@
 memory, and the `dvflnet flops` command."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -96,3 +97,16 @@ def test_flops_command_json(capsys):
     assert row["model"] == "vfl_net_nano" and row["gflops"] == pytest.approx(27.2, abs=0.1)
     assert cli.main(["flops", "no_such_model"]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
+
+
+def test_thop_counts_the_fused_modulation_with_our_custom_ops():
+    thop = pytest.importorskip("thop")
+    from dvflnet.complexity import count_flops, thop_custom_ops
+
+    model = create_model("vfl_net_nano", num_classes=101, embed_dim=32).eval()
+    clip = torch.randn(1, 8, 3, 64, 64)
+    plain, _ = thop.profile(copy.deepcopy(model), inputs=(clip,), verbose=False)
+    counted, _ = thop.profile(copy.deepcopy(model), inputs=(clip,), custom_ops=thop_custom_ops(), verbose=False)
+    fvcore = count_flops(model, frames=8, size=64)
+    assert plain < 0.7 * fvcore  # what a thop user got: the fused ops' convolutions missing
+    assert counted == pytest.approx(fvcore, rel=2e-3)

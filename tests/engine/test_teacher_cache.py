@@ -12,13 +12,13 @@ import os
 import pytest
 import torch
 
-from dvflnet.ablate import run_grid
+from dvflnet.experiments.grid import run_grid
 from dvflnet.cli import main as cli_main
 from dvflnet.data import smooth_one_hot
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.engine import DEFAULTS, run_training
 from dvflnet.engine.distributed import DistInfo, TrainSampler
-from dvflnet.engine.loop import build_teacher, epoch_batches, train_dataset
+from dvflnet.engine.builders import build_teacher, epoch_batches, train_dataset
 from dvflnet.engine.teacher_cache import (
     CHUNK_BATCHES, TeacherCache, TeacherCacheError, build_teacher_cache, compress, expand,
 )
@@ -223,7 +223,7 @@ def test_top_k_fold_error_at_low_temperature():
 
 
 def test_grid_runner_writes_the_table_and_resumes(setup, tmp_path, monkeypatch):
-    import dvflnet.ablate as ablate
+    import dvflnet.experiments.grid as ablate
 
     cfg = distill_config(setup, tmp_path / "unused", epochs=1)
     calls = []
@@ -263,7 +263,7 @@ def test_cli_cache_teacher_and_ablate(setup, tmp_path, capsys):
 
 
 def test_merge_joins_grids_of_different_seeds(tmp_path, capsys):
-    from dvflnet.ablate import merge_grids, write_grid
+    from dvflnet.experiments.grid import merge_grids, write_grid
 
     def runs(seed, top1):
         return [{"seed": seed, "alpha": a, "temperature": t, "1x1_top1": top1 + a * 10 + t, "1x1_top5": 100.0,

@@ -227,3 +227,13 @@ def test_bad_frame_count_for_frames_layout():
     m = VideoFocalNet(**TINY)
     with pytest.raises(ValueError, match="not a whole number of 4-frame clips"):
         m.forward_features(torch.randn(6, 3, 64, 64))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_gradients_come_back_in_the_parameters_layout(backend):
+    if backend not in ("reference", *__import__("dvfl_kernels").available_backends("spatial_context")):
+        pytest.skip(f"{backend} is not built")
+    model = create_model("vfl_net_nano", num_classes=3, embed_dim=8, num_frames=4, backend=backend, use_layerscale=True)
+    model(torch.randn(2, 4, 3, 32, 32)).sum().backward()
+    wrong = {n: (p.stride(), p.grad.stride()) for n, p in model.named_parameters() if p.grad.stride() != p.stride()}
+    assert not wrong

@@ -23,13 +23,15 @@ import time
 
 import torch
 
-from .atomic import save_figure, write_json, write_text
-from .complexity import count_flops, count_parameters
-from .data.synthetic import generate_dataset
-from .engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
-from .engine.loop import build_model, run_evaluation, run_training
+from ..atomic import save_figure, write_json, write_text
+from ..complexity import count_flops, count_parameters
+from ..data.synthetic import generate_dataset
+from ..engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
+from ..engine.builders import build_model
+from ..engine.evaluation import run_evaluation
+from ..engine.training import run_training
 
-DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "configs", "demo.yaml")
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
 RUNS = ("teacher", "student", "distill")
 STUDENT_CSV = "students.csv"
 SPEC_JSON = "demo_settings.json"

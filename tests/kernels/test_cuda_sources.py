@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-CUDA_SOURCES = sorted((Path(__file__).resolve().parents[1] / "csrc").rglob("*.cu"))
+CUDA_SOURCES = sorted((Path(__file__).resolve().parents[2] / "csrc").rglob("*.cu"))
 NVCC = shutil.which("nvcc") or ("/usr/local/bin/nvcc" if Path("/usr/local/bin/nvcc").exists() else None)
 
 

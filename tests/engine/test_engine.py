@@ -245,7 +245,7 @@ def test_config_files_overrides_and_errors(tmp_path):
         load_config(str(tmp_path / "nope.yaml"))
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs")
 
 
 @pytest.mark.parametrize("dataset,classes", [("ucf101", 101), ("hmdb51", 51), ("ucf50", 50), ("ssv2", 174), ("k400", 400)])
@@ -410,7 +410,7 @@ def test_demo_picture_smooths_long_loss_curves(tmp_path):
     a plain loop in float64), the teacher's few epochs as they are; the PNG is written either way."""
     from PIL import Image
 
-    from dvflnet.demo import LOSS_POINTS, plot_results, running_mean
+    from dvflnet.experiments.demo import LOSS_POINTS, plot_results, running_mean
 
     values = torch.randn(97, dtype=torch.float64).tolist()
     for window in (1, 2, 5, 97, 200):

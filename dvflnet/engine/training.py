@@ -1,0 +1,248 @@
+"""Training and distillation: the recipe as one loop, top-down.
+
+    summary = run_training(cfg)                 # a teacher, or a student from scratch
+    summary = run_training(cfg, distill=True)   # student + frozen teacher (loaded whole, head included)
+
+`cfg` is the nested dict of ``dvflnet.engine.config`` (DEFAULTS <- YAML <- --opts). Under torchrun
+every process runs the same function; rank 0 writes logs and checkpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import resource
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..atomic import write_json
+from ..losses import DistillationLoss
+from .builders import autocast, autocast_dtype, batches_per_epoch, build_model, build_teacher, epoch_batches, eval_dataset, train_dataset
+from .config import check_config
+from .distributed import DistInfo, TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
+from .evaluation import evaluate
+from .optim import build_optimizer, scaled_lr
+from .run_state import (CheckpointManager, JsonLog, RunLock, capture_rng_state, find_resume, interactive,
+                        nonfinite_tensors, restore_rng_state, with_absolute_paths)
+from .schedule import WarmupCosine
+from .teacher_cache import TeacherCache
+
+
+def run_training(cfg: dict, distill: bool = False) -> dict:
+    """Train (or distil) for cfg.train.epochs, resuming from cfg.resume; returns a summary."""
+    check_config(cfg, distill)
+    info = init_distributed(cfg.get("device"))
+    lock = RunLock(cfg["output"]).acquire() if info.is_main else None  # before anything is written there
+    try:
+        return _train(cfg, distill, info)
+    finally:
+        if lock is not None:
+            lock.release()
+        shutdown_distributed(info)
+
+
+class TrainingDiverged(RuntimeError):
+    """Non-finite losses or gradients for more consecutive steps than train.max_nonfinite_steps."""
+
+
+def _peak_memory(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_allocated"}
+    # Linux reports ru_maxrss in KiB; the process's peak resident set so far
+    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_max_rss"}
+
+
+def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
+    train, data = cfg["train"], cfg["data"]
+    torch.manual_seed(cfg["seed"] + info.rank)
+    out = cfg["output"]
+    manager = CheckpointManager(out, train["keep_last"])
+    dataset = train_dataset(cfg)
+    # distillation reads the teacher's logits from kd.teacher_cache when set, else runs the teacher;
+    # a cache built for another run is refused here, before anything is written to the output
+    cache = TeacherCache(cfg, info, len(dataset)) if distill and cfg["kd"]["teacher_cache"] else None
+    # rank 0 picks the checkpoint (setting corrupt ones aside) and checks it fits before config.json
+    # is written; every rank then loads that one
+    resume = None
+    if info.is_main:
+        left = manager.clean_leftovers()
+        if left:
+            print(f"removed {len(left)} temporary file(s) an interrupted write left in {out}")
+        resume = find_resume(cfg, manager)
+    resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
+    state = resume[1] if resume else (manager.load(resume_path) if resume_path else None)
+    saved_config = with_absolute_paths(cfg)  # in config.json and every checkpoint
+    if info.is_main:
+        write_json(saved_config, os.path.join(out, "config.json"))
+    log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
+    log.truncate_after(state["step"] if state else 0)
+
+    val_set = eval_dataset(cfg, *train["eval_views"]) if train["eval_every"] else None
+    model = build_model(cfg["model"], data).to(info.device)
+    teacher = build_teacher(cfg, info.device) if distill and cache is None else None
+    amp_dtype = autocast_dtype(train["amp"], info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
+
+    global_batch = train["batch_size"] * train["accumulation"] * info.world_size
+    optimizer = build_optimizer(model, scaled_lr(train["base_lr"], global_batch, train["reference_batch"]),
+                                train["weight_decay"], train["momentum"], train["optimizer"], train["weight_decay_on"])
+    if info.is_main and train["weight_decay"] > 0 and train["weight_decay_on"] == "nothing":
+        print(f"train.weight_decay {train['weight_decay']:g} applies to no parameter: train.weight_decay_on is "
+              "'nothing', what the public training code effectively did (set it to 'weights' to decay weights)")
+    sampler = TrainSampler(len(dataset), train["batch_size"], info, cfg["seed"])
+    per_epoch = batches_per_epoch(len(sampler), train["batch_size"], train["accumulation"])
+    steps_per_epoch = per_epoch // train["accumulation"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.accumulation: {train['accumulation']} micro-batches per step is more than the "
+                         f"{len(sampler) // train['batch_size']} each process gets per epoch")
+    schedule = WarmupCosine(
+        scaled_lr(train["base_lr"], global_batch, train["reference_batch"]), train["epochs"] * steps_per_epoch,
+        train["warmup_epochs"] * steps_per_epoch, scaled_lr(train["warmup_lr"], global_batch, train["reference_batch"]),
+        scaled_lr(train["min_lr"], global_batch, train["reference_batch"]),
+    )
+    if distill:
+        criterion = DistillationLoss(cfg["kd"]["alpha"], cfg["kd"]["temperature"],
+                                     0.0 if train["mixup"] else train["label_smoothing"])
+
+    # resume: model, optimizer, scaler, epoch / position, step, best metric, every rank's RNG states,
+    # and the running sums of a checkpoint taken mid-epoch (the epoch's loss covers all of it)
+    epoch, batch_in_epoch, step, partial = 0, 0, 0, {}
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        partial = state.get("epoch_partial") or {} if batch_in_epoch else {}
+        if len(state["rng"]) == info.world_size:
+            restore_rng_state(state["rng"][info.rank])
+        else:
+            warnings.warn(f"{resume_path}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
+                          "random streams restart from the seed", stacklevel=2)
+        if info.is_main:
+            print(f"resumed from {resume_path} at epoch {epoch}, step {step}")
+        del state
+
+    ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
+    forward = torch.compile(ddp) if cfg["model"].get("compile") else ddp
+
+    def checkpoint(metric: float | None = None, epoch_partial: dict | None = None) -> None:
+        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+        if bad:  # never write (or rotate good checkpoints away for) a broken state
+            raise TrainingDiverged(f"epoch {epoch}, step {step}: non-finite values in {', '.join(bad[:5])}"
+                                   f"{' ...' if len(bad) > 5 else ''}; no checkpoint written (the last good one: "
+                                   f"{manager.latest()})")
+        rng = all_gather_objects(capture_rng_state(), info)
+        if info.is_main:
+            manager.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
+                "epoch_partial": epoch_partial, "rng": rng, "config": saved_config,
+            }, step, metric)
+        barrier(info)
+
+    summary = {"epochs": [], "output": out}
+    nonfinite_run = 0  # consecutive steps skipped for a non-finite loss or gradient
+    while epoch < train["epochs"]:
+        model.train()
+        if info.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(info.device)
+        start = time.perf_counter() - partial.get("time_s", 0.0)
+        clips_seen, loss_sum, loss_count = partial.get("clips", 0), partial.get("loss_sum", 0.0), partial.get("loss_count", 0)
+        skipped_steps, skipped_before = partial.get("skipped_steps", 0), dataset.skipped_total()
+        step_loss = torch.zeros((), device=info.device)
+        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
+                   disable=not (info.is_main and train["progress"] and interactive()), dynamic_ncols=True)
+        for batch, clips, targets in epoch_batches(cfg, dataset, sampler, info, epoch, batch_in_epoch, per_epoch):
+            last_micro = (batch + 1) % train["accumulation"] == 0
+            sync = contextlib.nullcontext() if last_micro or not info.enabled else ddp.no_sync()
+            with sync:
+                with autocast(info.device, amp_dtype):
+                    logits = forward(clips)
+                    if distill:
+                        with torch.no_grad():
+                            teacher_logits = teacher(clips) if cache is None else cache.logits(epoch, batch)
+                if distill:
+                    loss = criterion(logits.float(), teacher_logits.float(), targets)
+                else:
+                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if train["mixup"] else train["label_smoothing"])
+                scaler.scale(loss / train["accumulation"]).backward()
+            step_loss += loss.detach()
+            clips_seen += clips.shape[0] * info.world_size
+            batch_in_epoch = batch + 1
+            if not last_micro:
+                continue
+
+            lr = schedule.apply(optimizer, step)
+            scaler.unscale_(optimizer)
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train["clip_grad"])
+            # fp16's scaler skips steps with inf/NaN gradients itself (and lowers its scale); any other
+            # non-finite loss or gradient skips the step here, and too many in a row stop the run
+            # one host sync per step for both numbers
+            step_loss_value, grad_norm_value = torch.stack([step_loss, grad_norm.to(step_loss)]).tolist()
+            finite = math.isfinite(step_loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm_value))
+            if finite:
+                scaler.step(optimizer)
+                loss_sum, loss_count, nonfinite_run = loss_sum + step_loss_value, loss_count + train["accumulation"], 0
+            else:
+                skipped_steps, nonfinite_run = skipped_steps + 1, nonfinite_run + 1
+                mean_loss = step_loss_value / train["accumulation"]
+                log.write(event="skipped_step", epoch=epoch, step=step + 1, loss=mean_loss, grad_norm=grad_norm_value)
+                if info.is_main:
+                    print(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient "
+                          f"(loss {mean_loss:.4g}, gradient norm {grad_norm_value:.4g}); "
+                          f"step skipped ({nonfinite_run} in a row)", flush=True)
+                if nonfinite_run > train["max_nonfinite_steps"]:
+                    raise TrainingDiverged(
+                        f"epoch {epoch + 1}, step {step + 1}: {nonfinite_run} steps in a row with a non-finite loss or "
+                        f"gradient (train.max_nonfinite_steps is {train['max_nonfinite_steps']}); the run stopped, "
+                        f"the last good checkpoint is {manager.latest()} (lower the learning rate, or check the data)")
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss.zero_()
+            step += 1
+            bar.update(1)
+            if finite and (step % train["log_every"] == 0 or batch_in_epoch == per_epoch):
+                record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm_value,
+                          "clips_per_s": clips_seen / (time.perf_counter() - start)}
+                if distill:
+                    record.update({k: v.item() for k, v in criterion.last_parts.items()})
+                bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()})
+                if bar.disable and info.is_main and train["progress"]:  # not a terminal: one plain line
+                    in_epoch = batch_in_epoch // train["accumulation"]
+                    print(f"epoch {epoch + 1}/{train['epochs']} step {in_epoch}/{steps_per_epoch}: "
+                          + ", ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
+                log.write(event="step", epoch=epoch, step=step, **record)
+            if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < per_epoch:
+                checkpoint(epoch_partial={"loss_sum": loss_sum, "loss_count": loss_count, "clips": clips_seen,
+                                          "time_s": time.perf_counter() - start, "skipped_steps": skipped_steps})
+        bar.close()
+
+        skipped_videos = sum(all_gather_objects(dataset.skipped_total() - skipped_before, info))
+        record = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1) if loss_count else float("nan"),
+                  "time_s": time.perf_counter() - start, "clips_per_s": clips_seen / (time.perf_counter() - start),
+                  "skipped_steps": skipped_steps, "skipped_videos": skipped_videos, **_peak_memory(info.device)}
+        epoch, batch_in_epoch, partial = epoch + 1, 0, {}
+        metric = None
+        if val_set is not None and (epoch % train["eval_every"] == 0 or epoch == train["epochs"]):
+            result = evaluate(model, val_set, info, cfg["eval"]["batch_size"], data["num_workers"], amp_dtype)
+            metric = result["top1"]
+            record.update(val_top1=result["top1"], val_top5=result["top5"])
+        log.write(event="epoch", **record)
+        summary["epochs"].append(record)
+        if info.is_main:
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+            print(f"epoch {epoch}/{train['epochs']}: {shown}", flush=True)
+        if epoch % train["save_every_epochs"] == 0 or epoch == train["epochs"] or metric is not None:
+            checkpoint(metric)
+
+    log.close()
+    summary.update(best_top1=manager.best_metric, last=manager.latest(),
+                   best=os.path.join(out, "best.pt") if manager.best_metric is not None else None,
+                   train_time_s=sum(r["time_s"] for r in summary["epochs"]))
+    return summary

@@ -1,9 +1,11 @@
 """Ctrl-C (SIGINT) that is never lost and never tears a file in half.
 
 Python raises KeyboardInterrupt wherever the main thread happens to be. Two places make that wrong:
-- inside a ctypes callback (decord calls back into Python while it decodes), where the exception is
-  printed and swallowed, so the run goes on as if nothing happened: the handler here also records the
-  signal, and `check()` (called after each decode) raises it again;
+- inside a ctypes callback or a finaliser (decord calls back into Python while it decodes, and frees
+  its readers in __del__), where the exception is printed as "Exception ignored" with a traceback and
+  swallowed, so the run goes on as if nothing happened: the handler here also records the signal,
+  `check()` (called after each decode) raises it again, and such a swallowed KeyboardInterrupt is not
+  printed;
 - inside a file write, where torch's C++ zip writer turns it into a RuntimeError about stream positions:
   `deferred()` holds the signal until the write is complete, then raises it.
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
 _pending = False
@@ -22,12 +25,18 @@ def _record_and_raise(signum, frame):
     raise KeyboardInterrupt
 
 
+def _quiet_when_interrupted(unraisable, default=sys.unraisablehook) -> None:
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):  # check() raises that one again
+        default(unraisable)
+
+
 def install() -> None:
     """Take over SIGINT (the CLI does, once); a no-op outside the main thread."""
     global _pending
     _pending = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _record_and_raise)
+        sys.unraisablehook = _quiet_when_interrupted
 
 
 def check() -> None:

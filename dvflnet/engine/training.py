@@ -51,6 +51,77 @@ class TrainingDiverged(RuntimeError):
     """Non-finite losses or gradients for more consecutive steps than train.max_nonfinite_steps."""
 
 
+def _checkpoint_to_resume(cfg: dict, manager: CheckpointManager, info: DistInfo) -> tuple[str | None, dict | None]:
+    """(path, state) of the checkpoint every rank resumes from, or (None, None): rank 0 picks it
+    (setting corrupt ones aside) and checks it fits this config before config.json is written."""
+    resume = None
+    if info.is_main:
+        left = manager.clean_leftovers()
+        if left:
+            print(f"removed {len(left)} temporary file(s) an interrupted write left in {cfg['output']}")
+        resume = find_resume(cfg, manager)
+    resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
+    return resume_path, resume[1] if resume else (manager.load(resume_path) if resume_path else None)
+
+
+def _restore(state: dict | None, path: str | None, model, optimizer, scaler, info: DistInfo) -> tuple[int, int, int, dict]:
+    """Model, optimizer, scaler and every rank's RNG states from a checkpoint; returns (epoch, batch in
+    epoch, step, the running sums of a checkpoint taken mid-epoch: the epoch's loss covers all of it)."""
+    if state is None:
+        return 0, 0, 0, {}
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+    if len(state["rng"]) == info.world_size:
+        restore_rng_state(state["rng"][info.rank])
+    else:
+        warnings.warn(f"{path}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
+                      "random streams restart from the seed", stacklevel=3)
+    if info.is_main:
+        print(f"resumed from {path} at epoch {epoch}, step {step}")
+    return epoch, batch_in_epoch, step, (state.get("epoch_partial") or {}) if batch_in_epoch else {}
+
+
+def _save_checkpoint(manager: CheckpointManager, info: DistInfo, model, optimizer, scaler, schedule, position: dict,
+                     config: dict, metric: float | None) -> None:
+    """Every rank's RNG states gathered, then rank 0 writes the checkpoint; a state holding NaN or inf
+    is never written (nor rotates good checkpoints away)."""
+    bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+    if bad:
+        raise TrainingDiverged(f"epoch {position['epoch']}, step {position['step']}: non-finite values in "
+                               f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; no checkpoint written "
+                               f"(the last good one: {manager.latest()})")
+    rng = all_gather_objects(capture_rng_state(), info)
+    if info.is_main:
+        manager.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                      "scheduler": schedule.state_dict(), **position, "rng": rng, "config": config}, position["step"], metric)
+    barrier(info)
+
+
+class NonFiniteSteps:
+    """Steps with a non-finite loss or gradient: each is skipped, printed and logged; more than
+    `limit` in a row stop the run, naming the last good checkpoint."""
+
+    def __init__(self, limit: int, log: JsonLog, info: DistInfo, manager: CheckpointManager):
+        self.limit, self.log, self.info, self.manager, self.in_a_row = limit, log, info, manager, 0
+
+    def after_step(self, finite: bool, epoch: int, step: int, mean_loss: float, grad_norm: float) -> None:
+        if finite:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.log.write(event="skipped_step", epoch=epoch, step=step + 1, loss=mean_loss, grad_norm=grad_norm)
+        if self.info.is_main:
+            print(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient (loss {mean_loss:.4g}, gradient "
+                  f"norm {grad_norm:.4g}); step skipped ({self.in_a_row} in a row)", flush=True)
+        if self.in_a_row > self.limit:
+            raise TrainingDiverged(
+                f"epoch {epoch + 1}, step {step + 1}: {self.in_a_row} steps in a row with a non-finite loss or gradient "
+                f"(train.max_nonfinite_steps is {self.limit}); the run stopped, the last good checkpoint is "
+                f"{self.manager.latest()} (lower the learning rate, or check the data)")
+
+
 def _peak_memory(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_allocated"}
@@ -67,16 +138,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     # distillation reads the teacher's logits from kd.teacher_cache when set, else runs the teacher;
     # a cache built for another run is refused here, before anything is written to the output
     cache = TeacherCache(cfg, info, len(dataset)) if distill and cfg["kd"]["teacher_cache"] else None
-    # rank 0 picks the checkpoint (setting corrupt ones aside) and checks it fits before config.json
-    # is written; every rank then loads that one
-    resume = None
-    if info.is_main:
-        left = manager.clean_leftovers()
-        if left:
-            print(f"removed {len(left)} temporary file(s) an interrupted write left in {out}")
-        resume = find_resume(cfg, manager)
-    resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
-    state = resume[1] if resume else (manager.load(resume_path) if resume_path else None)
+    resume_path, state = _checkpoint_to_resume(cfg, manager, info)
     saved_config = with_absolute_paths(cfg)  # in config.json and every checkpoint
     if info.is_main:
         write_json(saved_config, os.path.join(out, "config.json"))
@@ -110,44 +172,18 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         criterion = DistillationLoss(cfg["kd"]["alpha"], cfg["kd"]["temperature"],
                                      0.0 if train["mixup"] else train["label_smoothing"])
 
-    # resume: model, optimizer, scaler, epoch / position, step, best metric, every rank's RNG states,
-    # and the running sums of a checkpoint taken mid-epoch (the epoch's loss covers all of it)
-    epoch, batch_in_epoch, step, partial = 0, 0, 0, {}
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        partial = state.get("epoch_partial") or {} if batch_in_epoch else {}
-        if len(state["rng"]) == info.world_size:
-            restore_rng_state(state["rng"][info.rank])
-        else:
-            warnings.warn(f"{resume_path}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
-                          "random streams restart from the seed", stacklevel=2)
-        if info.is_main:
-            print(f"resumed from {resume_path} at epoch {epoch}, step {step}")
-        del state
+    epoch, batch_in_epoch, step, partial = _restore(state, resume_path, model, optimizer, scaler, info)
+    del state
 
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     forward = torch.compile(ddp) if cfg["model"].get("compile") else ddp
 
     def checkpoint(metric: float | None = None, epoch_partial: dict | None = None) -> None:
-        bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
-        if bad:  # never write (or rotate good checkpoints away for) a broken state
-            raise TrainingDiverged(f"epoch {epoch}, step {step}: non-finite values in {', '.join(bad[:5])}"
-                                   f"{' ...' if len(bad) > 5 else ''}; no checkpoint written (the last good one: "
-                                   f"{manager.latest()})")
-        rng = all_gather_objects(capture_rng_state(), info)
-        if info.is_main:
-            manager.save({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": schedule.state_dict(), "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step,
-                "epoch_partial": epoch_partial, "rng": rng, "config": saved_config,
-            }, step, metric)
-        barrier(info)
+        position = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_partial": epoch_partial}
+        _save_checkpoint(manager, info, model, optimizer, scaler, schedule, position, saved_config, metric)
 
     summary = {"epochs": [], "output": out}
-    nonfinite_run = 0  # consecutive steps skipped for a non-finite loss or gradient
+    nonfinite = NonFiniteSteps(train["max_nonfinite_steps"], log, info, manager)
     while epoch < train["epochs"]:
         model.train()
         if info.device.type == "cuda":
@@ -188,20 +224,10 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             finite = math.isfinite(step_loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm_value))
             if finite:
                 scaler.step(optimizer)
-                loss_sum, loss_count, nonfinite_run = loss_sum + step_loss_value, loss_count + train["accumulation"], 0
+                loss_sum, loss_count = loss_sum + step_loss_value, loss_count + train["accumulation"]
             else:
-                skipped_steps, nonfinite_run = skipped_steps + 1, nonfinite_run + 1
-                mean_loss = step_loss_value / train["accumulation"]
-                log.write(event="skipped_step", epoch=epoch, step=step + 1, loss=mean_loss, grad_norm=grad_norm_value)
-                if info.is_main:
-                    print(f"epoch {epoch + 1}, step {step + 1}: non-finite loss or gradient "
-                          f"(loss {mean_loss:.4g}, gradient norm {grad_norm_value:.4g}); "
-                          f"step skipped ({nonfinite_run} in a row)", flush=True)
-                if nonfinite_run > train["max_nonfinite_steps"]:
-                    raise TrainingDiverged(
-                        f"epoch {epoch + 1}, step {step + 1}: {nonfinite_run} steps in a row with a non-finite loss or "
-                        f"gradient (train.max_nonfinite_steps is {train['max_nonfinite_steps']}); the run stopped, "
-                        f"the last good checkpoint is {manager.latest()} (lower the learning rate, or check the data)")
+                skipped_steps += 1
+            nonfinite.after_step(finite, epoch, step, step_loss_value / train["accumulation"], grad_norm_value)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step_loss.zero_()

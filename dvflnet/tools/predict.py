@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import interrupt
 from ..data import AnnotationError, VideoReadError, read_class_names
 from ..data.dataset import csv_rows, test_views
 from ..data.video import VIDEO_EXTENSIONS, video_info
@@ -183,6 +184,7 @@ class Predictor:
         leaves the finished ones there."""
         results = [] if into is None else into
         for path in paths:
+            interrupt.check()
             try:
                 results.append(self.predict(path, **kwargs))
             except _PER_VIDEO_ERRORS as err:

@@ -62,7 +62,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", help="write the medians, ranges and machine facts here")
+    parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                        help="keep: dvfl_kernels.keep_freed_memory() first, as the dvflnet CLI does; default: glibc's own")
     args = parser.parse_args()
+    if args.malloc == "keep":
+        import dvfl_kernels
+
+        dvfl_kernels.keep_freed_memory()
     clip = torch.randn(1, 8, 3, 224, 224)
     timed = cases(clip)
     for run in timed.values():  # warm-up: first-call allocations, oneDNN primitive creation
@@ -78,7 +84,7 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:<16} {row['median_ms']:8.1f} ms  ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
     if args.json:
-        report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+        report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc": args.malloc,
                   "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "clip": "1x8x3x224x224", "cases": rows}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 

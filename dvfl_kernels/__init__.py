@@ -3,6 +3,7 @@
 Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``.
 """
 from ._checks import MAX_KD_TEMPERATURE
+from .cpu_memory import keep_freed_memory
 from .ops import (
     BACKENDS,
     BackendUnavailableError,
@@ -19,6 +20,7 @@ __all__ = [
     "BackendUnavailableError",
     "available_backends",
     "kd_ce_loss",
+    "keep_freed_memory",
     "modulate",
     "spatial_context",
     "temporal_context",

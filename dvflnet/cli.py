@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from dvfl_kernels import keep_freed_memory
+
 from . import interrupt
 from .data import synthetic
 from .data.synthetic import generate_dataset
@@ -438,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupt.install()
+    keep_freed_memory()  # freed activations stay mapped for the next step (dvfl_kernels/cpu_memory.py)
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was kept and how to go on; no traceback

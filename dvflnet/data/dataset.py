@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from .sampling import multiview_indices, segment_indices
 from .transforms import eval_views, train_transform
-from .video import VideoReadError, read_frames, video_length
+from .video import DecodedVideos, VideoReadError, read_frames, video_length
 
 
 class AnnotationError(ValueError):
@@ -91,17 +91,19 @@ def read_class_names(csv_path: str) -> list[str]:
 
 
 def test_views(path: str, num_frames: int, frame_interval: int, num_clips: int, num_crops: int, size: int,
-               short_side: int, start: int = 0, stop: int | None = None) -> torch.Tensor:
+               short_side: int, start: int = 0, stop: int | None = None, decoded: DecodedVideos | None = None) -> torch.Tensor:
     """The deterministic test views (num_clips * num_crops, num_frames, 3, size, size) of a video, or of
     its frames [start, stop) (stop: the video's length when None): 1 clip = the segment centres,
-    more = clips tiling the span; 1 crop = centre, 3 = three along the long side."""
-    stop = video_length(path) if stop is None else stop
+    more = clips tiling the span; 1 crop = centre, 3 = three along the long side. `decoded`: a cache of
+    decoded videos to read from (the file otherwise)."""
+    read = decoded.read_frames if decoded is not None else read_frames
+    stop = (decoded.video_length(path) if decoded is not None else video_length(path)) if stop is None else stop
     length = stop - start
     if num_clips == 1:
         indices = segment_indices(length, num_frames, frame_interval, train=False)[None]
     else:
         indices = multiview_indices(length, num_frames, num_clips)
-    frames = read_frames(path, (indices + start).reshape(-1)).unflatten(0, indices.shape)
+    frames = read(path, (indices + start).reshape(-1)).unflatten(0, indices.shape)
     return torch.stack([view for clip in frames for view in eval_views(clip, size, num_crops, short_side)])
 
 
@@ -119,6 +121,7 @@ class VideoCSVDataset(Dataset):
         self, root: str, csv: str, num_frames: int = 8, frame_interval: int = 4, mode: str = "train",
         num_clips: int = 1, num_crops: int = 1, size: int = 224, short_side: int = 256, flip: float = 0.5,
         num_classes: int | None = None, bad_video: str = "fail", seed: int = 0, crop_area: tuple[float, float] = (0.08, 1.0),
+        decoded_cache_bytes: int = 0,
     ):
         if mode not in ("train", "test"):
             raise ValueError(f"mode: expected 'train' or 'test', got {mode!r}")
@@ -129,6 +132,8 @@ class VideoCSVDataset(Dataset):
         self.num_clips, self.num_crops, self.size, self.short_side, self.flip = num_clips, num_crops, size, short_side, flip
         self.bad_video, self.seed, self.crop_area = bad_video, seed, tuple(crop_area)
         self.epoch = 0
+        # decode each video once when the dataset fits in the budget (data.decoded_cache_mb)
+        self.decoded = DecodedVideos(decoded_cache_bytes) if decoded_cache_bytes > 0 else None
         self.skipped: list[str] = []  # this process's skipped files (warned once each)
         self.skip_counts = torch.zeros(_MAX_WORKERS + 1, dtype=torch.int64).share_memory_()
 
@@ -151,10 +156,11 @@ class VideoCSVDataset(Dataset):
         if self.mode == "train":
             generator = self._generator(index)
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
-            clip = read_frames(path, lambda length: segment_indices(length, self.num_frames, self.frame_interval, True, rng))
+            read = self.decoded.read_frames if self.decoded is not None else read_frames
+            clip = read(path, lambda length: segment_indices(length, self.num_frames, self.frame_interval, True, rng))
             return train_transform(clip, generator, self.size, self.short_side, self.flip, crop_area=self.crop_area), label
         views = test_views(path, self.num_frames, self.frame_interval, self.num_clips, self.num_crops, self.size,
-                           self.short_side, stop=video_length(path))
+                           self.short_side, decoded=self.decoded)
         return views, label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

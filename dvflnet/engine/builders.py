@@ -53,7 +53,7 @@ def train_dataset(cfg: dict) -> VideoCSVDataset:
     return VideoCSVDataset(
         data["root"], data["train_csv"], data["num_frames"], data["frame_interval"], "train", size=data["size"],
         short_side=data["short_side"], flip=data["flip"], num_classes=data["num_classes"], bad_video=data["bad_video"],
-        seed=cfg["seed"], crop_area=data["crop_area"],
+        seed=cfg["seed"], crop_area=data["crop_area"], decoded_cache_bytes=data["decoded_cache_mb"] << 20,
     )
 
 
@@ -62,6 +62,7 @@ def eval_dataset(cfg: dict, clips: int, crops: int, csv: str | None = None) -> V
     return VideoCSVDataset(
         data["root"], csv or data["val_csv"], data["num_frames"], data["frame_interval"], "test", num_clips=clips,
         num_crops=crops, size=data["size"], short_side=data["test_short_side"], num_classes=data["num_classes"],
+        decoded_cache_bytes=data["decoded_cache_mb"] << 20,
     )
 
 

@@ -36,6 +36,9 @@ DEFAULTS: dict = {
         "flip": 0.5,  # 0 for SSv2 (left/right is part of the class)
         "bad_video": "fail",  # or "skip" (train only): warn, count, and take the next video
         "num_workers": 4,
+        # decode each video once and keep its frames in memory, up to this many MiB per dataset (0: off;
+        # with num_workers 0 only: the cache lives in the process that decodes)
+        "decoded_cache_mb": 0,
     },
     "model": {
         "name": "vfl_net_nano",
@@ -408,6 +411,10 @@ def check_config(cfg: dict, distill: bool = False) -> None:
     for key in ("num_frames", "frame_interval", "size", "short_side", "test_short_side"):
         _check_range(f"data.{key}", data[key], 1)
     _check_range("data.num_workers", data["num_workers"], 0)
+    _check_range("data.decoded_cache_mb", data["decoded_cache_mb"], 0)
+    if data["decoded_cache_mb"] and data["num_workers"]:
+        raise ConfigError(f"data.decoded_cache_mb: {data['decoded_cache_mb']} needs data.num_workers 0 (the cache lives in "
+                          f"the process that decodes; loader workers, {data['num_workers']} here, would rebuild it every epoch)")
     _check_range("data.flip", data["flip"], 0.0, 1.0)
     low, high = data["crop_area"]
     if not 0.0 < low <= high <= 1.0:

@@ -102,3 +102,28 @@ def test_a_seed_writes_the_same_bytes_in_every_process(tmp_path):
         assert len(files) == 30
         digests.append([(f.relative_to(tmp_path / name), hashlib.sha256(f.read_bytes()).hexdigest()) for f in files])
     assert digests[0] == digests[1]
+
+
+def test_decoded_videos_return_exactly_what_the_file_gives(tmp_path):
+    """The in-memory cache of decoded videos (data.decoded_cache_mb): frame for frame what read_frames
+    and video_length give from the file, for random index sets; a video past the budget is read from
+    its file; bad indices are the same error."""
+    from dvflnet.data.video import DecodedVideos, VideoReadError, read_frames, video_length, write_video
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for n, frames in enumerate((16, 9, 24)):
+        path = str(tmp_path / f"v{n}.mp4")
+        write_video(path, rng.integers(0, 255, (frames, 32, 32, 3), dtype=np.uint8), fps=8)
+        paths.append(path)
+    cache = DecodedVideos(budget_bytes=(16 + 9) * 32 * 32 * 3)  # the first two fit, the third does not
+    for _ in range(3):
+        for path in paths:
+            length = video_length(path)
+            assert cache.video_length(path) == length
+            indices = rng.integers(0, length, size=rng.integers(1, 9))
+            assert torch.equal(cache.read_frames(path, indices), read_frames(path, indices))
+            assert torch.equal(cache.read_frames(path, lambda n: [n - 1, 0]), read_frames(path, [length - 1, 0]))
+    assert sorted(cache.videos) == sorted(paths[:2]) and cache.used_bytes == (16 + 9) * 32 * 32 * 3
+    with pytest.raises(VideoReadError, match=r"frame indices must lie in \[0, 16\)"):
+        cache.read_frames(paths[0], [16])

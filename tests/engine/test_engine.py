@@ -459,3 +459,18 @@ def test_demo_over_seeds_summarises_and_reuses_finished_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["demo", "--seed", "1", "--seeds", "2"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_the_decoded_cache_changes_nothing_but_time(videos, tmp_path):
+    """data.decoded_cache_mb: the same losses and evaluation as reading every clip from its file; with
+    loader workers it is refused, naming both keys."""
+    results = {}
+    for mb in (0, 64):
+        cfg = tiny_config(videos, tmp_path / f"cache{mb}", train__epochs=2, data__decoded_cache_mb=mb)
+        summary = run_training(cfg)
+        results[mb] = ([r["loss"] for r in _steps(tmp_path / f"cache{mb}") if r["event"] == "step"],
+                       [e.get("val_top1") for e in summary["epochs"]])
+    assert results[0] == results[64]
+    cfg = tiny_config(videos, tmp_path / "workers", data__decoded_cache_mb=64, data__num_workers=2)
+    with pytest.raises(ConfigError, match="data.decoded_cache_mb: 64 needs data.num_workers 0"):
+        run_training(cfg)

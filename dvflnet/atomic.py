@@ -25,17 +25,24 @@ def _umask() -> int:
     return mask
 
 
+def _temporary_beside(path: str) -> tuple[int, str]:
+    """(fd, name) of a new temporary file in `path`'s folder (created if missing), with its extension;
+    errors name `path`."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        return tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+    except OSError as err:
+        raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
+
+
 def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Call write(binary file) into a temporary file beside `path`, then rename it to `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
-    except OSError as err:
-        raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
+    fd, tmp = _temporary_beside(path)
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with deferred(), os.fdopen(fd, "wb") as f:  # a Ctrl-C waits for the write to finish
@@ -59,26 +66,16 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
 def check_writable(path: str) -> None:
     """Fail now, naming `path`, if it cannot be written later (a folder, a read-only place): before
     minutes of work whose result would have nowhere to go."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"{path}: is a folder; expected a file path to write")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
+    fd, probe = _temporary_beside(os.fspath(path))
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_through_path(path: str, save: Callable[[str], None]) -> None:
     """For writers that only take a file name (ONNX, PyAV): save(temporary path beside `path`, same
     extension), fsync, then rename to `path`; the same guarantees as write_atomic."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    check_writable(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX, suffix=os.path.splitext(path)[1])
+    fd, tmp = _temporary_beside(path)
     os.close(fd)
     try:
         with deferred():

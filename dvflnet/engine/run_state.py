@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..atomic import clean_temporary_files, save_torch, write_json
+from ..atomic import clean_temporary_files, save_torch
 from ..models import CheckpointError, read_checkpoint
 from .config import ConfigError
 
@@ -34,11 +34,6 @@ def save_atomic(obj, path: str) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
     half-written checkpoint under `path`."""
     save_torch(obj, path)
-
-
-def write_json_atomic(obj, path: str) -> None:
-    """`obj` as indented strict JSON under `path`, written as atomically as save_atomic."""
-    write_json(obj, path)
 
 
 def capture_rng_state() -> dict:

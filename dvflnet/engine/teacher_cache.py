@@ -37,9 +37,9 @@ import torch
 
 from ..data.dataset import csv_rows
 from ..models import CheckpointError
-from ..atomic import clean_temporary_files
+from ..atomic import clean_temporary_files, write_json
 from .builders import autocast, autocast_dtype, batches_per_epoch, build_teacher, epoch_batches, train_dataset
-from .run_state import RunLock, save_atomic, write_json_atomic
+from .run_state import RunLock, save_atomic
 from .config import ConfigError
 
 FORMAT_VERSION = 1
@@ -226,7 +226,7 @@ def build_teacher_cache(cfg: dict) -> dict:
                 print(f"teacher cache: removed {len(left)} temporary file(s) an interrupted build left in {folder}")
             saved = read_key(folder)
             if saved is None:
-                write_json_atomic(key, os.path.join(folder, KEY_FILE))
+                write_json(key, os.path.join(folder, KEY_FILE))
             else:
                 check_key(folder, key)
         barrier(info)

@@ -1,8 +1,11 @@
 """dvfl_kernels: the spatio-temporal focal modulation and distillation-loss ops of DVFL-Net.
 
-Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``.
+Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``. ``linear`` /
+``linears`` run the model's GEMMs on CPU on the implementation this machine runs fastest; see
+``cpu_linear``.
 """
 from ._checks import MAX_KD_TEMPERATURE
+from .cpu_linear import clear_prepared_weights, linear, linears
 from .cpu_memory import keep_freed_memory
 from .ops import (
     BACKENDS,
@@ -19,8 +22,11 @@ __all__ = [
     "MAX_KD_TEMPERATURE",
     "BackendUnavailableError",
     "available_backends",
+    "clear_prepared_weights",
     "kd_ce_loss",
     "keep_freed_memory",
+    "linear",
+    "linears",
     "modulate",
     "spatial_context",
     "temporal_context",

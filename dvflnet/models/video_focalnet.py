@@ -15,7 +15,6 @@ import numbers
 from typing import Callable, Iterator
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
@@ -333,6 +332,16 @@ class BasicLayer(nn.Module):
         return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    """Whether calling these modules would run hooks (theirs or global ones, e.g. thop's FLOP counter,
+    a feature extractor): then forward calls them rather than fusing their work into other GEMMs."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
 class VideoFocalNetBlock(nn.Module):
     """x + drop_path(modulation(LN(x))), then x + drop_path(mlp(LN(x))) (or post-LN variants)."""
 
@@ -386,8 +395,26 @@ class VideoFocalNetBlock(nn.Module):
         if self.use_postln:
             x = x + self.drop_path(self.gamma_1 * self.norm1(self.modulation(x, num_frames)))
             return x + self.drop_path(self.gamma_2 * self.norm2(self.mlp(x)))
+        if self._fuses_residuals():
+            # the same sums, each residual add fused into the GEMM before it (proj, fc2) and fc1's GELU
+            # into fc1, where dvfl_kernels.linear's engine runs them (the reference backend: as above)
+            x = self.modulation(self.norm1(x), num_frames, residual=x)
+            backend = self.modulation.backend
+            hidden = dvfl_kernels.linear(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, activation="gelu",
+                                         backend=backend)
+            return dvfl_kernels.linear(hidden, self.mlp.fc2.weight, self.mlp.fc2.bias, residual=x, backend=backend)
         x = x + self.drop_path(self.gamma_1 * self.modulation(self.norm1(x), num_frames))
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
+
+    def _fuses_residuals(self) -> bool:
+        """Whether forward may fold the residual adds and fc1's GELU into the GEMMs: not on the
+        reference backend, and only where the unfused sums reduce to x + proj(..) and x + fc2(GELU(fc1(..)))
+        (no layer scale, stochastic depth or dropout at work, the exact GELU)."""
+        mlp = self.mlp
+        inactive = not self.training or (isinstance(self.drop_path, nn.Identity) and mlp.drop.p == 0.0)
+        return (self.modulation.backend != "reference" and inactive and not isinstance(self.gamma_1, nn.Parameter)
+                and type(mlp.act) is nn.GELU and mlp.act.approximate == "none"
+                and not _hooked(mlp, mlp.fc1, mlp.act, mlp.fc2, self.modulation.proj))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, input_resolution={self.input_resolution}, mlp_ratio={self.mlp_ratio}"
@@ -449,12 +476,20 @@ class SpatioTemporalFocalModulation(nn.Module):
         if use_postln_in_modulation:
             self.ln = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
-        """x: (N, H, W, C) with N = clips * num_frames (default: the frames the layer was built for)."""
+    def forward(self, x: torch.Tensor, num_frames: int | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (N, H, W, C) with N = clips * num_frames (default: the frames the layer was built for);
+        returns residual + the modulation's output when `residual` is given (fused into proj's GEMM
+        where dvfl_kernels.linear's engine runs it)."""
         num_frames = self.num_frames if num_frames is None else num_frames
         channels, levels = self.dim, self.focal_level
-        q, z, g = self.f(x).split((channels, channels, levels + 1), dim=-1)
-        z_t, g_t = self.f_temporal(x).split((channels, levels + 1), dim=-1)
+        if _hooked(self.f, self.f_temporal):
+            f, f_t = self.f(x), self.f_temporal(x)
+        else:  # one GEMM reading x for both where dvfl_kernels.linear's CPU engine runs them
+            f, f_t = dvfl_kernels.linears(
+                x, [(self.f.weight, self.f.bias), (self.f_temporal.weight, self.f_temporal.bias)], backend=self.backend
+            )
+        q, z, g = f.split((channels, channels, levels + 1), dim=-1)
+        z_t, g_t = f_t.split((channels, levels + 1), dim=-1)
         a_s = dvfl_kernels.spatial_context(
             z, g, [layer[0].weight for layer in self.focal_layers], self.normalize_modulator, backend=self.backend
         )
@@ -467,14 +502,17 @@ class SpatioTemporalFocalModulation(nn.Module):
             backend=self.backend,
         )
         # h and h_temporal are 1x1 convolutions: linears over C in the channels-last layout.
-        m_s = F.linear(a_s, self.h.weight.flatten(1), self.h.bias)
-        m_t = F.linear(a_t, self.h_temporal.weight.flatten(1), self.h_temporal.bias)
+        m_s = dvfl_kernels.linear(a_s, self.h.weight.flatten(1), self.h.bias, backend=self.backend)
+        m_t = dvfl_kernels.linear(a_t, self.h_temporal.weight.flatten(1), self.h_temporal.bias, backend=self.backend)
         if self.modulator_sink is not None:
             self.modulator_sink(m_s.detach(), m_t.detach())
         out = dvfl_kernels.modulate(q, m_s, m_t, backend=self.backend)
         if self.use_postln_in_modulation:
             out = self.ln(out)
-        return self.proj_drop(self.proj(out))
+        if residual is not None and (self.proj_drop.p == 0.0 or not self.training) and not _hooked(self.proj):
+            return dvfl_kernels.linear(out, self.proj.weight, self.proj.bias, residual=residual, backend=self.backend)
+        out = self.proj_drop(self.proj(out))
+        return out if residual is None else residual + out
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, focal_level={self.focal_level}, kernel_sizes={self.kernel_sizes}"

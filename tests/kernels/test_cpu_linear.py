@@ -1,0 +1,267 @@
+"""The CPU linear engine (dvfl_kernels.linear / linears): each implementation it chooses between, against
+float64 ATen, on odd shapes, views, both dtypes and every grad mode; prepared weights never stale;
+the model on it against the reference backend."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import dvfl_kernels
+from dvfl_kernels import cpu_linear
+from dvflnet.models import VideoFocalNet
+from helpers import assert_close
+
+IMPLS = ["aten", "onednn"] if cpu_linear._ONEDNN else ["aten"]
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+
+
+@pytest.fixture(autouse=True)
+def fresh_engine(monkeypatch):
+    monkeypatch.delenv("DVFL_CPU_GEMM", raising=False)
+    cpu_linear.clear_prepared_weights()
+    cpu_linear.VERDICTS.clear()
+    yield
+    cpu_linear.clear_prepared_weights()
+
+
+def _force(monkeypatch, impl: str) -> None:
+    monkeypatch.setenv("DVFL_CPU_GEMM", impl)
+
+
+def _reference(x, weight, bias, activation="none", residual=None):
+    out = F.linear(x.double(), weight.double().flatten(1), None if bias is None else bias.double())
+    if activation == "gelu":
+        out = F.gelu(out)
+    return out if residual is None else residual.double() + out
+
+
+def _inputs(shape, k, n, dtype, bias=True, strided=False):
+    x = torch.randn(*shape, 2 * k if strided else k)
+    x = x[..., ::2] if strided else x  # a non-contiguous view
+    weight, b = torch.randn(n, k) / k**0.5, torch.randn(n) if bias else None
+    return x.to(dtype), weight.to(dtype), None if b is None else b.to(dtype)
+
+
+SHAPES = [((1,), 5, 3), ((7,), 17, 33), ((2, 3, 5, 4), 24, 11), ((257,), 96, 195), ((1, 1, 1, 1), 8, 1)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape, k, n", SHAPES)
+@pytest.mark.parametrize("strided", [False, True])
+def test_linear_epilogues_against_float64(monkeypatch, impl, dtype, shape, k, n, strided):
+    _force(monkeypatch, impl)
+    torch.manual_seed(k * n)
+    x, weight, bias = _inputs(shape, k, n, dtype, strided=strided)
+    residual = torch.randn(*shape, n).to(dtype)
+    kept = [t.clone() for t in (x, weight, bias, residual)]
+    with torch.inference_mode():
+        for activation, res in (("none", None), ("gelu", None), ("none", residual)):
+            out = dvfl_kernels.linear(x, weight, bias, activation=activation, residual=res)
+            assert out.dtype == dtype and out.shape == (*shape, n)
+            assert_close(out, _reference(x, weight, bias, activation, res), TOL[dtype], f"{impl} {activation} {res is not None}")
+    for before, after in zip(kept, (x, weight, bias, residual)):
+        assert torch.equal(before, after)  # nothing the caller owns is written
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_linears_is_one_gemm_per_layer_list(monkeypatch, impl, bias):
+    _force(monkeypatch, impl)
+    torch.manual_seed(1)
+    x = torch.randn(3, 5, 7, 13)
+    layers = [(torch.randn(29, 13), torch.randn(29) if bias else None), (torch.randn(6, 13), torch.randn(6) if bias else None)]
+    with torch.no_grad():
+        outs = dvfl_kernels.linears(x, layers)
+    for out, (w, b) in zip(outs, layers):
+        assert_close(out, _reference(x, w, b), 1e-5, impl)
+    if impl == "onednn":  # the engine ran: the outputs are slices of one buffer
+        assert outs[0].untyped_storage().data_ptr() == outs[1].untyped_storage().data_ptr()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_autocast_computes_in_bf16_like_f_linear(monkeypatch, impl):
+    _force(monkeypatch, impl)
+    torch.manual_seed(2)
+    x, weight, bias = _inputs((33,), 40, 21, torch.float32)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dvfl_kernels.linear(x, weight, bias, activation="gelu")
+        expected = F.gelu(F.linear(x, weight, bias))
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert_close(out, _reference(x, weight, bias, "gelu"), 2e-2, impl)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_follow_the_reference_in_grad_mode(monkeypatch, impl):
+    """With a gradient needed the calls are ATen's ops: every gradient matches float64."""
+    _force(monkeypatch, impl)
+    torch.manual_seed(3)
+    x, weight, bias = _inputs((4, 6), 10, 7, torch.float64)
+    residual = torch.randn(4, 6, 7, dtype=torch.float64)
+    leaves = [t.requires_grad_() for t in (x, weight, bias, residual)]
+    assert torch.autograd.gradcheck(lambda *t: dvfl_kernels.linear(t[0], t[1], t[2], activation="gelu", residual=t[3]), leaves)
+    for dtype in (torch.float32, torch.bfloat16):
+        xs = [t.detach().to(dtype).requires_grad_() for t in leaves]
+        out = dvfl_kernels.linear(*xs[:3], activation="gelu", residual=xs[3])
+        grads = torch.autograd.grad(out.float().square().sum(), xs)
+        ref = [t.detach().double().requires_grad_() for t in xs]
+        expected = torch.autograd.grad(_reference(*ref[:3], "gelu", ref[3]).square().sum(), ref)
+        for got, want, name in zip(grads, expected, ("x", "weight", "bias", "residual")):
+            assert_close(got, want, 1e-4 if dtype == torch.float32 else 5e-2, f"{dtype} d{name}")
+
+
+def test_choice_is_measured_per_shape_and_thread_count():
+    torch.manual_seed(4)
+    x, weight, bias = _inputs((64,), 32, 48, torch.float32)
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        first = dvfl_kernels.linear(x, weight, bias)
+        try:
+            torch.set_num_threads(1)
+            single = dvfl_kernels.linear(x, weight, bias)
+        finally:
+            torch.set_num_threads(threads)
+    keys = list(cpu_linear.VERDICTS)
+    assert {key[-1] for key in keys} == {threads, 1} and all(v in IMPLS for v in cpu_linear.VERDICTS.values())
+    assert_close(first, single, 1e-6, "1 thread vs many")  # thread-count independent results
+    assert_close(first, _reference(x, weight, bias), 1e-5, "measured choice")
+
+
+def test_bad_override_and_activation_are_named():
+    x, weight, bias = _inputs((4,), 3, 2, torch.float32)
+    with pytest.raises(ValueError, match="activation: expected one of"):
+        dvfl_kernels.linear(x, weight, bias, activation="relu")
+    with pytest.raises(ValueError, match="backend: expected"):
+        dvfl_kernels.linears(x, [(weight, bias)], backend="gpu")
+
+
+def test_bad_env_override_is_named(monkeypatch):
+    _force(monkeypatch, "mkl")
+    x, weight, bias = _inputs((4,), 3, 2, torch.float32)
+    with pytest.raises(ValueError, match="DVFL_CPU_GEMM: expected"), torch.no_grad():
+        dvfl_kernels.linear(x, weight, bias)
+
+
+def _update_in_place(layer):
+    with torch.no_grad():
+        layer.weight.mul_(-2)
+
+
+def _update_one_element(layer):
+    with torch.no_grad():
+        layer.weight[0, 1] += 1  # not among the sampled values: the version counter catches it
+
+
+def _update_bias_in_place(layer):
+    with torch.no_grad():
+        layer.bias.add_(3)
+
+
+def _update_through_data(layer):
+    layer.weight.data.mul_(0.5)  # bypasses the version counter
+
+
+def _load_state_dict(layer):
+    layer.load_state_dict({"weight": torch.randn_like(layer.weight), "bias": torch.randn_like(layer.bias)})
+
+
+def _replace_parameter(layer):
+    layer.weight = nn.Parameter(torch.randn_like(layer.weight))
+
+
+def _optimizer_step(layer):
+    layer(torch.randn(3, layer.in_features)).square().sum().backward()
+    torch.optim.SGD(layer.parameters(), lr=0.5).step()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("update", [_update_in_place, _update_one_element, _update_bias_in_place, _update_through_data, _load_state_dict,
+                                    _replace_parameter, _optimizer_step])
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_a_changed_weight_is_never_served_stale(monkeypatch, impl, update, mode):
+    _force(monkeypatch, impl)
+    torch.manual_seed(5)
+    layer = nn.Linear(37, 29)
+    x = torch.randn(2, 9, 37)
+    context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+    for _ in range(2):
+        with context():
+            before = dvfl_kernels.linear(x, layer.weight, layer.bias, activation="gelu")
+        assert_close(before, _reference(x, layer.weight.detach(), layer.bias.detach(), "gelu"), 1e-5, "before")
+        update(layer)
+        with context():
+            after = dvfl_kernels.linear(x, layer.weight, layer.bias, activation="gelu")
+        assert_close(after, _reference(x, layer.weight.detach(), layer.bias.detach(), "gelu"), 1e-5, update.__name__)
+
+
+def test_prepared_weights_go_with_their_parameters(monkeypatch):
+    _force(monkeypatch, IMPLS[-1])
+    layer = nn.Linear(8, 4)
+    with torch.no_grad():
+        dvfl_kernels.linear(torch.randn(3, 8), layer.weight, layer.bias)
+    assert len(cpu_linear._PREPARED) == 1
+    del layer
+    assert len(cpu_linear._PREPARED) == 0
+
+
+def test_outside_the_engine_the_reference_ops_run(monkeypatch):
+    """float64, tensors needing a gradient, backend="reference": nothing is prepared or measured."""
+    x, weight, bias = _inputs((5,), 6, 4, torch.float64)
+    with torch.no_grad():
+        dvfl_kernels.linear(x, weight, bias)
+        dvfl_kernels.linear(x.float(), weight.float(), bias.float(), backend="reference")
+    dvfl_kernels.linear(x.float(), weight.float().requires_grad_(), bias.float())
+    assert not cpu_linear._PREPARED and not cpu_linear.VERDICTS
+
+
+MODEL = dict(img_size=64, embed_dim=12, depths=[1, 2, 1, 1], num_classes=7, num_frames=3, drop_path_rate=0.0)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_model_on_the_engine_matches_the_reference_backend(monkeypatch, impl):
+    """Logits within 1e-5 of the reference backend's, in inference_mode / no_grad / grad mode, N=1 and
+    T=1, and bf16 autocast with the same argmax; weights changed between calls are followed."""
+    _force(monkeypatch, impl)
+    torch.manual_seed(6)
+    reference = VideoFocalNet(**MODEL, backend="reference").eval()
+    model = copy.deepcopy(reference)
+    model.set_backend("auto")
+    for clips in (torch.randn(2, 3, 3, 64, 64), torch.randn(1, 1, 3, 64, 64)):
+        with torch.no_grad():
+            expected = reference(clips)
+        for context in (torch.inference_mode, torch.no_grad, torch.enable_grad):
+            with context():
+                assert_close(model(clips), expected, 1e-5, f"{impl} {context.__name__}")
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(clips)
+        assert torch.equal(low.float().argmax(-1), expected.argmax(-1))
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
+    reference.load_state_dict(state)
+    model.load_state_dict(state)
+    with torch.no_grad():
+        assert_close(model(clips), reference(clips), 1e-5, "after load_state_dict")
+
+
+def test_hooks_see_the_modules_they_were_registered_on():
+    """A forward hook on fc1 (a feature extractor, thop) still fires: the block then runs its modules."""
+    torch.manual_seed(7)
+    model = VideoFocalNet(**MODEL, backend="auto").eval()
+    seen = []
+    handle = model.layers[0].blocks[0].mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 3, 64, 64))
+    handle.remove()
+    assert seen == [(3, 16, 16, 48)]
+
+
+def test_compiled_model_on_auto_fullgraph():
+    torch.manual_seed(8)
+    model = VideoFocalNet(**MODEL, backend="auto").eval()
+    clips = torch.randn(1, 3, 3, 64, 64)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        assert_close(compiled(clips), model(clips), 1e-5, "compiled")

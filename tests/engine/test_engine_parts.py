@@ -33,6 +33,29 @@ def test_weight_decay_on_nothing_is_the_default_and_decays_nothing():
         build_optimizer(model, lr=0.1, decay_on="all")
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_optimizer_is_torchs_fused_step_with_the_same_updates(kind):
+    """The fused step (one kernel over all parameters) follows the per-parameter loop's updates."""
+    torch.manual_seed(0)
+    # float64, so that Adam's division by sqrt(v) does not magnify float32 rounding of near-zero moments
+    models = [VideoFocalNet(**{**TINY, "drop_path_rate": 0.0, "drop_rate": 0.0}, backend="reference").double()
+              for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = build_optimizer(models[0], lr=0.05, kind=kind, decay_on="weights")
+    assert fused.defaults["fused"]
+    loop = build_optimizer(models[1], lr=0.05, kind=kind, decay_on="weights")
+    for group in loop.param_groups:
+        group["fused"] = None  # the per-parameter implementation
+    clips = torch.randn(2, 2, 3, 32, 32, dtype=torch.float64)
+    for _ in range(3):
+        for model, opt in zip(models, (fused, loop)):
+            model(clips).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
 def _public_builder_groups(model):
     """The public Video-FocalNets / DVFL-Net optimizer builder's grouping, written from its
     description: a parameter is exempt if it is 1-D, a bias, named in no_weight_decay(), or has any

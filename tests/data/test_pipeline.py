@@ -2,6 +2,8 @@
 annotation errors with line numbers, label range, train / multi-view test items, bad-video policy."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -19,6 +21,37 @@ def test_train_transform_is_the_same_for_every_frame():
         assert torch.equal(out, out[:1].expand_as(out))  # one crop / flip / jitter for the whole clip
     a = train_transform(clip, torch.Generator().manual_seed(3), size=32, short_side=40)
     assert torch.equal(a, train_transform(clip, torch.Generator().manual_seed(3), size=32, short_side=40))
+
+
+def _color_jitter_as_written(clip, generator, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+    """The jitter's definition, op by op in float64 (the same draws in the same order)."""
+    x = clip.double()
+    gray = lambda x: (x * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)).sum(-1, keepdim=True)
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+
+    def uniform(lo, hi):
+        return lo + (hi - lo) * torch.rand((), generator=generator).item()
+
+    def rotate(x, turns):
+        c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
+        r = torch.tensor([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=torch.float64)
+        return x @ (torch.linalg.inv(yiq) @ r @ yiq).T
+
+    ops = [lambda x: x * uniform(1 - brightness, 1 + brightness),
+           lambda x: (x - gray(x).mean()) * uniform(1 - contrast, 1 + contrast) + gray(x).mean(),
+           lambda x: (x - gray(x)) * uniform(1 - saturation, 1 + saturation) + gray(x),
+           lambda x: rotate(x, uniform(-hue, hue))]
+    for i in torch.randperm(len(ops), generator=generator).tolist():
+        x = ops[i](x).clamp(0, 255)
+    return x
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_color_jitter_follows_its_definition(seed):
+    clip = torch.rand(3, 5, 7, 3, generator=torch.Generator().manual_seed(seed)) * 255
+    out = color_jitter(clip, torch.Generator().manual_seed(seed))
+    expected = _color_jitter_as_written(clip, torch.Generator().manual_seed(seed))
+    assert out.dtype == torch.float32 and torch.allclose(out.double(), expected, atol=1e-3, rtol=0)
 
 
 def test_normalisation_and_color_jitter_range():

@@ -21,7 +21,10 @@ if DEVICE == "cpu":  # the CPU path as the dvflnet CLI runs it: freed activation
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
+    from nano_interleaved import cpu_model
+
     machine_info["torch"] = torch.__version__
+    machine_info["cpu_model"] = cpu_model()
     machine_info["device"] = torch.cuda.get_device_name() if DEVICE == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     try:
         import triton

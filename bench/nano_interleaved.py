@@ -7,6 +7,11 @@ all cases alike; medians and ranges over the rounds. pytest-benchmark times case
 on a shared 2-core machine moved the ratios by up to 1.5x between runs.
 
     python bench/nano_interleaved.py [--rounds 9] [--json bench/results/nano-interleaved-cpu.json]
+
+--training times a training step instead (2 clips, cross-entropy, backward, SGD with momentum), fp32
+and bf16 autocast, on backend "reference" and "auto":
+
+    python bench/nano_interleaved.py --training --rounds 5 --json bench/results/nano-training-interleaved-cpu.json
 """
 from __future__ import annotations
 
@@ -58,19 +63,42 @@ def cases(clip: torch.Tensor) -> dict:
     return out
 
 
+def training_cases(clips: torch.Tensor) -> dict:
+    from dvflnet.models import create_model
+
+    labels = torch.arange(clips.shape[0])
+
+    def step_of(backend: str, bf16: bool):
+        torch.manual_seed(0)
+        model = create_model("vfl_net_nano", num_classes=400, backend=backend, drop_path_rate=0.0).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = torch.nn.functional.cross_entropy(model(clips).float(), labels)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
+
+    return {f"{backend} {'bf16' if bf16 else 'fp32'} step": step_of(backend, bf16)
+            for bf16 in (False, True) for backend in ("reference", "auto")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", help="write the medians, ranges and machine facts here")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep: dvfl_kernels.keep_freed_memory() first, as the dvflnet CLI does; default: glibc's own")
+    parser.add_argument("--training", action="store_true", help="time a training step of 2 clips instead")
     args = parser.parse_args()
     if args.malloc == "keep":
         import dvfl_kernels
 
         dvfl_kernels.keep_freed_memory()
-    clip = torch.randn(1, 8, 3, 224, 224)
-    timed = cases(clip)
+    clip = torch.randn(2 if args.training else 1, 8, 3, 224, 224)
+    timed = training_cases(clip) if args.training else cases(clip)
     for run in timed.values():  # warm-up: first-call allocations, oneDNN primitive creation
         run()
         run()
@@ -85,7 +113,7 @@ def main() -> None:
         print(f"{name:<16} {row['median_ms']:8.1f} ms  ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
     if args.json:
         report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc": args.malloc,
-                  "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "clip": "1x8x3x224x224", "cases": rows}
+                  "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "clip": "x".join(map(str, clip.shape)), "cases": rows}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .sampling import multiview_indices, segment_indices
-from .transforms import eval_views, train_transform
+from .transforms import draw_train, eval_views, train_batch
 from .video import DecodedVideos, VideoReadError, read_frames, video_length
 
 
@@ -151,19 +151,37 @@ class VideoCSVDataset(Dataset):
     def _generator(self, index: int) -> torch.Generator:
         return torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFFFFFF)
 
-    def _load(self, index: int) -> tuple[torch.Tensor, int]:
+    def _load_train(self, index: int):
+        """(decoded clip, its augmentation draws, label): every random choice from (seed, epoch, index)."""
         path, label = self.items[index]
+        generator = self._generator(index)
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
+        read = self.decoded.read_frames if self.decoded is not None else read_frames
+        clip = read(path, lambda length: segment_indices(length, self.num_frames, self.frame_interval, True, rng))
+        draw = draw_train(tuple(clip.shape[1:3]), generator, self.short_side, self.flip, crop_area=self.crop_area)
+        return clip, draw, label
+
+    def _load(self, index: int):
         if self.mode == "train":
-            generator = self._generator(index)
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
-            read = self.decoded.read_frames if self.decoded is not None else read_frames
-            clip = read(path, lambda length: segment_indices(length, self.num_frames, self.frame_interval, True, rng))
-            return train_transform(clip, generator, self.size, self.short_side, self.flip, crop_area=self.crop_area), label
-        views = test_views(path, self.num_frames, self.frame_interval, self.num_clips, self.num_crops, self.size,
-                           self.short_side, decoded=self.decoded)
-        return views, label
+            return self._load_train(index)
+        views = test_views(self.items[index][0], self.num_frames, self.frame_interval, self.num_clips, self.num_crops,
+                           self.size, self.short_side, decoded=self.decoded)
+        return views, self.items[index][1]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, int]]:
+        """The items at `indices` (what a DataLoader fetches for one batch): training clips are
+        augmented together (``transforms.train_batch``), each with its own draws, as one at a time."""
+        loaded = [self._load_readable(index) for index in indices]
+        if self.mode != "train":
+            return loaded
+        clips = train_batch([clip for clip, _, _ in loaded], [draw for _, draw, _ in loaded], self.size, self.short_side)
+        return [(clip, label) for clip, (_, _, label) in zip(clips, loaded)]
+
+    def _load_readable(self, index: int):
+        """_load(index), or with bad_video "skip" the next readable video's."""
         for _ in range(len(self.items)):
             try:
                 return self._load(index)

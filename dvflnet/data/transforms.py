@@ -5,10 +5,15 @@ Train: short side 256, random resized crop (area 0.08-1, aspect 3/4-4/3) to 224,
 colour jitter with probability 0.8 (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1, in random
 order), grayscale with probability 0.2, normalisation. Test: short side then centre crop, or three
 crops (left / centre / right, or top / centre / bottom for portrait frames).
+
+Training draws every random choice of a clip first (``draw_train``), then ``train_batch`` applies the
+draws of a whole batch: the resizes per clip, the colour jitter, greyscale and normalisation as
+batched tensor ops (``VideoCSVDataset.__getitems__``, what a DataLoader calls per batch).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +32,18 @@ def resize_short_side(clip: torch.Tensor, short: int) -> torch.Tensor:
 
 
 def _resize(clip: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(T, H, W, 3) -> float (T, *size, 3), bilinear, antialiased where it shrinks. Enlarging, the
+    antialiased filter is plain bilinear's (support 1, the same weights, rounding aside), which runs
+    on the channels-last frames 3-5x faster; shrinking, the antialiased kernel on contiguous frames."""
     x = clip.permute(0, 3, 1, 2).float()
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    shrinks = size[0] < x.shape[2] or size[1] < x.shape[3]
+    x = F.interpolate(x.contiguous() if shrinks else x, size=size, mode="bilinear", align_corners=False, antialias=shrinks)
     return x.permute(0, 2, 3, 1)
 
 
-def random_resized_crop(
-    clip: torch.Tensor, size: int, generator: torch.Generator, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)
-) -> torch.Tensor:
-    """Crop a random box of `area` x the frame and aspect ratio in `aspect` (log-uniform), resize to size."""
-    _, h, w, _ = clip.shape
+def _draw_box(h: int, w: int, generator: torch.Generator, area=(0.08, 1.0), aspect=(3 / 4, 4 / 3)):
+    """(y0, x0, height, width) of a random box of `area` x the frame and aspect ratio in `aspect`
+    (log-uniform); after 10 misses, the central square."""
     for _ in range(10):
         target = (area[0] + (area[1] - area[0]) * torch.rand((), generator=generator).item()) * h * w
         log_ratio = math.log(aspect[0]) + (math.log(aspect[1]) - math.log(aspect[0])) * torch.rand((), generator=generator).item()
@@ -45,9 +52,9 @@ def random_resized_crop(
         if 0 < cw <= w and 0 < ch <= h:
             y0 = int(torch.randint(0, h - ch + 1, (), generator=generator))
             x0 = int(torch.randint(0, w - cw + 1, (), generator=generator))
-            return _resize(clip[:, y0 : y0 + ch, x0 : x0 + cw], (size, size))
-    side = min(h, w)  # fallback: the central square
-    return _resize(center_crop(clip, side), (size, size))
+            return y0, x0, ch, cw
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
 
 
 def center_crop(clip: torch.Tensor, size: int) -> torch.Tensor:
@@ -74,53 +81,117 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x @ _LUMA.to(x.dtype)).unsqueeze(-1)
 
 
-def _rotate_hue(x: torch.Tensor, turns: float) -> torch.Tensor:
-    """Rotate the chroma plane (YIQ) by `turns` of a full circle; luma is unchanged."""
-    c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
+JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
+
+
+def _draw_jitter(generator: torch.Generator, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1):
+    """((op, factor), ...) in the order they apply: a random order, then each op's factor."""
+    ranges = ((1 - brightness, 1 + brightness), (1 - contrast, 1 + contrast), (1 - saturation, 1 + saturation), (-hue, hue))
+    draws = []
+    for op in torch.randperm(len(JITTER_OPS), generator=generator).tolist():
+        lo, hi = ranges[op]
+        draws.append((op, lo + (hi - lo) * torch.rand((), generator=generator).item()))
+    return tuple(draws)
+
+
+def _color_matrix(op: int, factor: float) -> torch.Tensor:
+    """The 3x3 colour map (rows: input channel) of a jitter op; contrast's is the scaling only (its
+    offset towards the mean grey depends on the clip)."""
+    if JITTER_OPS[op] in ("brightness", "contrast"):
+        return torch.eye(3, dtype=torch.float64) * factor
+    if JITTER_OPS[op] == "saturation":  # lerp(grey, x, f) = f x + (1 - f) grey
+        return torch.eye(3, dtype=torch.float64) * factor + (1 - factor) * _LUMA.double()[:, None].expand(3, 3)
+    c, s = math.cos(2 * math.pi * factor), math.sin(2 * math.pi * factor)
     rotate = torch.tensor([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=torch.float64)
-    return x @ (_FROM_YIQ @ rotate @ _TO_YIQ).T.to(x.dtype)
+    return (_FROM_YIQ @ rotate @ _TO_YIQ).T
+
+
+def _apply_jitters(x: torch.Tensor, jitters: list[tuple]) -> torch.Tensor:
+    """Clips x (B, T, H, W, 3), float 0-255, each with its own jitter draws (() for none): at each of
+    the four positions one batched 3x3 colour map (plus contrast's offset towards the clip's mean
+    grey), then the clamp."""
+    if not any(jitters):
+        return x
+    # clips without jitter get the identity map; their clamp only trims a resize's rounding past 0-255
+    for position in range(len(JITTER_OPS)):
+        maps = torch.stack([_color_matrix(*j[position]) if j else torch.eye(3, dtype=torch.float64) for j in jitters])
+        contrast = [j[position][1] if j and JITTER_OPS[j[position][0]] == "contrast" else None for j in jitters]
+        out = torch.einsum("bthwc,bcd->bthwd", x, maps.to(x.dtype))
+        if any(f is not None for f in contrast):  # towards the clip's mean grey
+            mean_grey = _gray(x).mean(dim=(1, 2, 3, 4))
+            shift = torch.tensor([0.0 if f is None else 1 - f for f in contrast], dtype=x.dtype) * mean_grey
+            out = out + shift[:, None, None, None, None]
+        x = out.clamp_(0, 255)
+    return x
 
 
 def color_jitter(
     clip: torch.Tensor, generator: torch.Generator, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
 ) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue changes in a random order (float 0-255 in and out).
-    Contrast and saturation blend towards the mean grey / the pixel's grey (one lerp each): the
-    clip transforms are a third of a small model's training epoch on CPU."""
-
-    def uniform(lo, hi):
-        return lo + (hi - lo) * torch.rand((), generator=generator).item()
-
-    ops = [
-        lambda x: x * uniform(1 - brightness, 1 + brightness),
-        lambda x: torch.lerp(_gray(x).mean().expand_as(x), x, uniform(1 - contrast, 1 + contrast)),
-        lambda x: torch.lerp(_gray(x).expand_as(x), x, uniform(1 - saturation, 1 + saturation)),
-        lambda x: _rotate_hue(x, uniform(-hue, hue)),
-    ]
-    for i in torch.randperm(len(ops), generator=generator).tolist():
-        clip = ops[i](clip).clamp_(0, 255)
-    return clip
+    """Brightness, contrast (towards the mean grey), saturation (towards each pixel's grey) and hue
+    (a YIQ chroma rotation) in a random order, clamped to 0-255 after each (float in and out)."""
+    return _apply_jitters(clip[None], [_draw_jitter(generator, brightness, contrast, saturation, hue)])[0]
 
 
 def normalize(clip: torch.Tensor) -> torch.Tensor:
-    """(T, H, W, 3) 0-255 -> float (T, 3, H, W) normalised with the recipe's mean / std."""
+    """(..., T, H, W, 3) 0-255 -> float (..., T, 3, H, W) normalised with the recipe's mean / std."""
     mean, std = torch.tensor(MEAN), torch.tensor(STD)
-    return ((clip.float() - mean) / std).permute(0, 3, 1, 2).contiguous()
+    return ((clip.float() - mean) / std).movedim(-1, -3).contiguous()
+
+
+@dataclass(frozen=True)
+class TrainDraw:
+    """Every random choice train_transform makes for one clip, in the order it draws them."""
+    box: tuple[int, int, int, int]  # y0, x0, height, width in the short-side-resized frame
+    flip: bool
+    jitter: tuple  # ((op, factor), ...) in application order; () when not jittered
+    gray: bool
+
+
+def draw_train(
+    shape: tuple[int, int], generator: torch.Generator, short_side: int = 256, flip: float = 0.5, jitter: float = 0.8,
+    grayscale: float = 0.2, crop_area: tuple[float, float] = (0.08, 1.0),
+) -> TrainDraw:
+    """The random choices for a clip whose frames are `shape` = (H, W) as decoded."""
+    scale = short_side / min(shape)
+    h, w = max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+    box = _draw_box(h, w, generator, area=crop_area)
+    flipped = torch.rand((), generator=generator).item() < flip
+    jitters = _draw_jitter(generator) if torch.rand((), generator=generator).item() < jitter else ()
+    return TrainDraw(box, flipped, jitters, torch.rand((), generator=generator).item() < grayscale)
+
+
+def train_batch(clips: list[torch.Tensor], draws: list[TrainDraw], size: int = 224, short_side: int = 256) -> torch.Tensor:
+    """The recipe's training augmentation of clips (T, H, W, 3) of one length T with their draws: normalised
+    (B, T, 3, size, size). Geometry per clip (the antialiased resizes, clips of one shape in one call),
+    colour for the whole batch at once (the clip transforms were a third of a small model's epoch)."""
+    resized: list[torch.Tensor] = [None] * len(clips)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, clip in enumerate(clips):
+        by_shape.setdefault(tuple(clip.shape), []).append(i)
+    for indices in by_shape.values():
+        group = resize_short_side(torch.cat([clips[i] for i in indices]), short_side).split(len(clips[indices[0]]))
+        for i, clip in zip(indices, group):
+            resized[i] = clip
+    crops = []
+    for clip, draw in zip(resized, draws):
+        y0, x0, ch, cw = draw.box
+        crop = _resize(clip[:, y0 : y0 + ch, x0 : x0 + cw], (size, size))
+        crops.append(crop.flip(2) if draw.flip else crop)
+    x = _apply_jitters(torch.stack(crops), [draw.jitter for draw in draws])
+    gray = torch.tensor([draw.gray for draw in draws])
+    if gray.any():
+        x = torch.where(gray[:, None, None, None, None], _gray(x).expand_as(x), x)
+    return normalize(x)
 
 
 def train_transform(
     clip: torch.Tensor, generator: torch.Generator, size: int = 224, short_side: int = 256, flip: float = 0.5,
     jitter: float = 0.8, grayscale: float = 0.2, crop_area: tuple[float, float] = (0.08, 1.0),
 ) -> torch.Tensor:
-    """The recipe's training augmentation; returns normalised (T, 3, size, size)."""
-    x = random_resized_crop(resize_short_side(clip, short_side), size, generator, area=crop_area)
-    if torch.rand((), generator=generator).item() < flip:
-        x = x.flip(2)
-    if torch.rand((), generator=generator).item() < jitter:
-        x = color_jitter(x, generator)
-    if torch.rand((), generator=generator).item() < grayscale:
-        x = _gray(x).expand_as(x)
-    return normalize(x)
+    """The recipe's training augmentation of one clip; returns normalised (T, 3, size, size)."""
+    draw = draw_train(tuple(clip.shape[1:3]), generator, short_side, flip, jitter, grayscale, crop_area)
+    return train_batch([clip], [draw], size, short_side)[0]
 
 
 def eval_views(clip: torch.Tensor, size: int = 224, num_crops: int = 1, short_side: int = 256) -> list[torch.Tensor]:

@@ -2,6 +2,7 @@
 annotation errors with line numbers, label range, train / multi-view test items, bad-video policy."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 
 from dvflnet.data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmix, read_annotations, smooth_one_hot
 from dvflnet.data.synthetic import generate_dataset
-from dvflnet.data.transforms import MEAN, STD, color_jitter, eval_views, three_crops, train_transform
+from dvflnet.data.transforms import (
+    MEAN, STD, _resize, color_jitter, draw_train, eval_views, three_crops, train_batch, train_transform,
+)
 
 
 def test_train_transform_is_the_same_for_every_frame():
@@ -113,6 +116,47 @@ def test_dataset_train_and_multiview_items(tiny_dataset):
     views, label = test[2]
     assert views.shape == (12, 4, 3, 32, 32) and label == 2
     assert torch.equal(views, test[2][0])
+
+
+def test_a_batch_is_augmented_as_one_clip_at_a_time():
+    """train_batch over clips of mixed shapes, each with its own draws (flips, jitters, grey ones
+    among them), equals augmenting each clip alone; and train_transform draws what draw_train does."""
+    shapes = [(5, 20, 28), (5, 20, 28), (5, 31, 17), (5, 20, 28), (5, 31, 17), (5, 9, 9)]
+    clips = [torch.randint(0, 256, (*shape, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+             for i, shape in enumerate(shapes)]
+    draws = [draw_train(tuple(c.shape[1:3]), torch.Generator().manual_seed(10 + i), 24, crop_area=(0.3, 1.0))
+             for i, c in enumerate(clips)]
+    draws[0] = dataclasses.replace(draws[0], gray=True)
+    draws[1] = dataclasses.replace(draws[1], jitter=())
+    assert {d.flip for d in draws} == {True, False} and {bool(d.jitter) for d in draws} == {True, False}
+    batch = train_batch(clips, draws, size=16, short_side=24)
+    for i, (clip, draw) in enumerate(zip(clips, draws)):
+        assert torch.equal(batch[i], train_batch([clip], [draw], 16, 24)[0]), i
+        single = train_transform(clip, torch.Generator().manual_seed(10 + i), size=16, short_side=24, crop_area=(0.3, 1.0))
+        if i > 1:  # the first two draws were changed above
+            assert torch.equal(single, batch[i]), i
+    assert torch.allclose(batch[0][:, 0] * STD[0] + MEAN[0], batch[0][:, 1] * STD[1] + MEAN[1], atol=1e-3)  # grey
+
+
+@pytest.mark.parametrize("size", [(7, 5), (12, 12), (40, 33), (4, 30)])
+def test_resize_is_the_antialiased_bilinear_resize(size):
+    """_resize takes plain bilinear where it enlarges (the antialiased filter's own weights there)."""
+    clip = torch.rand(3, 11, 13, 3) * 255
+    expected = torch.nn.functional.interpolate(clip.permute(0, 3, 1, 2).double(), size=size, mode="bilinear",
+                                               align_corners=False, antialias=True).permute(0, 2, 3, 1)
+    assert torch.allclose(_resize(clip, size).double(), expected, atol=1e-3, rtol=0)
+
+
+def test_dataset_batches_equal_its_items(tiny_dataset):
+    train = VideoCSVDataset(tiny_dataset.root, tiny_dataset.train_csv, num_frames=4, frame_interval=2,
+                            size=32, short_side=40, num_classes=3)
+    batch = train.__getitems__([5, 0, 3, 3])
+    for (clip, label), index in zip(batch, [5, 0, 3, 3]):
+        item, item_label = train[index]
+        assert torch.equal(clip, item) and label == item_label
+    loader = torch.utils.data.DataLoader(train, batch_size=3, sampler=[1, 4, 2])
+    clips, labels = next(iter(loader))
+    assert all(torch.equal(clips[i], train[j][0]) for i, j in enumerate([1, 4, 2])) and labels.tolist() == [train[j][1] for j in [1, 4, 2]]
 
 
 def test_annotation_errors_name_the_line(tmp_path, tiny_dataset):

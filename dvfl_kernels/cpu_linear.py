@@ -11,7 +11,7 @@ packing), they run as ONE call on one of:
   into the GEMM's epilogue.
 ``linears`` multiplies by the concatenated weights (f and f_temporal read x once) and returns views
 of the one output. Which implementation runs is decided per GEMM shape (rows, K, N, dtype, epilogue,
-threads) by timing both on this machine the first time the shape comes (``PROBE_ROUNDS``), never by
+threads) by timing both on this machine the first time the shape comes (``_probe.fastest``), never by
 vendor string: MKL takes a generic path on AMD CPUs where oneDNN reaches up to 2.3x its GFLOP/s, while
 on an Intel Xeon with AMX the two are within 10% except where the epilogue fuses
 (bench/test_bench_gemm_cpu.py, docs/benchmarks.md). ``DVFL_CPU_GEMM=aten|onednn`` forces one.
@@ -26,7 +26,6 @@ parameters. With gradients needed the calls are exactly the reference's ATen ops
 from __future__ import annotations
 
 import os
-import time
 import weakref
 from dataclasses import dataclass
 from typing import Sequence
@@ -34,19 +33,17 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from . import _probe
+
 ACTIVATIONS = ("none", "gelu")
 IMPLEMENTATIONS = ("aten", "onednn")
-# Timed calls per implementation when a GEMM shape first comes, alternating so that the machine's
-# drift hits both alike; the faster minimum wins. 3 rounds: a shared 2-core machine put single
-# calls up to 1.5x apart, the minimum of three held each verdict across reruns.
-PROBE_ROUNDS = 3
 # Sampled values per weight / bias compared on each call to catch writes through `.data`: 64 strided
 # reads cost ~2 us per tensor, a full compare would read every weight (88 MB for the nano) per clip.
 FINGERPRINT = 64
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-# (rows rounded up to a power of 2, K, Ns, dtype, epilogue, threads) -> the implementation chosen
-VERDICTS: dict[tuple, str] = {}
+# ("linear", rows rounded up to a power of 2, K, Ns, dtype, epilogue, residual, threads) -> the choice
+VERDICTS = _probe.VERDICTS
 
 
 @dataclass
@@ -136,29 +133,11 @@ def _prepare(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | No
     return found
 
 
-def _seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def _choose(key: tuple, run: dict) -> str:
     forced = implementation_override()
     if forced is not None:
         return forced
-    if not _ONEDNN:
-        return "aten"
-    verdict = VERDICTS.get(key)
-    if verdict is None:
-        times = {name: [] for name in run}
-        for fn in run.values():
-            fn()  # warm-up: oneDNN builds its primitive, MKL its buffers
-        for _ in range(PROBE_ROUNDS):
-            for name, fn in run.items():
-                times[name].append(_seconds(fn))
-        verdict = min(times, key=lambda name: min(times[name]))
-        VERDICTS[key] = verdict
-    return verdict
+    return _probe.fastest(key, run) if _ONEDNN else "aten"
 
 
 def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Tensor | None) -> torch.Tensor | None:
@@ -191,7 +170,7 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
         return torch.ops.mkldnn._linear_pointwise(x2, prepared.packed, prepared.bias, activation, [],
                                                   "none" if activation == "gelu" else "")
 
-    key = (1 << max(rows - 1, 0).bit_length(), k, tuple(w.shape[0] for w in weights), dtype,
+    key = ("linear", 1 << max(rows - 1, 0).bit_length(), k, tuple(w.shape[0] for w in weights), dtype,
            activation, residual is not None, torch.get_num_threads())
     impl = _choose(key, {"aten": aten, "onednn": onednn})
     return (onednn if impl == "onednn" else aten)().reshape(*x.shape[:-1], n)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import _checks, focal, kd_loss, reference
+from . import _checks, _probe, focal, kd_loss, reference
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -45,18 +45,17 @@ _AUTO_PREFERENCE: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-def _reference_is_faster(op: str, x: torch.Tensor, needs_grad: bool) -> bool:
-    """Calls where "auto" runs the reference although a fast backend is listed, because bench/ measured
-    ATen faster there. bf16 inference of the temporal context on CPU above 8x8 positions: the
-    reference's per-tap oneDNN GEMMs and bf16 ATen adds beat the C++ kernel's float32 epilogue (one
-    clip, stage 1 of the nano: 11-13 vs 13-16 ms), while at 7x7 and in every other case the kernel
-    wins (bench/test_bench_focal.py). Not under torch.compile, where the kernel wins (inductor's bf16
-    code for the reference's graph is slow on CPU: bench/test_bench_model_cpu.py)."""
-    if torch.compiler.is_compiling():  # inductor's bf16 code for the reference is slower than the kernel
-        return False
+def _probes_temporal(x: torch.Tensor, needs_grad: bool) -> bool:
+    """Calls where "auto" times the C++ kernel against the reference and runs the faster for that
+    shape on this machine (``_probe.fastest``): bf16 inference of the temporal context on CPU. There
+    the reference's per-tap oneDNN GEMMs and bf16 ATen adds and the kernel's float32 epilogue are
+    within ~20% of each other, either way by stage, machine and thread count (one clip of the nano,
+    Intel Xeon with AMX: 11.0-11.6 / 5.6 / 4.3 / 7.2-7.3 ms on the kernel against 11.6-12.3 / 5.2 /
+    4.3 / 5.8-6.1 on the reference, stages 1 to 4); everywhere else the kernel wins. Not under
+    torch.compile, where the kernel wins (inductor's bf16 code for the reference's graph is slow on
+    CPU: bench/test_bench_model_cpu.py)."""
     return (
-        op == "temporal_context" and x.device.type == "cpu" and x.dtype == torch.bfloat16 and not needs_grad
-        and x.shape[1] * x.shape[2] > 64
+        x.device.type == "cpu" and x.dtype == torch.bfloat16 and not needs_grad and not torch.compiler.is_compiling()
     )
 
 
@@ -145,10 +144,16 @@ def temporal_context(
     """Temporal focal context A_t (N, H, W, C) from z_t (N, H, W, C) with N = B * num_frames, gates
     g_t (N, H, W, L+1) and L dense kernels (C, C, k). See ``reference.temporal_context``."""
     _checks.check_temporal_context(z_t, g_t, weights, num_frames)
-    if backend == "auto" and _reference_is_faster("temporal_context", z_t, focal.needs_grad(z_t, g_t, *weights)):
-        backend = "reference"
+    weights, normalize = list(weights), bool(normalize)
     impl = select_backend("temporal_context", backend, z_t.device)
-    return impl(z_t, g_t, list(weights), num_frames, bool(normalize))
+    if backend == "auto" and impl is not reference.temporal_context and _probes_temporal(
+            z_t, focal.needs_grad(z_t, g_t, *weights)):
+        key = ("temporal_context", tuple(z_t.shape), tuple(w.shape[-1] for w in weights), z_t.dtype, weights[0].dtype,
+               num_frames, normalize, torch.get_num_threads())
+        candidates = {"kernel": lambda: impl(z_t, g_t, weights, num_frames, normalize),
+                      "reference": lambda: reference.temporal_context(z_t, g_t, weights, num_frames, normalize)}
+        impl = reference.temporal_context if _probe.fastest(key, candidates) == "reference" else impl
+    return impl(z_t, g_t, weights, num_frames, normalize)
 
 
 def modulate(q: torch.Tensor, m_s: torch.Tensor, m_t: torch.Tensor, backend: str = "auto") -> torch.Tensor:

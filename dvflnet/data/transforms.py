@@ -77,8 +77,9 @@ _TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, 
 _FROM_YIQ = torch.linalg.inv(_TO_YIQ)
 
 
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (x @ _LUMA.to(x.dtype)).unsqueeze(-1)
+def _grey(planes: torch.Tensor) -> torch.Tensor:
+    """Luma (B, 1, P) of planar pixels (B, 3, P)."""
+    return torch.bmm(_LUMA.to(planes.dtype).expand(len(planes), 1, 3), planes)
 
 
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
@@ -106,31 +107,33 @@ def _color_matrix(op: int, factor: float) -> torch.Tensor:
     return (_FROM_YIQ @ rotate @ _TO_YIQ).T
 
 
-def _apply_jitters(x: torch.Tensor, jitters: list[tuple]) -> torch.Tensor:
-    """Clips x (B, T, H, W, 3), float 0-255, each with its own jitter draws (() for none): at each of
-    the four positions one batched 3x3 colour map (plus contrast's offset towards the clip's mean
-    grey), then the clamp."""
+def _apply_jitters(planes: torch.Tensor, jitters: list[tuple]) -> torch.Tensor:
+    """Clips as planar pixels (B, 3, P), float 0-255, each with its own jitter draws (() for none): at
+    each of the four positions one batched 3x3 colour map (plus contrast's offset towards the clip's
+    mean grey), then the clamp. Planar, so each map is a (3, 3) x (3, P) product (channels-last
+    pixels made it a tall-skinny one, 4x slower)."""
     if not any(jitters):
-        return x
+        return planes
     # clips without jitter get the identity map; their clamp only trims a resize's rounding past 0-255
     for position in range(len(JITTER_OPS)):
         maps = torch.stack([_color_matrix(*j[position]) if j else torch.eye(3, dtype=torch.float64) for j in jitters])
         contrast = [j[position][1] if j and JITTER_OPS[j[position][0]] == "contrast" else None for j in jitters]
-        out = torch.einsum("bthwc,bcd->bthwd", x, maps.to(x.dtype))
+        out = torch.bmm(maps.transpose(1, 2).to(planes.dtype), planes)
         if any(f is not None for f in contrast):  # towards the clip's mean grey
-            mean_grey = _gray(x).mean(dim=(1, 2, 3, 4))
-            shift = torch.tensor([0.0 if f is None else 1 - f for f in contrast], dtype=x.dtype) * mean_grey
-            out = out + shift[:, None, None, None, None]
-        x = out.clamp_(0, 255)
-    return x
+            shift = torch.tensor([0.0 if f is None else 1 - f for f in contrast], dtype=planes.dtype)
+            out += (shift[:, None] * _grey(planes).mean(-1))[:, :, None]
+        planes = out.clamp_(0, 255)
+    return planes
 
 
 def color_jitter(
     clip: torch.Tensor, generator: torch.Generator, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1
 ) -> torch.Tensor:
     """Brightness, contrast (towards the mean grey), saturation (towards each pixel's grey) and hue
-    (a YIQ chroma rotation) in a random order, clamped to 0-255 after each (float in and out)."""
-    return _apply_jitters(clip[None], [_draw_jitter(generator, brightness, contrast, saturation, hue)])[0]
+    (a YIQ chroma rotation) in a random order, clamped to 0-255 after each (float (T, H, W, 3) in and out)."""
+    planes = clip.float().permute(3, 0, 1, 2).reshape(1, 3, -1)
+    out = _apply_jitters(planes, [_draw_jitter(generator, brightness, contrast, saturation, hue)])
+    return out.view(3, *clip.shape[:3]).permute(1, 2, 3, 0)
 
 
 def normalize(clip: torch.Tensor) -> torch.Tensor:
@@ -178,11 +181,13 @@ def train_batch(clips: list[torch.Tensor], draws: list[TrainDraw], size: int = 2
         y0, x0, ch, cw = draw.box
         crop = _resize(clip[:, y0 : y0 + ch, x0 : x0 + cw], (size, size))
         crops.append(crop.flip(2) if draw.flip else crop)
-    x = _apply_jitters(torch.stack(crops), [draw.jitter for draw in draws])
+    x = torch.stack(crops)  # (B, T, size, size, 3)
+    planes = _apply_jitters(x.permute(0, 4, 1, 2, 3).contiguous().view(len(x), 3, -1), [draw.jitter for draw in draws])
     gray = torch.tensor([draw.gray for draw in draws])
     if gray.any():
-        x = torch.where(gray[:, None, None, None, None], _gray(x).expand_as(x), x)
-    return normalize(x)
+        planes = torch.where(gray[:, None, None], _grey(planes).expand_as(planes), planes)
+    mean, std = torch.tensor(MEAN)[:, None], torch.tensor(STD)[:, None]
+    return ((planes - mean) / std).view(len(x), 3, *x.shape[1:4]).transpose(1, 2).contiguous()
 
 
 def train_transform(

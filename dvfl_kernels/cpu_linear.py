@@ -165,10 +165,11 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
     def onednn():
         if prepared.packed is None:
             prepared.packed = torch.ops.mkldnn._reorder_linear_weight(prepared.weight, rows)
-        if res2 is not None:
+        if res2 is not None and activation == "none":
             return torch.ops.mkldnn._linear_pointwise.binary(x2, res2, prepared.packed, prepared.bias, "add")
-        return torch.ops.mkldnn._linear_pointwise(x2, prepared.packed, prepared.bias, activation, [],
-                                                  "none" if activation == "gelu" else "")
+        out = torch.ops.mkldnn._linear_pointwise(x2, prepared.packed, prepared.bias, activation, [],
+                                                 "none" if activation == "gelu" else "")
+        return out if res2 is None else out.add_(res2)  # GELU, then the residual
 
     key = ("linear", 1 << max(rows - 1, 0).bit_length(), k, tuple(w.shape[0] for w in weights), dtype,
            activation, residual is not None, torch.get_num_threads())

@@ -60,7 +60,7 @@ def test_linear_epilogues_against_float64(monkeypatch, impl, dtype, shape, k, n,
     residual = torch.randn(*shape, n).to(dtype)
     kept = [t.clone() for t in (x, weight, bias, residual)]
     with torch.inference_mode():
-        for activation, res in (("none", None), ("gelu", None), ("none", residual)):
+        for activation, res in (("none", None), ("gelu", None), ("none", residual), ("gelu", residual)):
             out = dvfl_kernels.linear(x, weight, bias, activation=activation, residual=res)
             assert out.dtype == dtype and out.shape == (*shape, n)
             assert_close(out, _reference(x, weight, bias, activation, res), TOL[dtype], f"{impl} {activation} {res is not None}")
@@ -216,6 +216,67 @@ def test_outside_the_engine_the_reference_ops_run(monkeypatch):
         dvfl_kernels.linear(x.float(), weight.float(), bias.float(), backend="reference")
     dvfl_kernels.linear(x.float(), weight.float().requires_grad_(), bias.float())
     assert not cpu_linear._PREPARED and not cpu_linear.VERDICTS
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("bias", [True, False])
+def test_grad_mode_gradients_against_float64(monkeypatch, impl, bias):
+    """In grad mode (ATen's ops, whatever the engine's setting) linears over two layers, a flattened
+    1x1-convolution weight and autocast: every gradient vs float64."""
+    _force(monkeypatch, impl)
+    torch.manual_seed(9)
+    conv = nn.Conv1d(13, 11, 1, bias=bias)
+    layers = [(torch.randn(29, 13, requires_grad=True), torch.randn(29, requires_grad=True) if bias else None),
+              (conv.weight.flatten(1), conv.bias)]
+    x = torch.randn(3, 5, 7, 13, requires_grad=True)
+    outs = dvfl_kernels.linears(x, layers)
+    loss = sum((o * torch.linspace(-1, 1, o.shape[-1])).square().sum() for o in outs)
+    leaves = [x, layers[0][0], conv.weight] + ([layers[0][1], conv.bias] if bias else [])
+    grads = torch.autograd.grad(loss, leaves)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    ref_layers = [(ref_leaves[1], ref_leaves[3] if bias else None), (ref_leaves[2].flatten(1), ref_leaves[4] if bias else None)]
+    ref_loss = sum((_reference(ref_leaves[0], w, b) * torch.linspace(-1, 1, w.shape[0], dtype=torch.float64)).square().sum()
+                   for w, b in ref_layers)
+    for got, want, name in zip(grads, torch.autograd.grad(ref_loss, ref_leaves), ("x", "w0", "conv", "b0", "conv bias")):
+        assert got.dtype == torch.float32 and got.shape == want.shape
+        assert_close(got, want, 1e-4, f"{impl} d{name}")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = dvfl_kernels.linear(x, layers[0][0], layers[0][1], activation="gelu")
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().square().sum(), [x, layers[0][0]])
+    expected = torch.autograd.grad(_reference(ref_leaves[0], ref_leaves[1], ref_leaves[3] if bias else None, "gelu").square().sum(),
+                                   [ref_leaves[0], ref_leaves[1]])
+    for got, want in zip(grads, expected):
+        assert got.dtype == torch.float32
+        assert_close(got, want, 5e-2, f"{impl} autocast")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_training_on_the_engine_follows_the_reference_backend(monkeypatch, impl):
+    """A few SGD steps of a small model on "auto" (the engine set either way; the block's fused
+    residual path) and on the reference backend: the same losses and weights, and gradient
+    checkpointing changes nothing."""
+    _force(monkeypatch, impl)
+    torch.manual_seed(10)
+    reference = VideoFocalNet(**MODEL, backend="reference")
+    models = {"reference": reference, "auto": copy.deepcopy(reference), "checkpointed": copy.deepcopy(reference)}
+    models["auto"].set_backend("auto")
+    models["checkpointed"].set_backend("auto")
+    models["checkpointed"].set_grad_checkpointing(True)
+    optimizers = {name: torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9) for name, m in models.items()}
+    clips, labels = torch.randn(2, 3, 3, 64, 64), torch.tensor([1, 4])
+    for _ in range(3):
+        losses = {}
+        for name, model in models.items():
+            loss = F.cross_entropy(model(clips), labels)
+            loss.backward()
+            optimizers[name].step()
+            optimizers[name].zero_grad()
+            losses[name] = loss.item()
+        assert losses["auto"] == pytest.approx(losses["reference"], rel=1e-4)
+        assert losses["checkpointed"] == pytest.approx(losses["auto"], rel=1e-5)
+    for (name, p), q in zip(reference.named_parameters(), models["auto"].parameters()):
+        assert_close(q, p, 1e-4, name)
 
 
 MODEL = dict(img_size=64, embed_dim=12, depths=[1, 2, 1, 1], num_classes=7, num_frames=3, drop_path_rate=0.0)

@@ -13,16 +13,19 @@ import dvfl_kernels
 from dvfl_kernels import cpu_linear
 from gemm_shapes import STAGES
 
-# (name, K, N per output, epilogue) of each GEMM of a block; f and f_temporal run as one GEMM
-GEMMS = [("f+f_temporal", 1, (2, 3, 1, 3), "none"), ("h/h_temporal", 1, (1,), "none"), ("proj+residual", 1, (1,), "residual"),
-         ("fc1+gelu", 1, (4,), "gelu"), ("fc2+residual", 4, (1,), "residual")]
+# (name, K, the N of each output, epilogue) of each GEMM of a block at C channels (2 focal levels);
+# f and f_temporal run as one GEMM
+GEMMS = [("f+f_temporal", lambda c: c, lambda c: [2 * c + 3, c + 3], "none"),
+         ("h/h_temporal", lambda c: c, lambda c: [c], "none"),
+         ("proj+residual", lambda c: c, lambda c: [c], "residual"),
+         ("fc1+gelu", lambda c: c, lambda c: [4 * c], "gelu"),
+         ("fc2+residual", lambda c: 4 * c, lambda c: [c], "residual")]
 
 
 def _case(stage: int, gemm: str, dtype: torch.dtype):
     hw, c = STAGES[stage - 1]
-    _, k_mult, n_spec, epilogue = next(g for g in GEMMS if g[0] == gemm)
-    rows, k = 8 * hw * hw, k_mult * c
-    ns = [c * n_spec[0] + n_spec[1], c * n_spec[2] + n_spec[3]] if len(n_spec) == 4 else [c * n_spec[0]]
+    _, k_of, ns_of, epilogue = next(g for g in GEMMS if g[0] == gemm)
+    rows, k, ns = 8 * hw * hw, k_of(c), ns_of(c)
     torch.manual_seed(0)
     x = torch.randn(rows, k, dtype=dtype)
     layers = [(torch.randn(n, k, dtype=dtype) / k**0.5, torch.randn(n, dtype=dtype)) for n in ns]

@@ -106,8 +106,9 @@ def _owner(t: torch.Tensor) -> torch.Tensor:
 
 
 def _sample(t: torch.Tensor) -> torch.Tensor:
+    """A strided view of FINGERPRINT of t's values (compared in place; cloned only when stored)."""
     flat = t.detach().reshape(-1)
-    return flat[:: max(1, flat.numel() // FINGERPRINT)].clone()
+    return flat[:: max(1, flat.numel() // FINGERPRINT)]
 
 
 def _prepare(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], dtype) -> _Prepared:
@@ -126,7 +127,7 @@ def _prepare(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | No
         if any(b is not None for b in biases):
             bias = torch.cat([b.detach() if b is not None else weight.new_zeros(w.shape[0])
                               for w, b in zip(weights, biases)]).to(dtype)
-        samples = tuple(_sample(t) for t in tensors)
+        samples = tuple(_sample(t).clone() for t in tensors)
     drop = (lambda _ref, key=key: _PREPARED.pop(key, None))
     found = _Prepared(tuple(weakref.ref(o, drop) for o in owners), stamp, samples, weight, bias)
     _PREPARED[key] = found
@@ -148,10 +149,12 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
         return None
     if residual is not None and (residual.dtype != dtype or residual.shape != (*x.shape[:-1], sum(w.shape[0] for w in weights))):
         return None  # autocast: the reference adds a bf16 GEMM output to a float32 stream
+    k = x.shape[-1]
+    if any(w.dim() < 2 or w.numel() != w.shape[0] * k or (b is not None and b.shape != w.shape[:1])
+           for w, b in zip(weights, biases)):
+        return None  # F.linear raises its own shape error, per layer
     prepared = _prepare(weights, biases, dtype)
-    k, n = prepared.weight.shape[1], prepared.weight.shape[0]
-    if x.shape[-1] != k:
-        return None  # ATen raises its own shape error
+    n = prepared.weight.shape[0]
     rows = x.numel() // k
     x2 = x.reshape(rows, k).to(dtype).contiguous()
     res2 = None if residual is None else residual.reshape(rows, n).contiguous()

@@ -94,10 +94,14 @@ def test_ucf101_official_split(tmp_path, clip, capsys):
     ("classInd.txt", "1 ApplyEyeMakeup\r\n3 YoYo\r\n", r"classInd.txt:2: expected class id 2"),
 ], ids=["no-label", "label-vs-folder", "unknown-folder", "class-ids"])
 def test_ucf101_malformed_lines_name_file_and_line(tmp_path, clip, file, content, message):
-    videos, notes = _ucf101(tmp_path, clip)
+    _assert_refused_before_writing("ucf101", *_ucf101(tmp_path, clip), tmp_path, file, content, message)
+
+
+def _assert_refused_before_writing(dataset, videos, notes, tmp_path, file, content, message):
+    """`file` of the official notes replaced by `content`: prepare refuses with `message`, writes nothing."""
     (notes / file).write_text(content)
     with pytest.raises(PrepareError, match=message):
-        prepare("ucf101", str(videos), str(tmp_path / "out"), str(notes))
+        prepare(dataset, str(videos), str(tmp_path / "out"), str(notes))
     assert not (tmp_path / "out").exists()
 
 
@@ -216,11 +220,7 @@ def test_ssv2_templates_and_test_list(tmp_path, clip):
     ("train.json", '[{"template": "x"}]', r"train.json: entry 0: expected an object with a numeric 'id'"),
 ], ids=["truncated", "unknown-template", "int-ids", "no-id"])
 def test_ssv2_malformed_files_are_named(tmp_path, clip, file, content, message):
-    videos, notes = _ssv2(tmp_path, clip)
-    (notes / file).write_text(content)
-    with pytest.raises(PrepareError, match=message):
-        prepare("ssv2", str(videos), str(tmp_path / "out"), str(notes))
-    assert not (tmp_path / "out").exists()
+    _assert_refused_before_writing("ssv2", *_ssv2(tmp_path, clip), tmp_path, file, content, message)
 
 
 # -- Kinetics-400 ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ fp32 and bf16 autocast, and OpenVINO on the ONNX export of the reference decompo
 all cases alike; medians and ranges over the rounds. pytest-benchmark times cases in blocks, which
 on a shared 2-core machine moved the ratios by up to 1.5x between runs.
 
-    python bench/nano_interleaved.py [--rounds 9] [--json bench/results/nano-interleaved-cpu.json]
+    python bench/nano_interleaved.py [--rounds 9] [--compile] [--json bench/results/nano-interleaved-cpu.json]
 
 --training times a training step instead (2 clips, cross-entropy, backward, SGD with momentum), fp32
 and bf16 autocast, on backend "reference" and "auto":
@@ -33,7 +33,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def cases(clip: torch.Tensor) -> dict:
+def cases(clip: torch.Tensor, compiled: bool = False) -> dict:
     from dvflnet.tools.export import export_onnx
     from dvflnet.models import create_model
 
@@ -50,6 +50,9 @@ def cases(clip: torch.Tensor) -> dict:
 
     out = {"reference fp32": dvfl(reference, False), "auto fp32": dvfl(auto, False),
            "reference bf16": dvfl(reference, True), "auto bf16": dvfl(auto, True)}
+    if compiled:  # inductor (the engine steps aside under torch.compile: inductor packs its own weights)
+        out["auto compiled fp32"] = dvfl(torch.compile(auto), False)
+        out["auto compiled bf16"] = dvfl(torch.compile(auto), True)
     try:
         import openvino
     except ImportError:
@@ -92,13 +95,14 @@ def main() -> None:
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
                         help="keep: dvfl_kernels.keep_freed_memory() first, as the dvflnet CLI does; default: glibc's own")
     parser.add_argument("--training", action="store_true", help="time a training step of 2 clips instead")
+    parser.add_argument("--compile", action="store_true", help="add auto under torch.compile (inference)")
     args = parser.parse_args()
     if args.malloc == "keep":
         import dvfl_kernels
 
         dvfl_kernels.keep_freed_memory()
     clip = torch.randn(2 if args.training else 1, 8, 3, 224, 224)
-    timed = training_cases(clip) if args.training else cases(clip)
+    timed = training_cases(clip) if args.training else cases(clip, args.compile)
     for run in timed.values():  # warm-up: first-call allocations, oneDNN primitive creation
         run()
         run()

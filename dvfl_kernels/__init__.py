@@ -5,7 +5,8 @@ Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see
 ``cpu_linear``.
 """
 from ._checks import MAX_KD_TEMPERATURE
-from .cpu_linear import clear_prepared_weights, linear, linears
+from ._prepared import clear_prepared_weights
+from .cpu_linear import linear, linears
 from .cpu_memory import keep_freed_memory
 from .ops import (
     BACKENDS,

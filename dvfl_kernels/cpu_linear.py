@@ -16,52 +16,26 @@ vendor string: MKL takes a generic path on AMD CPUs where oneDNN reaches up to 2
 on an Intel Xeon with AMX the two are within 10% except where the epilogue fuses
 (bench/test_bench_gemm_cpu.py, docs/benchmarks.md). ``DVFL_CPU_GEMM=aten|onednn`` forces one.
 
-Prepared weights (concatenated, cast to the compute dtype, packed) are kept per parameter and reused
-while the parameter is unchanged: every in-place update through the parameter (an optimizer step,
-``load_state_dict``, ``copy_`` under no_grad) bumps its version counter, a replaced tensor changes its
-storage, and a write through ``.data`` (which bypasses the version counter) is caught by comparing
-``FINGERPRINT`` sampled values; ``clear_prepared_weights()`` drops them all. Entries go with their
-parameters. With gradients needed the calls are exactly the reference's ATen ops.
+Prepared weights (concatenated, cast to the compute dtype, packed) are made once per parameter state
+and reused (``_prepared``: version counters, storages and sampled values; ``clear_prepared_weights()``
+drops them). With gradients needed the calls are exactly the reference's ATen ops.
 """
 from __future__ import annotations
 
 import os
-import weakref
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from . import _probe
+from . import _prepared, _probe
 
 ACTIVATIONS = ("none", "gelu")
 IMPLEMENTATIONS = ("aten", "onednn")
-# Sampled values per weight / bias compared on each call to catch writes through `.data`: 64 strided
-# reads cost ~2 us per tensor, a full compare would read every weight (88 MB for the nano) per clip.
-FINGERPRINT = 64
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 # ("linear", rows rounded up to a power of 2, K, Ns, dtype, epilogue, residual, threads) -> the choice
 VERDICTS = _probe.VERDICTS
-
-
-@dataclass
-class _Prepared:
-    owners: tuple  # weak references to the parameters the weight was made from
-    stamp: tuple  # their version counters, storages and shapes when it was made
-    samples: tuple  # FINGERPRINT values of each, at the same time
-    weight: torch.Tensor  # (sum N, K) in the compute dtype
-    bias: torch.Tensor | None
-    packed: torch.Tensor | None = None  # oneDNN's layout of `weight`, made when first needed
-
-
-_PREPARED: dict[tuple, _Prepared] = {}
-
-
-def clear_prepared_weights() -> None:
-    """Drop every prepared (concatenated / cast / packed) weight; the next call prepares afresh."""
-    _PREPARED.clear()
 
 
 def implementation_override() -> str | None:
@@ -80,20 +54,9 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
-def _tracing() -> bool:
-    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
-    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
-
-
 def _engine_applies(x: torch.Tensor, tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> bool:
-    if _tracing() or type(x) is not torch.Tensor or x.device.type != "cpu" or x.numel() == 0:
+    if not _prepared.inference_call(x, tensors):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *tensors)):
-        return False
-    if any(type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter) for t in tensors):
-        return False  # tensor subclasses (FakeTensor, DTensor...) keep their own dispatch
-    if any(t.device.type != "cpu" or t.is_inference() for t in tensors):
-        return False  # inference tensors (weights made inside inference_mode) keep no version counter
     if torch.is_autocast_enabled("cpu"):  # autocast casts each operand to its dtype
         floats = (torch.float32, torch.bfloat16)
         return dtype == torch.bfloat16 and x.dtype in floats and all(t.dtype in floats for t in tensors)
@@ -101,37 +64,18 @@ def _engine_applies(x: torch.Tensor, tensors: Sequence[torch.Tensor], dtype: tor
     return x.dtype in (torch.float32, torch.bfloat16) and all(t.dtype == x.dtype for t in tensors)
 
 
-def _owner(t: torch.Tensor) -> torch.Tensor:
-    return t if t._base is None else t._base  # h's (C, C, 1, 1) weight arrives as a flattened view
-
-
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    """A strided view of FINGERPRINT of t's values (compared in place; cloned only when stored)."""
-    flat = t.detach().reshape(-1)
-    return flat[:: max(1, flat.numel() // FINGERPRINT)]
-
-
-def _prepare(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], dtype) -> _Prepared:
-    """The concatenated weight / bias in `dtype` for these parameters, remade when any changed."""
-    tensors = [t for t in (*weights, *biases) if t is not None]
-    owners = [_owner(t) for t in tensors]
-    key = (tuple(id(o) for o in owners), tuple(b is None for b in biases), dtype)
-    stamp = tuple((o._version, t.data_ptr(), tuple(t.shape), t.stride()) for o, t in zip(owners, tensors))
-    found = _PREPARED.get(key)
-    if (found is not None and all(r() is o for r, o in zip(found.owners, owners)) and found.stamp == stamp
-            and all(torch.equal(_sample(t), s) for t, s in zip(tensors, found.samples))):
-        return found
-    with torch.no_grad():
+def _prepare(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], dtype) -> _prepared.Prepared:
+    """(the concatenated weight, bias) in `dtype` for these parameters."""
+    def build():
         weight = torch.cat([w.detach().reshape(w.shape[0], -1) for w in weights]).to(dtype).contiguous()
         bias = None
         if any(b is not None for b in biases):
             bias = torch.cat([b.detach() if b is not None else weight.new_zeros(w.shape[0])
                               for w, b in zip(weights, biases)]).to(dtype)
-        samples = tuple(_sample(t).clone() for t in tensors)
-    drop = (lambda _ref, key=key: _PREPARED.pop(key, None))
-    found = _Prepared(tuple(weakref.ref(o, drop) for o in owners), stamp, samples, weight, bias)
-    _PREPARED[key] = found
-    return found
+        return weight, bias
+
+    kind = ("linear", tuple(b is None for b in biases), dtype)
+    return _prepared.prepare(kind, [t for t in (*weights, *biases) if t is not None], build)
 
 
 def _choose(key: tuple, run: dict) -> str:
@@ -154,23 +98,25 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
            for w, b in zip(weights, biases)):
         return None  # F.linear raises its own shape error, per layer
     prepared = _prepare(weights, biases, dtype)
-    n = prepared.weight.shape[0]
+    weight, bias = prepared.tensors
+    n = weight.shape[0]
     rows = x.numel() // k
     x2 = x.reshape(rows, k).to(dtype).contiguous()
     res2 = None if residual is None else residual.reshape(rows, n).contiguous()
 
     def aten():
-        out = F.linear(x2, prepared.weight, prepared.bias)
+        out = F.linear(x2, weight, bias)
         if activation == "gelu":
             out = F.gelu(out)
         return out if res2 is None else out.add_(res2)
 
     def onednn():
-        if prepared.packed is None:
-            prepared.packed = torch.ops.mkldnn._reorder_linear_weight(prepared.weight, rows)
+        packed = prepared.extra.get("packed")
+        if packed is None:
+            packed = prepared.extra["packed"] = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         if res2 is not None and activation == "none":
-            return torch.ops.mkldnn._linear_pointwise.binary(x2, res2, prepared.packed, prepared.bias, "add")
-        out = torch.ops.mkldnn._linear_pointwise(x2, prepared.packed, prepared.bias, activation, [],
+            return torch.ops.mkldnn._linear_pointwise.binary(x2, res2, packed, bias, "add")
+        out = torch.ops.mkldnn._linear_pointwise(x2, packed, bias, activation, [],
                                                  "none" if activation == "gelu" else "")
         return out if res2 is None else out.add_(res2)  # GELU, then the residual
 

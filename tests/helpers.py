@@ -78,3 +78,42 @@ def golden_modulation_layer(backend: str):
     )
     layer.load_state_dict(fixture["state_dict"], strict=True)
     return layer, fixture
+
+
+# Every way a parameter changes between two inference calls, each of which a weight prepared for
+# inference (dvfl_kernels._prepared) must see: on any module with a `weight` (and a `bias` for the one
+# that needs it).
+def update_in_place(layer):
+    with torch.no_grad():
+        layer.weight.mul_(-2)
+
+
+def update_one_element(layer):
+    with torch.no_grad():
+        layer.weight[0, 1] += 1  # not among the sampled values: the version counter catches it
+
+
+def update_bias_in_place(layer):
+    with torch.no_grad():
+        layer.bias.add_(3)
+
+
+def update_through_data(layer):
+    layer.weight.data.mul_(0.5)  # bypasses the version counter
+
+
+def load_random_state_dict(layer):
+    layer.load_state_dict({name: torch.randn_like(value) for name, value in layer.state_dict().items()})
+
+
+def replace_weight(layer):
+    layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))
+
+
+def optimizer_step(layer):
+    sum((p * torch.randn_like(p)).sum() for p in layer.parameters()).backward()
+    torch.optim.SGD(layer.parameters(), lr=0.5).step()
+
+
+WEIGHT_UPDATES = [update_in_place, update_one_element, update_bias_in_place, update_through_data, load_random_state_dict,
+                  replace_weight, optimizer_step]

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import dvfl_kernels
-from dvfl_kernels import cpu_linear
+from dvfl_kernels import _prepared, cpu_linear
 from dvflnet.models import VideoFocalNet
-from helpers import assert_close
+from helpers import WEIGHT_UPDATES, assert_close
 
 IMPLS = ["aten", "onednn"] if cpu_linear._ONEDNN else ["aten"]
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -22,10 +22,10 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 @pytest.fixture(autouse=True)
 def fresh_engine(monkeypatch):
     monkeypatch.delenv("DVFL_CPU_GEMM", raising=False)
-    cpu_linear.clear_prepared_weights()
+    dvfl_kernels.clear_prepared_weights()
     cpu_linear.VERDICTS.clear()
     yield
-    cpu_linear.clear_prepared_weights()
+    dvfl_kernels.clear_prepared_weights()
 
 
 def _force(monkeypatch, impl: str) -> None:
@@ -146,41 +146,8 @@ def test_bad_env_override_is_named(monkeypatch):
         dvfl_kernels.linear(x, weight, bias)
 
 
-def _update_in_place(layer):
-    with torch.no_grad():
-        layer.weight.mul_(-2)
-
-
-def _update_one_element(layer):
-    with torch.no_grad():
-        layer.weight[0, 1] += 1  # not among the sampled values: the version counter catches it
-
-
-def _update_bias_in_place(layer):
-    with torch.no_grad():
-        layer.bias.add_(3)
-
-
-def _update_through_data(layer):
-    layer.weight.data.mul_(0.5)  # bypasses the version counter
-
-
-def _load_state_dict(layer):
-    layer.load_state_dict({"weight": torch.randn_like(layer.weight), "bias": torch.randn_like(layer.bias)})
-
-
-def _replace_parameter(layer):
-    layer.weight = nn.Parameter(torch.randn_like(layer.weight))
-
-
-def _optimizer_step(layer):
-    layer(torch.randn(3, layer.in_features)).square().sum().backward()
-    torch.optim.SGD(layer.parameters(), lr=0.5).step()
-
-
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("update", [_update_in_place, _update_one_element, _update_bias_in_place, _update_through_data, _load_state_dict,
-                                    _replace_parameter, _optimizer_step])
+@pytest.mark.parametrize("update", WEIGHT_UPDATES)
 @pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
 def test_a_changed_weight_is_never_served_stale(monkeypatch, impl, update, mode):
     _force(monkeypatch, impl)
@@ -203,9 +170,9 @@ def test_prepared_weights_go_with_their_parameters(monkeypatch):
     layer = nn.Linear(8, 4)
     with torch.no_grad():
         dvfl_kernels.linear(torch.randn(3, 8), layer.weight, layer.bias)
-    assert len(cpu_linear._PREPARED) == 1
+    assert len(_prepared._PREPARED) == 1
     del layer
-    assert len(cpu_linear._PREPARED) == 0
+    assert len(_prepared._PREPARED) == 0
 
 
 def test_outside_the_engine_the_reference_ops_run(monkeypatch):
@@ -215,7 +182,7 @@ def test_outside_the_engine_the_reference_ops_run(monkeypatch):
         dvfl_kernels.linear(x, weight, bias)
         dvfl_kernels.linear(x.float(), weight.float(), bias.float(), backend="reference")
     dvfl_kernels.linear(x.float(), weight.float().requires_grad_(), bias.float())
-    assert not cpu_linear._PREPARED and not cpu_linear.VERDICTS
+    assert not _prepared._PREPARED and not cpu_linear.VERDICTS
 
 
 @pytest.mark.parametrize("impl", IMPLS)

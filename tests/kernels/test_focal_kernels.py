@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import dvfl_kernels
 from dvfl_kernels import ops, reference
 from dvflnet.models import VideoFocalNet
-from helpers import GOLDEN_DIR, assert_close, golden_modulation_layer, kernel_device, strided_view as _strided_view
+from helpers import GOLDEN_DIR, WEIGHT_UPDATES, assert_close, update_bias_in_place, golden_modulation_layer, kernel_device, strided_view as _strided_view
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -443,6 +443,52 @@ def test_auto_temporal_runs_the_measured_choice(hw, dtype, grad, probed):
     for verdict, backend in (("reference", "reference"), ("kernel", "cpu")) if probed else ():
         _probe.VERDICTS[keys[0]] = verdict  # a recorded verdict is what runs
         assert torch.equal(ops.temporal_context(z, g, weights, 2), ops.temporal_context(z, g, weights, 2, backend=backend))
+
+
+@cpu_only
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+@pytest.mark.parametrize("dtype, weight_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                 (torch.bfloat16, torch.bfloat16), (torch.float64, torch.float64)])
+@pytest.mark.parametrize("case", TEMPORAL_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_cpu_temporal_inference_on_prepared_taps(case, dtype, weight_dtype, mode):
+    """Without gradients the taps are prepared once per weight (cast, laid out as (k, C_out, C_in)):
+    the same bits as the op on the weights themselves, on strided NaN-padded views, and the float64
+    reference within the dtype's tolerance."""
+    from dvfl_kernels import _prepared
+
+    clips, frames, h, w, c, levels = case
+    generator = torch.Generator().manual_seed(sum(case))
+    z, g, weights = _inputs(clips * frames, h, w, c, levels, "temporal", dtype, generator)
+    z_fast, g_fast = _strided_view(z.to(dtype)), _strided_view(g.to(dtype))
+    w_fast = [wt.to(weight_dtype).requires_grad_() for wt in weights]  # parameters, as in a model
+    dvfl_kernels.clear_prepared_weights()
+    with getattr(torch, mode)():
+        out = dvfl_kernels.temporal_context(z_fast, g_fast, w_fast, frames, backend="cpu")
+        own = torch.ops.dvfl.temporal_context(z_fast, g_fast, w_fast, frames, False, False)[0]
+    assert len(_prepared._PREPARED) == levels
+    assert torch.equal(out, own)
+    assert_close(out, reference.temporal_context(z, g, weights, frames), TOLERANCE.get(dtype, 1e-12), f"{case} {dtype}")
+    dvfl_kernels.clear_prepared_weights()
+
+
+@cpu_only
+@pytest.mark.parametrize("update", [u for u in WEIGHT_UPDATES if u is not update_bias_in_place])
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_cpu_temporal_prepared_taps_are_never_stale(update, mode):
+    """A temporal layer's weight changed between inference calls (in place, one element, through
+    .data, load_state_dict, replaced, an optimizer step): the next call follows it."""
+    torch.manual_seed(6)
+    layer = torch.nn.Conv1d(12, 12, 3, bias=False)
+    z, g = torch.randn(6, 5, 3, 12), torch.randn(6, 5, 3, 2)
+    context = getattr(torch, mode)
+    for _ in range(2):
+        for when in ("before", update.__name__):
+            with context():
+                out = dvfl_kernels.temporal_context(z, g, [layer.weight], 3, backend="auto")
+            expected = reference.temporal_context(z.double(), g.double(), [layer.weight.detach().double()], 3)
+            assert_close(out, expected, 1e-5, when)
+            if when == "before":
+                update(layer)
 
 
 def test_the_triton_backend_loads_without_the_cpp_extension():

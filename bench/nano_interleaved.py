@@ -1,9 +1,9 @@
 """VFL-Net nano inference on this CPU against its deployment peer, cases interleaved.
 
 One clip 1 x 8 x 3 x 224 x 224 under torch.inference_mode(): dvfl on backend "reference" and "auto",
-fp32 and bf16 autocast, and OpenVINO on the ONNX export of the reference decomposition, f32 and bf16
-(its precision hint). Each round times every case once, in turn, so that the machine's drift hits
-all cases alike; medians and ranges over the rounds. pytest-benchmark times cases in blocks, which
+fp32 and bf16 autocast, ONNX Runtime (fp32, as exported) and OpenVINO (f32 and bf16, its precision
+hint) on the ONNX export of the reference decomposition. Each round times every case once, in turn,
+so that the machine's drift hits all cases alike; medians and ranges over the rounds. pytest-benchmark times cases in blocks, which
 on a shared 2-core machine moved the ratios by up to 1.5x between runs.
 
     python bench/nano_interleaved.py [--rounds 9] [--compile] [--json bench/results/nano-interleaved-cpu.json]
@@ -54,12 +54,17 @@ def cases(clip: torch.Tensor, compiled: bool = False) -> dict:
         out["auto compiled fp32"] = dvfl(torch.compile(auto), False)
         out["auto compiled bf16"] = dvfl(torch.compile(auto), True)
     try:
+        import onnxruntime
         import openvino
     except ImportError:
         return out
     path = str(Path(tempfile.mkdtemp()) / "nano.onnx")
     export_onnx(reference, path, frames=8, size=224)
-    core, feed = openvino.Core(), clip.numpy()
+    feed = clip.numpy()
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    out["onnxruntime fp32"] = lambda: session.run(None, {name: feed})
+    core = openvino.Core()
     for precision in ("f32", "bf16"):
         request = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision}).create_infer_request()
         out[f"openvino {precision}"] = (lambda r: lambda: r.infer({0: feed}))(request)
@@ -114,7 +119,7 @@ def main() -> None:
             times[name].append((time.perf_counter() - start) * 1e3)
     rows = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)} for name, v in times.items()}
     for name, row in rows.items():
-        print(f"{name:<16} {row['median_ms']:8.1f} ms  ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
+        print(f"{name:<20} {row['median_ms']:8.1f} ms  ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
     if args.json:
         report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc": args.malloc,
                   "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "clip": "x".join(map(str, clip.shape)), "cases": rows}

@@ -4,19 +4,98 @@ The CPU linear engine (cpu_linear) and "auto"'s choice for bf16 inference of tem
 use it: which implementation wins depends on the CPU (MKL takes a generic path on AMD, AMX changes
 bf16 on Intel), the shape and the thread count, so it is measured where it runs, never read off a
 vendor string.
+
+Verdicts are kept on disk per machine (CPU model, torch and dvfl versions) and reused by every later
+process: where two implementations are close, a fresh timing may pick either, and the two round
+differently, so without the file two runs of the same seeded training (a distillation whose teacher
+runs on the engine, a resume) could part at float rounding and end apart. The file is
+``DVFL_PROBE_CACHE`` (a path; "off" times afresh in every process), by default
+``$XDG_CACHE_HOME/dvfl/cpu-probe.json`` (``~/.cache``); deleting it measures again.
 """
 from __future__ import annotations
 
+import json
+import os
+import platform
+import tempfile
 import time
+import warnings
 from typing import Callable
+
+import torch
 
 # Timed calls per candidate when a shape first comes, alternating so that the machine's drift hits
 # all alike; the fastest minimum wins. 3 rounds: on a shared 2-core machine single calls were up to
 # 1.5x apart, the minimum of three held each verdict across reruns except near-ties.
 PROBE_ROUNDS = 3
 
-# (what, shape...) -> the candidate chosen
+# (what, shape...) -> the candidate chosen, in this process
 VERDICTS: dict[tuple, str] = {}
+_STORED: dict[str, dict[str, str]] = {}  # cache file -> this machine's verdicts in it, read once
+_WARNED: set[str] = set()
+
+
+def cache_path() -> str | None:
+    path = os.environ.get("DVFL_PROBE_CACHE")
+    if path == "off":
+        return None
+    if path:
+        return os.path.abspath(os.path.expanduser(path))
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "dvfl", "cpu-probe.json")
+
+
+def machine() -> str:
+    """The section of the cache file whose verdicts apply here."""
+    from . import __version__
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} | torch {torch.__version__} | dvfl {__version__}"
+
+
+def _read(path: str) -> dict:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # none yet, or unreadable: measured again and rewritten
+
+
+def _stored(path: str) -> dict[str, str]:
+    if path not in _STORED:
+        section = _read(path).get(machine())
+        _STORED[path] = dict(section) if isinstance(section, dict) else {}
+    return _STORED[path]
+
+
+def _store(path: str, key: str, verdict: str) -> None:
+    """Adds one verdict to the file (merged with what other processes wrote meanwhile; atomic)."""
+    _stored(path)[key] = verdict
+    data = _read(path)
+    section = data.get(machine())
+    data[machine()] = {**(section if isinstance(section, dict) else {}), **_stored(path)}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, temporary = tempfile.mkstemp(prefix=".cpu-probe-", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=0, sort_keys=True)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
+    except OSError as err:
+        if path not in _WARNED:
+            _WARNED.add(path)
+            warnings.warn(f"DVFL_PROBE_CACHE: cannot write {path} ({err.strerror or err}); the CPU engine's "
+                          f"choices are kept in this process only (set DVFL_PROBE_CACHE to a writable file, or 'off')",
+                          stacklevel=3)
 
 
 def _seconds(fn: Callable) -> float:
@@ -26,16 +105,22 @@ def _seconds(fn: Callable) -> float:
 
 
 def fastest(key: tuple, candidates: dict[str, Callable]) -> str:
-    """The name of the fastest of `candidates` (callables doing the same work) for `key`, timed the
-    first time `key` comes (one warm-up call each, then PROBE_ROUNDS alternating rounds)."""
+    """The name of the fastest of `candidates` (callables doing the same work) for `key`: this
+    machine's stored verdict, or timed the first time `key` comes (one warm-up call each, then
+    PROBE_ROUNDS alternating rounds) and stored."""
     verdict = VERDICTS.get(key)
     if verdict is None:
-        times: dict[str, list[float]] = {name: [] for name in candidates}
-        for fn in candidates.values():
-            fn()  # warm-up: oneDNN builds its primitives, allocators their pools
-        for _ in range(PROBE_ROUNDS):
-            for name, fn in candidates.items():
-                times[name].append(_seconds(fn))
-        verdict = min(times, key=lambda name: min(times[name]))
+        path = cache_path()
+        verdict = _stored(path).get(repr(key)) if path else None
+        if verdict not in candidates:
+            times: dict[str, list[float]] = {name: [] for name in candidates}
+            for fn in candidates.values():
+                fn()  # warm-up: oneDNN builds its primitives, allocators their pools
+            for _ in range(PROBE_ROUNDS):
+                for name, fn in candidates.items():
+                    times[name].append(_seconds(fn))
+            verdict = min(times, key=lambda name: min(times[name]))
+            if path:
+                _store(path, repr(key), verdict)
         VERDICTS[key] = verdict
     return verdict

@@ -8,6 +8,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The CPU engine's measured choices are not read from or written to the user's cache: each test
+# process measures (tests/kernels/test_probe.py covers the file).
+os.environ["DVFL_PROBE_CACHE"] = "off"
+
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

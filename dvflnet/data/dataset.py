@@ -133,7 +133,7 @@ class VideoCSVDataset(Dataset):
         self.bad_video, self.seed, self.crop_area = bad_video, seed, tuple(crop_area)
         self.epoch = 0
         # decode each video once when the dataset fits in the budget (data.decoded_cache_mb)
-        self.decoded = DecodedVideos(decoded_cache_bytes) if decoded_cache_bytes > 0 else None
+        self.decoded = DecodedVideos.shared(decoded_cache_bytes) if decoded_cache_bytes > 0 else None
         self.skipped: list[str] = []  # this process's skipped files (warned once each)
         self.skip_counts = torch.zeros(_MAX_WORKERS + 1, dtype=torch.int64).share_memory_()
 

@@ -6,6 +6,7 @@ reader, in whatever process it runs; the needed frames are read in one batched c
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Callable, Sequence
 
 import numpy as np
@@ -76,20 +77,43 @@ class DecodedVideos:
     read every epoch and fits (the demo's 1,760 clips of 16 x 32 x 32 take 86 MB): each video is
     decoded once, in one batched read of all its frames, and later reads index that array. What
     `read_frames` / `video_length` of a cached video return is exactly what they return from the file
-    (tested frame for frame). Videos beyond the budget are read from their files as before. The cache
-    lives in the process that decodes: it serves a loader without worker processes."""
+    (tested frame for frame); a file changed since (its size, modification time or inode) is decoded
+    again. Videos beyond the budget are read from their files as before. The cache lives in the
+    process that decodes: it serves a loader without worker processes. ``shared(budget)`` is one cache
+    for every dataset of the process that asks while any holds it: the validation clips decoded for
+    training's evaluations serve the final evaluation, and a run's next training run."""
+
+    _SHARED: "weakref.WeakValueDictionary[int, DecodedVideos]" = weakref.WeakValueDictionary()
 
     def __init__(self, budget_bytes: int):
         self.budget_bytes, self.used_bytes = int(budget_bytes), 0
-        self.videos: dict[str, torch.Tensor] = {}
+        self.videos: dict[str, tuple[tuple, torch.Tensor]] = {}  # path -> (file identity, frames)
+
+    @classmethod
+    def shared(cls, budget_bytes: int) -> "DecodedVideos":
+        cache = cls._SHARED.get(int(budget_bytes))
+        if cache is None:
+            cache = cls._SHARED[int(budget_bytes)] = cls(budget_bytes)
+        return cache
 
     def _video(self, path: str) -> torch.Tensor | None:
-        video = self.videos.get(path)
-        if video is None and self.used_bytes < self.budget_bytes:
-            video = read_frames(path, np.arange)
-            if self.used_bytes + video.numel() <= self.budget_bytes:
-                self.videos[path] = video
-                self.used_bytes += video.numel()
+        try:
+            stat = os.stat(path)
+            identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            return None  # read_frames names what is wrong with the path
+        entry = self.videos.get(path)
+        if entry is not None:
+            if entry[0] == identity:
+                return entry[1]
+            del self.videos[path]
+            self.used_bytes -= entry[1].numel()
+        if self.used_bytes >= self.budget_bytes:
+            return None
+        video = read_frames(path, np.arange)
+        if self.used_bytes + video.numel() <= self.budget_bytes:
+            self.videos[path] = (identity, video)
+            self.used_bytes += video.numel()
         return video
 
     def read_frames(self, path: str | os.PathLike, indices) -> torch.Tensor:

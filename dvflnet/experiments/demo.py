@@ -26,6 +26,7 @@ import torch
 from ..atomic import save_figure, write_json, write_text
 from ..complexity import count_flops, count_parameters
 from ..data.synthetic import generate_dataset
+from ..data.video import DecodedVideos
 from ..engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
 from ..engine.builders import build_model
 from ..engine.evaluation import run_evaluation
@@ -132,6 +133,9 @@ def run_demo(spec: dict) -> list[dict]:
     print(f"[1/5] generating videos under {spec['output']}/data", flush=True)
     root = _prepare_data(spec)
     configs = run_configs(spec, root)
+    # the three runs and their evaluations read the same files: each decoded once for the whole demo
+    budget = configs["teacher"]["data"]["decoded_cache_mb"] << 20
+    decoded = DecodedVideos.shared(budget) if budget else None
     rows, summaries = [], {}
     titles = {"teacher": "training the teacher", "student": "training the student from scratch",
               "distill": "distilling the student from the teacher"}
@@ -154,6 +158,7 @@ def run_demo(spec: dict) -> list[dict]:
         row.update(params=count_parameters(model),
                    gflops=count_flops(model, cfg["data"]["num_frames"], cfg["data"]["size"]) / 1e9,
                    **{f"{k}_{m}": v[m] for k, v in results.items() for m in ("top1", "top5")})
+    del decoded
     print_table(rows)
     write_json(rows, os.path.join(spec["output"], "results.json"))
     picture = plot_results(rows, {run: summaries[run]["epochs"] for run in RUNS}, os.path.join(spec["output"], "results.png"))

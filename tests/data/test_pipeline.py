@@ -118,6 +118,26 @@ def test_dataset_train_and_multiview_items(tiny_dataset):
     assert torch.equal(views, test[2][0])
 
 
+def test_datasets_with_a_decoded_cache_share_it(tiny_dataset, monkeypatch):
+    """Training's validation set and the final evaluation's sets (other views of the same files)
+    decode each video once between them, and give what they give without the cache."""
+    from dvflnet.data import video
+
+    decodes = []
+    real = video.read_frames
+    monkeypatch.setattr(video, "read_frames", lambda p, i: decodes.append(p) or real(p, i))
+    kwargs = dict(num_frames=4, mode="test", size=32, num_classes=3)
+    cached = [VideoCSVDataset(tiny_dataset.root, tiny_dataset.val_csv, num_clips=clips, num_crops=crops,
+                              decoded_cache_bytes=1 << 24, **kwargs) for clips, crops in ((1, 1), (4, 3), (1, 1))]
+    assert cached[0].decoded is cached[1].decoded is cached[2].decoded
+    plain = [VideoCSVDataset(tiny_dataset.root, tiny_dataset.val_csv, num_clips=clips, num_crops=crops, **kwargs)
+             for clips, crops in ((1, 1), (4, 3))]
+    for dataset, reference in zip(cached, plain + plain[:1]):
+        for index in range(len(dataset)):
+            assert torch.equal(dataset[index][0], reference[index][0])
+    assert sorted(decodes) == sorted(path for path, _ in cached[0].items)  # each file decoded once
+
+
 def test_a_batch_is_augmented_as_one_clip_at_a_time():
     """train_batch over clips of mixed shapes, each with its own draws (flips, jitters, grey ones
     among them), equals augmenting each clip alone; and train_transform draws what draw_train does."""

@@ -127,3 +127,29 @@ def test_decoded_videos_return_exactly_what_the_file_gives(tmp_path):
     assert sorted(cache.videos) == sorted(paths[:2]) and cache.used_bytes == (16 + 9) * 32 * 32 * 3
     with pytest.raises(VideoReadError, match=r"frame indices must lie in \[0, 16\)"):
         cache.read_frames(paths[0], [16])
+
+
+def test_a_shared_cache_serves_every_dataset_and_sees_a_rewritten_file(tmp_path, monkeypatch):
+    """DecodedVideos.shared: one cache per budget while any holder lives (decoded once for all of
+    them), gone with its last holder; a file rewritten at the same path is decoded again."""
+    import gc
+
+    from dvflnet.data import video
+
+    rng = np.random.default_rng(1)
+    path = str(tmp_path / "v.mp4")
+    write_video(path, rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), fps=8)
+    decodes = []
+    real = video.read_frames
+    monkeypatch.setattr(video, "read_frames", lambda p, i: decodes.append(p) or real(p, i))
+    first, second = video.DecodedVideos.shared(1 << 20), video.DecodedVideos.shared(1 << 20)
+    assert first is second and video.DecodedVideos.shared(2 << 20) is not first
+    before = first.read_frames(path, [0, 7])
+    assert torch.equal(second.read_frames(path, [0, 7]), before) and len(decodes) == 1
+    write_video(path, rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8), fps=8)  # new content, same path
+    assert second.video_length(path) == 6 and len(decodes) == 2
+    assert torch.equal(second.read_frames(path, [5, 0]), real(path, [5, 0]))
+    assert first.used_bytes == 6 * 32 * 32 * 3 and list(first.videos) == [path]
+    del first, second
+    gc.collect()
+    assert len(video.DecodedVideos.shared(1 << 20).videos) == 0

@@ -5,7 +5,7 @@ use it: which implementation wins depends on the CPU (MKL takes a generic path o
 bf16 on Intel), the shape and the thread count, so it is measured where it runs, never read off a
 vendor string.
 
-Verdicts are kept on disk per machine (CPU model, torch and dvfl versions) and reused by every later
+Verdicts are kept on disk per machine (CPU model and flags, torch and dvfl versions) and reused by every later
 process: where two implementations are close, a fresh timing may pick either, and the two round
 differently, so without the file two runs of the same seeded training (a distillation whose teacher
 runs on the engine, a resume) could part at float rounding and end apart. The file is
@@ -14,6 +14,7 @@ runs on the engine, a resume) could part at float rounding and end apart. The fi
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -46,16 +47,20 @@ def cache_path() -> str | None:
 
 
 def machine() -> str:
-    """The section of the cache file whose verdicts apply here."""
+    """The section of the cache file whose verdicts apply here: the CPU's model name and a digest of
+    its feature flags (a VM may report a generic name, "Intel(R) Xeon(R) Processor", for CPUs with
+    and without AMX), the torch and dvfl versions."""
     from . import __version__
 
-    model = platform.processor() or platform.machine()
+    info = {}
     try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), model)
+        with open("/proc/cpuinfo") as cpuinfo:  # every processor alike: the last one's lines stand
+            info = {name.strip(): value.strip() for name, _, value in (line.partition(":") for line in cpuinfo)}
     except OSError:
         pass
-    return f"{model} | torch {torch.__version__} | dvfl {__version__}"
+    model = info.get("model name") or platform.processor() or platform.machine()
+    flags = hashlib.sha1(" ".join(sorted(info.get("flags", "").split())).encode()).hexdigest()[:8]
+    return f"{model} (flags {flags}) | torch {torch.__version__} | dvfl {__version__}"
 
 
 def _read(path: str) -> dict:

@@ -101,6 +101,8 @@ def main() -> None:
                         help="keep: dvfl_kernels.keep_freed_memory() first, as the dvflnet CLI does; default: glibc's own")
     parser.add_argument("--training", action="store_true", help="time a training step of 2 clips instead")
     parser.add_argument("--compile", action="store_true", help="add auto under torch.compile (inference)")
+    parser.add_argument("--only", metavar="WORD", help="time only the cases whose name holds WORD (e.g. 'auto': "
+                        "its spread without the other runtimes' threads on the cores)")
     args = parser.parse_args()
     if args.malloc == "keep":
         import dvfl_kernels
@@ -108,6 +110,9 @@ def main() -> None:
         dvfl_kernels.keep_freed_memory()
     clip = torch.randn(2 if args.training else 1, 8, 3, 224, 224)
     timed = training_cases(clip) if args.training else cases(clip, args.compile)
+    timed = {name: run for name, run in timed.items() if args.only is None or args.only in name}
+    if not timed:
+        parser.error(f"--only {args.only!r}: no case name holds it")
     for run in timed.values():  # warm-up: first-call allocations, oneDNN primitive creation
         run()
         run()

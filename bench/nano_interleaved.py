@@ -33,7 +33,7 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def cases(clip: torch.Tensor, compiled: bool = False) -> dict:
+def cases(clip: torch.Tensor, compiled: bool = False, peers: bool = True) -> dict:
     from dvflnet.tools.export import export_onnx
     from dvflnet.models import create_model
 
@@ -53,6 +53,8 @@ def cases(clip: torch.Tensor, compiled: bool = False) -> dict:
     if compiled:  # inductor (the engine steps aside under torch.compile: inductor packs its own weights)
         out["auto compiled fp32"] = dvfl(torch.compile(auto), False)
         out["auto compiled bf16"] = dvfl(torch.compile(auto), True)
+    if not peers:
+        return out
     try:
         import onnxruntime
         import openvino
@@ -109,7 +111,9 @@ def main() -> None:
 
         dvfl_kernels.keep_freed_memory()
     clip = torch.randn(2 if args.training else 1, 8, 3, 224, 224)
-    timed = training_cases(clip) if args.training else cases(clip, args.compile)
+    # the ONNX export and the peers' compilation only when a peer case is wanted
+    peers = args.only is None or any(args.only in name for name in ("onnxruntime fp32", "openvino f32", "openvino bf16"))
+    timed = training_cases(clip) if args.training else cases(clip, args.compile, peers)
     timed = {name: run for name, run in timed.items() if args.only is None or args.only in name}
     if not timed:
         parser.error(f"--only {args.only!r}: no case name holds it")

@@ -14,6 +14,7 @@ runs on the engine, a resume) could part at float rounding and end apart. The fi
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ def cache_path() -> str | None:
     return os.path.join(base, "dvfl", "cpu-probe.json")
 
 
+@functools.cache
 def machine() -> str:
     """The section of the cache file whose verdicts apply here: the CPU's model name and a digest of
     its feature flags (a VM may report a generic name, "Intel(R) Xeon(R) Processor", for CPUs with

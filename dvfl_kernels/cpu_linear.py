@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _prepared, _probe
+from .ops import BACKENDS
 
 ACTIVATIONS = ("none", "gelu")
 IMPLEMENTATIONS = ("aten", "onednn")
@@ -127,8 +128,8 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in ("auto", "reference", "cpu", "cuda", "triton"):
-        raise ValueError(f"backend: expected 'auto', 'reference', 'cpu', 'cuda' or 'triton', got {backend!r}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",

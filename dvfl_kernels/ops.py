@@ -59,14 +59,13 @@ def _probes_temporal(x: torch.Tensor, needs_grad: bool) -> bool:
     )
 
 
-def _prepared_taps(z_t: torch.Tensor, g_t: torch.Tensor, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+def _prepared_taps(z_t: torch.Tensor, weights: list[torch.Tensor], needs_grad: bool) -> list[torch.Tensor]:
     """At inference on CPU, each (C, C, k) weight as a view of its taps prepared once per parameter
     state (``_prepared``): (k, C_out, C_in) contiguous in z_t's dtype. The kernel and the reference
     multiply by the taps so laid out; from the parameter itself each call cast and re-laid them out
     (1 to 7 ms of a bf16 nano clip on an Intel Xeon, and ATen's bf16 GEMM is 2-3x slower on the
     permuted taps than on contiguous ones). The values are the same: the results are too."""
-    if (z_t.dtype not in (torch.float32, torch.float64, torch.bfloat16) or focal.needs_grad(z_t, g_t, *weights)
-            or not _prepared.inference_call(z_t, weights)):
+    if z_t.dtype not in (torch.float32, torch.float64, torch.bfloat16) or needs_grad or not _prepared.inference_call(z_t, weights):
         return weights
     kind = ("temporal taps", z_t.dtype)
     return [_prepared.prepare(kind, [w], lambda w=w: (w.detach().permute(2, 0, 1).to(z_t.dtype).contiguous(),))
@@ -160,10 +159,10 @@ def temporal_context(
     _checks.check_temporal_context(z_t, g_t, weights, num_frames)
     weights, normalize = list(weights), bool(normalize)
     impl = select_backend("temporal_context", backend, z_t.device)
+    needs_grad = focal.needs_grad(z_t, g_t, *weights)
     if backend != "reference":
-        weights = _prepared_taps(z_t, g_t, weights)
-    if backend == "auto" and impl is not reference.temporal_context and _probes_temporal(
-            z_t, focal.needs_grad(z_t, g_t, *weights)):
+        weights = _prepared_taps(z_t, weights, needs_grad)
+    if backend == "auto" and impl is not reference.temporal_context and _probes_temporal(z_t, needs_grad):
         key = ("temporal_context", tuple(z_t.shape), tuple(w.shape[-1] for w in weights), z_t.dtype, weights[0].dtype,
                num_frames, normalize, torch.get_num_threads())
         candidates = {"kernel": lambda: impl(z_t, g_t, weights, num_frames, normalize),

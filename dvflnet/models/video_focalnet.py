@@ -17,6 +17,7 @@ from typing import Callable, Iterator
 import torch
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.modules import module as torch_module
 
 import dvfl_kernels
 
@@ -335,8 +336,6 @@ class BasicLayer(nn.Module):
 def _hooked(*modules: nn.Module) -> bool:
     """Whether calling these modules would run hooks (theirs or global ones, e.g. thop's FLOP counter,
     a feature extractor): then forward calls them rather than fusing their work into other GEMMs."""
-    from torch.nn.modules import module as torch_module
-
     if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)

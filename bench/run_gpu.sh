@@ -11,6 +11,7 @@
 # checks every prerequisite, creating nothing; a plain run without a CUDA device stops at the check,
 # creating nothing. It stops at the first failing step, after keeping that step's output.
 set -uo pipefail
+caller=$PWD  # a relative OUT_DIR is the caller's, not the repository's
 cd "$(dirname "$0")/.."
 root=$PWD
 export PYTHONDONTWRITEBYTECODE=1  # the checks and the dry run leave no __pycache__ behind
@@ -29,11 +30,24 @@ done
 
 py=${PYTHON:-python3}
 jobs=$(nproc 2>/dev/null || echo 4)
-out=${out_arg:-${OUT:-bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}}
+out=${out_arg:-${OUT:-$root/bench/results/gpu-$(date -u +%Y%m%dT%H%M%SZ)}}
+case "$out" in /*) ;; *) out=$caller/$out ;; esac
 site=${TMPDIR:-/tmp}/dvfl-gpu-site
 # A hard stop for the whole run (the device tool ends a command at 10 minutes): each step's timeout is
 # the smaller of 1.5x its budget and what is left of this.
 deadline_s=${DVFL_GPU_DEADLINE_S:-540}
+if ! [[ "$deadline_s" =~ ^[1-9][0-9]*$ ]]; then
+  echo "run_gpu.sh: DVFL_GPU_DEADLINE_S: expected a positive number of seconds, got '$deadline_s'" >&2; exit 2
+fi
+if [ -e "$out" ] && [ ! -d "$out" ]; then
+  echo "run_gpu.sh: OUT_DIR: $out is a file; expected a folder (new or existing)" >&2; exit 2
+fi
+if ! command -v "$py" >/dev/null; then
+  echo "run_gpu.sh: MISSING python: PYTHON=$py is not a command here" >&2; exit 1
+fi
+# The steps' commands read these from the environment, quoted: a folder with a space or a ';' in its
+# name stays one argument and never runs as a command.
+export DVFL_GPU_PY=$py DVFL_GPU_OUT=$out DVFL_GPU_SITE=$site
 xdist=""
 if command -v "$py" >/dev/null && "$py" -c "import xdist" 2>/dev/null; then xdist="-n 8"; fi
 
@@ -54,12 +68,12 @@ done
 # name | budget in seconds | command. Budgets are estimates for a 16-core H100/H200 host (docs/gpu.md:
 # how each was sized); their sum is the 8 minutes the run must fit in.
 steps=(
-  "wheels|10|if ls .whl/*.whl >/dev/null 2>&1; then $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site .whl/*.whl; else echo 'no wheels carried in .whl/'; fi"
-  "build|90|FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$jobs $py setup.py -q build_ext --inplace"
-  "validate|120|$py bench/validate_gpu.py $out/validate.json"
-  "tests|90|DVFL_TRITON_AUTOTUNE=off $py -m pytest -q -m gpu $xdist -p no:cacheprovider tests"
-  "bench|150|$py -m pytest -q -p no:cacheprovider --benchmark-only --benchmark-json=$out/bench.json ${bench_cases[*]}"
-  "goals|20|$py bench/gpu_goals.py $out/bench.json $out/validate.json $out/goals.json"
+  "wheels|10|if ls .whl/*.whl >/dev/null 2>&1; then \"\$DVFL_GPU_PY\" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target \"\$DVFL_GPU_SITE\" .whl/*.whl; else echo 'no wheels carried in .whl/'; fi"
+  "build|90|FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=$jobs \"\$DVFL_GPU_PY\" setup.py -q build_ext --inplace"
+  "validate|120|\"\$DVFL_GPU_PY\" bench/validate_gpu.py \"\$DVFL_GPU_OUT/validate.json\""
+  "tests|90|DVFL_TRITON_AUTOTUNE=off \"\$DVFL_GPU_PY\" -m pytest -q -m gpu $xdist -p no:cacheprovider tests"
+  "bench|150|\"\$DVFL_GPU_PY\" -m pytest -q -p no:cacheprovider --benchmark-only \"--benchmark-json=\$DVFL_GPU_OUT/bench.json\" ${bench_cases[*]}"
+  "goals|20|\"\$DVFL_GPU_PY\" bench/gpu_goals.py \"\$DVFL_GPU_OUT/bench.json\" \"\$DVFL_GPU_OUT/validate.json\" \"\$DVFL_GPU_OUT/goals.json\""
 )
 
 print_plan() {
@@ -79,8 +93,9 @@ echo "prerequisites:"
 "$py" bench/gpu_preflight.py --wheels .whl
 ready=$?
 if [ "$dry_run" = 1 ]; then
-  if [ "$ready" = 0 ]; then echo "dry run: ready; nothing was created"; else echo "dry run: NOT ready (see MISSING above); nothing was created"; fi
-  exit 0
+  if [ "$ready" = 0 ]; then echo "dry run: ready; nothing was created"; exit 0; fi
+  echo "dry run: NOT ready (see MISSING above); nothing was created"
+  exit 1
 fi
 if [ "$ready" != 0 ]; then
   echo "run_gpu.sh: stopped before any work: a prerequisite is missing (above); nothing was created" >&2

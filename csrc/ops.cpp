@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "focal/focal.h"
+#include "weights/content_digest.h"
 
 TORCH_LIBRARY(dvfl, m) {
   // Fused forward-KL + cross-entropy per row. target: int64 labels (B,) or soft targets (B, K) in the
@@ -41,4 +42,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "dvfl C++ kernels; importing this module registers torch.ops.dvfl.* and their CPU / CUDA kernels";
   m.def("focal_cpu_capability", &dvfl::focal_cpu_capability,
         "The instruction set the CPU focal kernels run with here (avx512 or base).");
+  m.def("content_digest", &dvfl::content_digest, py::arg("tensor"),
+        "A 64-bit digest of every byte of a CPU tensor's data (prepared weights see any write with it).");
 }

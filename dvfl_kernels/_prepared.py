@@ -1,12 +1,16 @@
 """Weights prepared once for inference on CPU and reused while their parameters are unchanged.
 
 What an op does to its weights on every call (cast to the compute dtype, concatenate, re-lay out the
-temporal taps, pack for oneDNN) is done once per parameter state and kept: every in-place update
-through the parameter (an optimizer step, ``load_state_dict``, ``copy_`` under no_grad) bumps its
-version counter, a replaced tensor changes its storage, and a write through ``.data`` (which bypasses
-the version counter) is caught by comparing ``FINGERPRINT`` sampled values. Entries go with their
-parameters (weak references); ``clear_prepared_weights()`` drops them all. Only where no gradient is
-needed (``inference_call``): with gradients the ops compute from the parameters themselves.
+temporal taps, pack for oneDNN) is done once per parameter state and kept. A prepared entry is used
+again only if every parameter it came from is the same tensor (storage, shape, strides), at the same
+version, and holds the same bytes: a digest of every byte (``content_digest``, csrc/weights/) is
+compared on each call. The digest is what sees writes that skip the version counter: ``p.data[i] +=
+...``, ``p.data.copy_(...)``, writes through ``p.detach().numpy()`` or any other alias, pruning masks
+applied in place, EMA updates through ``.data``. It costs one read of the weights per call: about 5 ms
+per 86 MB (the nano's fp32 weights) on 2 cores (docs/kernels.md, "Prepared weights"), against the cast
+and re-layout it saves. Entries go with their parameters (weak references); ``clear_prepared_weights()``
+drops them all. Only where no gradient is needed (``inference_call``): with gradients the ops compute
+from the parameters themselves.
 """
 from __future__ import annotations
 
@@ -16,16 +20,12 @@ from typing import Callable, Sequence
 
 import torch
 
-# Sampled values per weight / bias compared on each call to catch writes through `.data`: 64 strided
-# reads cost ~2 us per tensor, a full compare would read every weight (88 MB for the nano) per clip.
-FINGERPRINT = 64
-
 
 @dataclass
 class Prepared:
     owners: tuple  # weak references to the parameters the tensors were made from
     stamp: tuple  # their version counters, storages and shapes when they were made
-    samples: tuple  # FINGERPRINT values of each, at the same time
+    digests: tuple  # each parameter's content digest then (or a copy, without the C++ extension)
     tensors: tuple  # what `build` returned
     extra: dict = field(default_factory=dict)  # made later from `tensors` (oneDNN's packed layout)
 
@@ -60,10 +60,17 @@ def _owner(t: torch.Tensor) -> torch.Tensor:
     return t if t._base is None else t._base  # h's (C, C, 1, 1) weight arrives as a flattened view
 
 
-def _sample(t: torch.Tensor) -> torch.Tensor:
-    """A strided view of FINGERPRINT of t's values (compared in place; cloned only when stored)."""
-    flat = t.detach().reshape(-1)
-    return flat[:: max(1, flat.numel() // FINGERPRINT)]
+def _digest(t: torch.Tensor):
+    """Every byte of t in one number (dvfl_kernels._C.content_digest); without the extension, a copy."""
+    try:
+        from ._C import content_digest
+    except ImportError:
+        return t.detach().clone()
+    return content_digest(t.detach())
+
+
+def _unchanged(t: torch.Tensor, digest) -> bool:
+    return torch.equal(t.detach(), digest) if isinstance(digest, torch.Tensor) else _digest(t) == digest
 
 
 def prepare(kind: tuple, tensors: Sequence[torch.Tensor], build: Callable[[], tuple]) -> Prepared:
@@ -74,12 +81,12 @@ def prepare(kind: tuple, tensors: Sequence[torch.Tensor], build: Callable[[], tu
     stamp = tuple((o._version, t.data_ptr(), tuple(t.shape), t.stride()) for o, t in zip(owners, tensors))
     found = _PREPARED.get(key)
     if (found is not None and all(r() is o for r, o in zip(found.owners, owners)) and found.stamp == stamp
-            and all(torch.equal(_sample(t), s) for t, s in zip(tensors, found.samples))):
+            and all(_unchanged(t, d) for t, d in zip(tensors, found.digests))):
         return found
     with torch.no_grad():
         made = build()
-        samples = tuple(_sample(t).clone() for t in tensors)
+        digests = tuple(_digest(t) for t in tensors)
     drop = (lambda _ref, key=key: _PREPARED.pop(key, None))
-    found = Prepared(tuple(weakref.ref(o, drop) for o in owners), stamp, samples, made)
+    found = Prepared(tuple(weakref.ref(o, drop) for o in owners), stamp, digests, made)
     _PREPARED[key] = found
     return found

@@ -75,9 +75,12 @@ def _read(path: str) -> dict:
 
 
 def _stored(path: str) -> dict[str, str]:
+    """This machine's verdicts in the file: entries that are not a name for a name (a hand edit, another
+    program's file) are dropped here, so they are measured again and the file is rewritten without them."""
     if path not in _STORED:
         section = _read(path).get(machine())
-        _STORED[path] = dict(section) if isinstance(section, dict) else {}
+        section = section if isinstance(section, dict) else {}
+        _STORED[path] = {k: v for k, v in section.items() if isinstance(k, str) and isinstance(v, str)}
     return _STORED[path]
 
 
@@ -86,11 +89,17 @@ def _store(path: str, key: str, verdict: str) -> None:
     _stored(path)[key] = verdict
     data = _read(path)
     section = data.get(machine())
-    data[machine()] = {**(section if isinstance(section, dict) else {}), **_stored(path)}
+    section = {k: v for k, v in section.items() if isinstance(v, str)} if isinstance(section, dict) else {}
+    data[machine()] = {**section, **_stored(path)}
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, temporary = tempfile.mkstemp(prefix=".cpu-probe-", dir=os.path.dirname(path))
         try:
+            # the permissions open() would give (mkstemp's are 0600): a cache shared by several users
+            # (DVFL_PROBE_CACHE on a group folder) stays readable to them, as their umask allows
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=0, sort_keys=True)
             os.replace(temporary, path)
@@ -119,7 +128,7 @@ def fastest(key: tuple, candidates: dict[str, Callable]) -> str:
     if verdict is None:
         path = cache_path()
         verdict = _stored(path).get(repr(key)) if path else None
-        if verdict not in candidates:
+        if not isinstance(verdict, str) or verdict not in candidates:
             times: dict[str, list[float]] = {name: [] for name in candidates}
             for fn in candidates.values():
                 fn()  # warm-up: oneDNN builds its primitives, allocators their pools

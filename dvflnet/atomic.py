@@ -92,6 +92,39 @@ def write_through_path(path: str, save: Callable[[str], None]) -> None:
         raise
 
 
+def write_set(files: dict[str, bytes]) -> None:
+    """Several files as one set (CSVs that belong together): every one is written to its temporary
+    file first; only when all are complete are they renamed into place, one after the other with
+    Ctrl-C held. A failure while writing (a full disk) replaces none of them, and the error says so."""
+    written: dict[str, str] = {}
+    try:
+        for path, data in files.items():
+            fd, tmp = _temporary_beside(path)
+            written[path] = tmp
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as err:
+        for tmp in written.values():
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
+            raise OSError(err.errno, f"{', '.join(files)}: cannot write ({err.strerror or err}); none of them was "
+                                     f"replaced") from None
+        raise
+    with deferred():  # renames within one folder: nothing left to fail for lack of space
+        for path, tmp in written.items():
+            os.replace(tmp, path)
+    for folder in {os.path.dirname(os.path.abspath(p)) for p in files}:
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
 def write_bytes(data: bytes, path: str) -> None:
     write_atomic(path, lambda f: f.write(data))
 

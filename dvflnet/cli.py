@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import sys
 
@@ -171,6 +172,13 @@ def _positive(kind):
     return parse
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive, finite number of seconds, got {text!r}")
+    return value
+
+
 def _at_least_zero(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -267,7 +275,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_check_split(args: argparse.Namespace) -> int:
     from .tools.check_split import check_split, format_report
 
-    report = check_split(args.train_csv, args.val_csv, args.num_classes)
+    report = check_split(args.train_csv, args.val_csv, args.num_classes, args.same_name)
     print(format_report(report, args.num_classes is not None))
     return 1 if report.leaks else 0
 
@@ -282,7 +290,9 @@ def cmd_resize(args: argparse.Namespace) -> int:
     report = resize_tree(args.src, args.dst, args.short_side, args.workers, progress=not args.no_progress)
     for source, why in report.failed:
         print(f"{source}: {why}", file=sys.stderr)
-    print(f"resize: {report.done} resized, {report.already} already done, {len(report.failed)} failed"
+    print(f"resize: {report.done} resized"
+          + (f" ({report.redone} made again: another short side in DST, or unreadable)" if report.redone else "")
+          + f", {report.already} already done, {len(report.failed)} failed"
           + (f", {report.cleaned} unfinished files of an earlier run removed" if report.cleaned else "")
           + f" in {time.monotonic() - start:.0f} s; short side {args.short_side} under {args.dst}")
     return 1 if report.failed else 0
@@ -342,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--output", help="grid folder (default: <config output>/grid)")
     ablate.add_argument("--alphas", nargs="+", type=float, help="KD weights (default: 0.3 0.5 0.7)")
     ablate.add_argument("--temperatures", nargs="+", type=_positive(float), help="KD temperatures (default: 5 10 15)")
-    ablate.add_argument("--seeds", nargs="+", type=int, help="one grid per seed (default: the config's seed)")
+    ablate.add_argument("--seeds", nargs="+", type=_at_least_zero, help="one grid per seed (default: the config's seed)")
     ablate.add_argument("--opts", nargs="+", metavar="KEY VALUE", help="overrides, as for distill")
     ablate.set_defaults(func=cmd_ablate)
 
@@ -352,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--val-per-class", type=int, default=10)
     gen.add_argument("--frames", type=int, default=16)
     gen.add_argument("--size", type=int, default=64)
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--seed", type=_at_least_zero, default=0)
     default = {name: p.default for name, p in inspect.signature(synthetic.generate_dataset).parameters.items()}
     gen.add_argument("--classes", nargs="+", choices=synthetic.CLASSES, metavar="CLASS", help=f"a subset of {', '.join(synthetic.CLASSES)} (default: all)")
     gen.add_argument("--fps", type=int, help=f"frame rate written in the mp4s (default: {default['fps']})")
@@ -370,8 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders of videos, or CSVs listing them")
     predict.add_argument("--root", help="folder the paths in a CSV are relative to (default: the CSV's folder)")
     predict.add_argument("--views", type=_views, default=(1, 1), help="clips x crops, averaged (default 1x1; e.g. 4x3)")
-    predict.add_argument("--window-seconds", type=_positive(float), help="also score windows of this length: a timeline")
-    predict.add_argument("--stride-seconds", type=_positive(float), help="window step (default: the window length)")
+    predict.add_argument("--window-seconds", type=_positive_seconds, help="also score windows of this length: a timeline")
+    predict.add_argument("--stride-seconds", type=_positive_seconds, help="window step (default: the window length)")
     predict.add_argument("--top", type=_positive(int), default=5)
     predict.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
     predict.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -399,8 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
     demo.add_argument("--output", help="demo folder (default: runs/demo)")
     seeds = demo.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=int, help="one seed for everything: the generated data and every run")
-    seeds.add_argument("--seeds", nargs="+", type=int, metavar="N",
+    seeds.add_argument("--seed", type=_at_least_zero, help="one seed for everything: the generated data and every run")
+    seeds.add_argument("--seeds", nargs="+", type=_at_least_zero, metavar="N",
                        help="the demo once per seed (in <output>/seed-N; a seed finished with the same settings is reused), "
                             "then mean and spread over seeds in <output>/summary.md and summary.json")
     demo.add_argument("--threads", type=_positive(int), help="intra-op CPU threads (torch.set_num_threads; default: torch's)")
@@ -425,6 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("train_csv")
     check.add_argument("val_csv")
     check.add_argument("--num-classes", type=_positive(int), help="K: labels must lie in 0..K-1 (default: the number of distinct labels)")
+    check.add_argument("--same-name", choices=["auto", "leak", "ignore"], default="auto",
+                       help="a file name in both lists (in other folders): auto (default) counts it as the same video "
+                            "unless the train list itself reuses names across folders (names numbered per class); "
+                            "leak: always; ignore: never (the names say nothing)")
     check.set_defaults(func=cmd_check_split)
 
     resize = sub.add_parser("resize", help="rescale a video tree: every frame, same frame rate, shorter side N (PyAV)")

@@ -90,7 +90,7 @@ def update_in_place(layer):
 
 def update_one_element(layer):
     with torch.no_grad():
-        layer.weight[0, 1] += 1  # not among the sampled values: the version counter catches it
+        layer.weight[0, 1] += 1  # through the parameter: its version counter moves
 
 
 def update_bias_in_place(layer):
@@ -100,6 +100,33 @@ def update_bias_in_place(layer):
 
 def update_through_data(layer):
     layer.weight.data.mul_(0.5)  # bypasses the version counter
+
+
+def update_one_element_through_data(layer):
+    layer.weight.data.view(-1)[1] += 5  # one value, no version counter: only a read of every byte sees it
+
+
+def update_through_numpy(layer):
+    """One byte of one value flipped through numpy (a uint8 view: numpy has no bfloat16)."""
+    flat = layer.weight.detach().view(-1).view(torch.uint8).numpy()
+    flat[2 * layer.weight.element_size() - 1] ^= 0x01
+
+
+def ema_through_data(layer):
+    """An EMA update as EMA helpers write it: decay, then add, through .data."""
+    layer.weight.data.mul_(0.999).add_(torch.ones_like(layer.weight), alpha=0.001)
+
+
+def prune_through_data(layer):
+    """A pruning mask applied in place: every third value zeroed."""
+    mask = (torch.arange(layer.weight.numel()) % 3 != 0).view(layer.weight.shape).to(layer.weight.dtype)
+    layer.weight.data.mul_(mask)
+
+
+def swap_two_values_through_data(layer):
+    """Two values exchanged: the same multiset of bytes in another order."""
+    flat = layer.weight.data.view(-1)
+    flat[0], flat[1] = flat[1].clone() + 1, flat[0].clone()
 
 
 def load_random_state_dict(layer):
@@ -115,5 +142,6 @@ def optimizer_step(layer):
     torch.optim.SGD(layer.parameters(), lr=0.5).step()
 
 
-WEIGHT_UPDATES = [update_in_place, update_one_element, update_bias_in_place, update_through_data, load_random_state_dict,
-                  replace_weight, optimizer_step]
+WEIGHT_UPDATES = [update_in_place, update_one_element, update_bias_in_place, update_through_data,
+                  update_one_element_through_data, update_through_numpy, ema_through_data, prune_through_data,
+                  swap_two_values_through_data, load_random_state_dict, replace_weight, optimizer_step]

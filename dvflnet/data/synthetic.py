@@ -231,6 +231,8 @@ def generate_dataset(
     opacity = _opacity_range(opacity)
     direction_spread = _direction_spread(direction_spread)
     _appearance(camera_jitter, clutter, motion)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0, got {seed!r}")
     for name, value in (("train_per_class", train_per_class), ("val_per_class", val_per_class), ("fps", fps)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")

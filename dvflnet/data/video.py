@@ -19,6 +19,34 @@ from ..atomic import write_through_path
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
+def is_video_name(name: str) -> bool:
+    """A video file's name: a known extension, and not hidden (macOS's ._v_clip.avi are resource forks)."""
+    return not name.startswith(".") and name.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def walk_videos(root: str):
+    """(folder, sorted video file names) for `root` and every folder below it, in sorted order,
+    following symlinked folders (a class linked in from another disk is a class) and entering each
+    real folder once (a link back up the tree is no loop). Hidden folders are not entered."""
+    seen: set[str] = set()
+
+    def visit(folder: str):
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        yield folder, [e.name for e in entries if is_video_name(e.name) and e.is_file()]
+        for entry in entries:
+            if not entry.name.startswith(".") and entry.is_dir():  # is_dir follows a symlink
+                yield from visit(entry.path)
+
+    yield from visit(root)
+
+
 class VideoReadError(RuntimeError):
     """A video that is missing, unreadable or truncated; the message names the file."""
 

@@ -406,6 +406,7 @@ def check_config(cfg: dict, distill: bool = False) -> None:
         raise ConfigError(f"output: expected a folder path, got {shown(cfg['output'])}")
     if os.path.exists(cfg["output"]) and not os.path.isdir(cfg["output"]):
         raise ConfigError(f"output: {cfg['output']} is a file; expected a folder for the run")
+    _check_range("seed", cfg["seed"], 0)
     if not isinstance(data["num_classes"], int) or data["num_classes"] < 1:
         raise ConfigError(f"data.num_classes: expected a positive integer, got {data['num_classes']!r}")
     for key in ("num_frames", "frame_interval", "size", "short_side", "test_short_side"):

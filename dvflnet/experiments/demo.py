@@ -41,6 +41,8 @@ SPEC_JSON = "demo_settings.json"
 def set_seed(spec: dict, seed: int) -> None:
     """One seed for the whole demo: the generated data and every run's seed (model initialisation,
     data order, augmentation, drop-path; the loaders derive theirs from it)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
     spec["dataset"]["seed"] = seed
     spec["base"]["seed"] = seed
     for run in RUNS:

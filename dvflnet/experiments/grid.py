@@ -103,6 +103,9 @@ def run_grid(cfg: dict, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, s
         twice = sorted({v for v in values if list(values).count(v) > 1})
         if twice:
             raise ConfigError(f"{name}: {', '.join(map(str, twice))} given more than once")
+    negative = [s for s in seeds or [] if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if negative:
+        raise ConfigError(f"--seeds: expected integers >= 0, got {', '.join(map(repr, negative))}")
     # every cell's values (alpha in [0, 1], T in (0, max], finite) checked before the teacher runs
     for alpha in alphas:
         for temperature in temperatures:

@@ -2,10 +2,14 @@
 
 Reads any pair of split lists: this project's `<path>,<label>` CSVs, and the public repositories'
 `<path> <label>` lists (space-separated, a header row allowed). Reports:
-- the same file in both (the same path, or the same file name in two folders);
+- the same file in both (the same path), and a video listed twice within one list;
+- the same file name in two folders, one per list. Whether that means the same video depends on how
+  the files are named: where the training list itself reuses a name across folders (`walk/0001.mp4`,
+  `run/0001.mp4`: names numbered per class), a shared name proves nothing and is not counted
+  (`--same-name auto`, the default, says which it inferred; `leak` / `ignore` state it);
 - the same UCF-style group (`v_<Class>_gNN_*`: one actor and scene) in both: near-duplicate clips;
 - labels out of range: outside 0..K-1, K being --num-classes, or else the number of distinct labels.
-Exit status: 0 clean, 1 a leak or a label out of range, 2 an unreadable file.
+Exit status: 0 clean, 1 a leak, a duplicate or a label out of range, 2 an unreadable file.
 """
 from __future__ import annotations
 
@@ -60,10 +64,15 @@ def _group(video: str) -> tuple[str, int] | None:
     return (match["cls"].lower(), int(match["group"])) if match else None
 
 
+SAME_NAME = ("auto", "leak", "ignore")
+
+
 @dataclass
 class SplitReport:
     same_path: list[str]
     same_name: list[tuple[str, str]]
+    duplicates: list[tuple[str, int, int]]  # (file, line, first line) of a video listed again in one list
+    same_name_rule: str  # how shared file names were read, in words
     groups: dict[tuple[str, int], tuple[int, int]]  # leaking group -> (train clips, val clips)
     bad_labels: list[tuple[str, int, int]]  # (file, line, label)
     label_range: tuple[int, int]
@@ -73,19 +82,43 @@ class SplitReport:
 
     @property
     def leaks(self) -> bool:
-        return bool(self.same_path or self.same_name or self.groups or self.bad_labels)
+        return bool(self.same_path or self.same_name or self.groups or self.bad_labels or self.duplicates)
 
 
-def check_split(train_csv: str, val_csv: str, num_classes: int | None = None) -> SplitReport:
+def _duplicates(split: SplitList) -> list[tuple[str, int, int]]:
+    first: dict[str, int] = {}
+    found = []
+    for video, _, number in split.rows:
+        key = os.path.normpath(video)
+        if key in first:
+            found.append((split.path, number, first[key]))
+        else:
+            first[key] = number
+    return found
+
+
+def check_split(train_csv: str, val_csv: str, num_classes: int | None = None, same_name: str = "auto") -> SplitReport:
+    if same_name not in SAME_NAME:
+        raise ValueError(f"--same-name: expected one of {', '.join(SAME_NAME)}, got {same_name!r}")
     train, val = read_split(train_csv), read_split(val_csv)
     norm = lambda p: os.path.normpath(p)  # noqa: E731
     train_paths = {norm(v) for v, _, _ in train.rows}
     same_path = sorted({norm(v) for v, _, _ in val.rows} & train_paths)
-    train_names = defaultdict(list)
+    train_names = defaultdict(set)
     for v, _, _ in train.rows:
-        train_names[os.path.basename(v)].append(norm(v))
-    same_name = sorted({(t, norm(v)) for v, _, _ in val.rows for t in train_names.get(os.path.basename(v), [])
-                        if t != norm(v)})
+        train_names[os.path.basename(v)].add(norm(v))
+    reused = next((sorted(paths)[:2] for paths in train_names.values() if len(paths) > 1), None)
+    if same_name == "ignore":
+        rule = "file names not compared (--same-name ignore)"
+    elif same_name == "auto" and reused:
+        rule = (f"file names not compared: the train list itself reuses names across folders ({reused[0]}, {reused[1]}), "
+                "so a name is not one video (--same-name leak compares them anyway)")
+    else:
+        rule = "a file name in both lists counted as the same video" + (" (--same-name leak)" if same_name == "leak" else
+                                                                           ": names are unique within the train list")
+    compare = same_name == "leak" or (same_name == "auto" and not reused)
+    shared = sorted({(t, norm(v)) for v, _, _ in val.rows for t in train_names.get(os.path.basename(v), ())
+                     if t != norm(v)}) if compare else []
     counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     for side, split in enumerate((train, val)):
         for v, _, _ in split.rows:
@@ -96,7 +129,8 @@ def check_split(train_csv: str, val_csv: str, num_classes: int | None = None) ->
     labels = [label for split in (train, val) for _, label, _ in split.rows]
     k = num_classes if num_classes is not None else len(set(labels))
     bad = [(split.path, number, label) for split in (train, val) for _, label, number in split.rows if not 0 <= label < k]
-    return SplitReport(same_path, same_name, groups, bad, (min(labels), max(labels)), k, train, val)
+    return SplitReport(same_path, shared, _duplicates(train) + _duplicates(val), rule, groups, bad,
+                       (min(labels), max(labels)), k, train, val)
 
 
 def format_report(report: SplitReport, given_classes: bool) -> str:
@@ -107,6 +141,10 @@ def format_report(report: SplitReport, given_classes: bool) -> str:
     if report.same_name:
         pairs = "; ".join(f"{a} / {b}" for a, b in report.same_name[:3])
         lines.append(f"LEAK: {len(report.same_name)} val files share a file name with a train file in another folder, e.g. {pairs}")
+    if report.duplicates:
+        path, number, first = report.duplicates[0]
+        lines.append(f"DUPLICATE: {len(report.duplicates)} videos are listed again in the same list, first "
+                     f"{path}:{number} (also line {first})")
     if report.groups:
         val_clips = sum(b for _, b in report.groups.values())
         train_clips = sum(a for a, _ in report.groups.values())
@@ -120,7 +158,9 @@ def format_report(report: SplitReport, given_classes: bool) -> str:
         first = report.bad_labels[0]
         lines.append(f"LABELS: {len(report.bad_labels)} labels out of range 0..{report.num_classes - 1} "
                      f"({report.num_classes} {basis}; labels found {low}..{high}), first {first[0]}:{first[1]}: {first[2]}")
+    groups = any(_group(v) for v, _, _ in report.val.rows)
+    lines.append(f"  how: {report.same_name_rule}; " + ("groups read from UCF-style names (v_<Class>_gNN_cNN)" if groups
+                                                       else "no UCF-style names, so no groups to compare"))
     if not report.leaks:
-        groups = "; UCF-style groups checked" if any(_group(v) for v, _, _ in report.val.rows) else ""
-        lines.append(f"clean: no file, file name or group in both{groups}; labels in 0..{report.num_classes - 1}")
+        lines.append(f"clean: no file, file name or group in both, no video listed twice; labels in 0..{report.num_classes - 1}")
     return "\n".join(lines)

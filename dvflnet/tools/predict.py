@@ -11,6 +11,7 @@ sampling, resizing, crops and normalisation): the softmax of every view (clips x
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ import torch
 from .. import interrupt
 from ..data import AnnotationError, VideoReadError, read_class_names
 from ..data.dataset import csv_rows, test_views
-from ..data.video import VIDEO_EXTENSIONS, video_info
+from ..data.video import VIDEO_EXTENSIONS, video_info, walk_videos
 from ..engine.config import DEFAULTS, ConfigError, load_config, merge_config
 from ..engine.evaluation import NonFiniteOutputError
 from ..models import create_model, load_checkpoint, read_checkpoint
@@ -29,6 +30,8 @@ from ..models.weights import extract_state_dict
 
 # Errors that belong to one video: reported in its result, and the other videos are still scored.
 _PER_VIDEO_ERRORS = (VideoReadError, OSError, ValueError)
+# A timeline of more windows than this (a forward each) is warned about and shows its progress.
+MANY_WINDOWS = 100
 
 
 def cpu_has_native_bf16() -> bool:
@@ -164,15 +167,27 @@ class Predictor:
         return result
 
     def timeline(self, path: str, window_seconds: float, stride_seconds: float) -> list[dict]:
-        if window_seconds <= 0 or stride_seconds <= 0:
-            raise ValueError(f"window and stride must be positive seconds, got {window_seconds}, {stride_seconds}")
+        """Top-1 per window (one forward of the views each); a window or stride under one frame of this
+        video is an error, and more than MANY_WINDOWS windows get a warning and a progress bar."""
+        for flag, value in (("--window-seconds", window_seconds), ("--stride-seconds", stride_seconds)):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{flag}: expected a positive, finite number of seconds, got {value}")
         length, fps = video_info(path)
-        window, stride = max(1, round(window_seconds * fps)), max(1, round(stride_seconds * fps))
+        for flag, value in (("--window-seconds", window_seconds), ("--stride-seconds", stride_seconds)):
+            if value * fps < 1:
+                raise ValueError(f"{flag}: {value} s is shorter than one frame of this video ({fps:g} frames/s)")
+        window, stride = max(1, round(min(window_seconds * fps, length))), max(1, round(min(stride_seconds * fps, length)))
         starts = list(range(0, max(length - window, 0) + 1, stride))
         if starts[-1] + window < length:  # cover the tail
             starts.append(length - window)
+        if len(starts) > MANY_WINDOWS:
+            warnings.warn(f"{path}: {len(starts)} windows of {window_seconds:g} s every {stride_seconds:g} s, one forward "
+                          f"each; a longer --stride-seconds gives fewer", stacklevel=2)
         out = []
-        for start in starts:
+        from tqdm import tqdm
+
+        for start in tqdm(starts, desc=os.path.basename(path), unit="window", leave=False,
+                          disable=len(starts) <= MANY_WINDOWS):
             stop = min(start + window, length)
             best = self._top(self.scores(path, start, stop), 1)[0]
             out.append({"start": start / fps, "end": stop / fps, **best})
@@ -198,8 +213,7 @@ def expand_inputs(inputs: list[str], root: str | None = None) -> list[str]:
     paths = []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(os.path.join(d, f) for d, _, files in os.walk(item) for f in files
-                           if f.lower().endswith(VIDEO_EXTENSIONS))
+            found = sorted(os.path.join(d, f) for d, files in walk_videos(item) for f in files)
             paths += found or [item]  # an empty folder is reported in its own result, the others go on
         elif item.lower().endswith(".csv"):
             if not os.path.isfile(item):

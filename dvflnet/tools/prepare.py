@@ -31,8 +31,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 
-from ..data.video import VIDEO_EXTENSIONS
-from ..atomic import write_text
+from ..data.video import is_video_name, walk_videos
+from ..atomic import write_set
 
 DATASETS = ("ucf101", "hmdb51", "ucf50", "ssv2", "k400")
 # A UCF-style clip name: v_<Class>_g<group>_c<clip>.<ext> (UCF101 and UCF50 alike).
@@ -50,6 +50,8 @@ class Prepared:
     val: list[tuple[str, int]]
     test: list[str] | None = None  # label-less clips (SSv2's test.json)
     skipped: dict[str, list[str]] = field(default_factory=dict)  # split -> videos left out (missing)
+    duplicates: dict[str, list[str]] = field(default_factory=dict)  # split -> "where (first at where)" dropped
+    ignored: list[str] = field(default_factory=list)  # folders under --videos that are not classes, and why
 
 
 def _lines(path: str):
@@ -103,13 +105,13 @@ def ucf101(videos: str, annotations: str, split: int) -> Prepared:
         label = int(parts[1]) - 1
         if label != label_of_folder(parts[0], where):
             raise PrepareError(f"{where}: label {parts[1]} does not match the folder of {parts[0]!r} in classInd.txt")
-        train.append((parts[0], label))
+        train.append((parts[0], label, where))
     test_file = os.path.join(annotations, f"testlist{split:02d}.txt")
     for number, line in _lines(test_file):
         where = f"{test_file}:{number}"
         if len(line.split()) != 1:
             raise PrepareError(f"{where}: expected '<class>/<video>', got {line!r}")
-        val.append((line, label_of_folder(line, where)))
+        val.append((line, label_of_folder(line, where), where))
     return Prepared(list(ids), train, val)
 
 
@@ -131,28 +133,42 @@ def hmdb51(videos: str, annotations: str, split: int) -> Prepared:
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise PrepareError(f"{path}:{number}: expected '<video> <0|1|2>', got {line!r}")
             if parts[1] != "0":  # 0: in neither split
-                (train if parts[1] == "1" else val).append((f"{name}/{parts[0]}", label))
+                (train if parts[1] == "1" else val).append((f"{name}/{parts[0]}", label, f"{path}:{number}"))
     return Prepared(classes, train, val)
 
 
 # -- UCF50 -------------------------------------------------------------------------------------------
 
 
-def ucf50(videos: str, fold: int) -> Prepared:
+def ucf50(videos: str, fold: int, output: str | None = None) -> Prepared:
+    """Classes are the folders under `videos` that hold videos; hidden folders (.Trash-1000, .git), the
+    output folder and folders without a video are not classes and are named in `ignored`."""
     _require_dir(videos, "--videos")
-    classes = sorted(d for d in os.listdir(videos) if os.path.isdir(os.path.join(videos, d)))
+    classes, ignored = [], []
+    for name in sorted(os.listdir(videos)):
+        folder = os.path.join(videos, name)
+        if not os.path.isdir(folder):
+            continue
+        if name.startswith("."):
+            ignored.append(f"{name} (hidden)")
+        elif output is not None and os.path.realpath(folder) == os.path.realpath(output):
+            ignored.append(f"{name} (the --output folder)")
+        elif not any(is_video_name(clip) for clip in os.listdir(folder)):
+            ignored.append(f"{name} (no videos)")
+        else:
+            classes.append(name)
     if not classes:
-        raise PrepareError(f"--videos: no class folders in {videos}")
+        raise PrepareError(f"--videos: no class folders with videos in {videos}")
     train, val = [], []
     for label, name in enumerate(classes):
         for clip in sorted(os.listdir(os.path.join(videos, name))):
-            if not clip.lower().endswith(VIDEO_EXTENSIONS):
+            if not is_video_name(clip):
                 continue
             match = UCF_CLIP.match(clip)
             if not match:
                 raise PrepareError(f"{os.path.join(videos, name, clip)}: not a UCF50 clip name (v_<Class>_gNN_cNN.<ext>)")
-            (val if int(match["group"]) == fold else train).append((f"{name}/{clip}", label))
-    return Prepared(classes, train, val)
+            (val if int(match["group"]) == fold else train).append((f"{name}/{clip}", label, os.path.join(videos, name, clip)))
+    return Prepared(classes, train, val, ignored=ignored)
 
 
 # -- Something-Something-v2 --------------------------------------------------------------------------
@@ -190,7 +206,7 @@ def ssv2(videos: str, annotations: str) -> Prepared:
             if not isinstance(item, dict) or not str(item.get("id", "")).isdigit():
                 raise PrepareError(f"{where}: expected an object with a numeric 'id', got {str(item)[:80]!r}")
             if not labelled:
-                yield f"{item['id']}.webm", None
+                yield f"{item['id']}.webm", None, where
                 continue
             template = item.get("template")
             if not isinstance(template, str):
@@ -198,11 +214,11 @@ def ssv2(videos: str, annotations: str) -> Prepared:
             key = template.replace("[", "").replace("]", "")
             if key not in templates:
                 raise PrepareError(f"{where} (id {item['id']}): template {key!r} is not in labels.json")
-            yield f"{item['id']}.webm", int(templates[key])
+            yield f"{item['id']}.webm", int(templates[key]), where
 
     train = list(entries("train.json", True))
     val = list(entries("validation.json", True))
-    test = [path for path, _ in entries("test.json", False)] if os.path.isfile(os.path.join(annotations, "test.json")) else None
+    test = [(path, where) for path, _, where in entries("test.json", False)] if os.path.isfile(os.path.join(annotations, "test.json")) else None
     return Prepared([by_id[i] for i in range(len(by_id))], train, val, test)
 
 
@@ -229,17 +245,15 @@ def _k400_rows(path: str):
                 start, end = int(float(fields[2])), int(float(fields[3]))
             except ValueError:
                 raise PrepareError(f"{where}: time_start / time_end {fields[2]!r}, {fields[3]!r} are not numbers") from None
-            yield fields[0].strip(), f"{fields[1].strip()}_{start:06d}_{end:06d}"
+            yield fields[0].strip(), f"{fields[1].strip()}_{start:06d}_{end:06d}", where
 
 
 def _index_by_stem(videos: str) -> dict[str, str]:
     """clip name without extension -> path relative to `videos`, for every video file under it."""
     index: dict[str, str] = {}
-    for folder, _, files in os.walk(videos):
+    for folder, files in walk_videos(videos):  # symlinked class folders included
         for name in files:
-            stem, ext = os.path.splitext(name)
-            if ext.lower() not in VIDEO_EXTENSIONS:
-                continue
+            stem = os.path.splitext(name)[0]
             relative = os.path.relpath(os.path.join(folder, name), videos)
             if stem in index:
                 raise PrepareError(f"--videos: clip {stem!r} is there twice: {index[stem]} and {relative}")
@@ -255,23 +269,58 @@ def k400(videos: str, annotations: str) -> Prepared:
         raise PrepareError(f"--annotations: no validate.csv or val.csv in {annotations}")
     train_rows = list(_k400_rows(os.path.join(annotations, "train.csv")))
     val_rows = list(_k400_rows(val_file))
-    classes = sorted({label for label, _ in train_rows})
+    classes = sorted({label for label, _, _ in train_rows})
     ids = {name: i for i, name in enumerate(classes)}
-    unknown = sorted({label for label, _ in val_rows} - set(ids))
+    unknown = sorted({label for label, _, _ in val_rows} - set(ids))
     if unknown:
         raise PrepareError(f"{val_file}: labels not in train.csv: {', '.join(map(repr, unknown[:5]))}")
     index = _index_by_stem(videos)
     # a clip not found keeps its bare name, so that the missing-video check reports it
-    train = [(index.get(clip, clip + ".mp4"), ids[label]) for label, clip in train_rows]
-    val = [(index.get(clip, clip + ".mp4"), ids[label]) for label, clip in val_rows]
+    train = [(index.get(clip, clip + ".mp4"), ids[label], where) for label, clip, where in train_rows]
+    val = [(index.get(clip, clip + ".mp4"), ids[label], where) for label, clip, where in val_rows]
     return Prepared(classes, train, val)
 
 
 # -- shared: check, write, summarise -----------------------------------------------------------------
 
 
-def read_dataset(dataset: str, videos: str, annotations: str | None = None, split: int = 1, fold: int = 1) -> Prepared:
-    """The dataset's classes and splits from its official files (nothing checked on disk yet)."""
+def _settle(prepared: Prepared) -> Prepared:
+    """Rows read as (path, label, where) become (path, label), each video once: a video listed again in
+    the same split with the same label is dropped and counted; listed with two labels, or in two splits
+    (train and val, or test and either), it is an error naming both places."""
+    first: dict[str, tuple[str, int | None, str]] = {}  # path -> (split, label, where) of its first listing
+    for split in ("train", "val", "test"):
+        rows = getattr(prepared, split)
+        if rows is None:
+            continue
+        kept, dropped = [], []
+        for row in rows:
+            path, label, where = row if split != "test" else (row[0], None, row[1])
+            if path in first:
+                seen_split, seen_label, seen_where = first[path]
+                if seen_split != split:
+                    raise PrepareError(f"{where}: {path} is in {seen_split} already ({seen_where}); a video belongs "
+                                       f"to one split")
+                if seen_label != label:
+                    raise PrepareError(f"{where}: {path} has label {label} here and {seen_label} at {seen_where}")
+                dropped.append(f"{where} (first at {seen_where})")
+                continue
+            first[path] = (split, label, where)
+            kept.append(path if split == "test" else (path, label))
+        setattr(prepared, split, kept)
+        if dropped:
+            prepared.duplicates[split] = dropped
+    return prepared
+
+
+def read_dataset(dataset: str, videos: str, annotations: str | None = None, split: int = 1, fold: int = 1,
+                 output: str | None = None) -> Prepared:
+    """The dataset's classes and splits from its official files, each video once (nothing checked on
+    disk yet); `output`, the CSVs' folder, is never read as a UCF50 class."""
+    return _settle(_read(dataset, videos, annotations, split, fold, output))
+
+
+def _read(dataset: str, videos: str, annotations: str | None, split: int, fold: int, output: str | None) -> Prepared:
     if dataset not in DATASETS:
         raise PrepareError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
     if dataset in ("ucf101", "hmdb51") and split not in (1, 2, 3):
@@ -279,7 +328,7 @@ def read_dataset(dataset: str, videos: str, annotations: str | None = None, spli
     if dataset == "ucf50":
         if not 1 <= fold <= 25:
             raise PrepareError(f"--fold: expected 1..25 (the group held out), got {fold}")
-        return ucf50(videos, fold)
+        return ucf50(videos, fold, output)
     if annotations is None:
         raise PrepareError(f"--annotations: {dataset} needs the folder of its official annotation files")
     if dataset == "ucf101":
@@ -296,6 +345,8 @@ def check_videos(prepared: Prepared, videos: str, missing: str = "error") -> Pre
         raise PrepareError(f"--missing: expected 'error' or 'skip', got {missing!r}")
     absent = {split: [path for path, _ in rows if not os.path.isfile(os.path.join(videos, path))]
               for split, rows in (("train", prepared.train), ("val", prepared.val))}
+    if prepared.test is not None:
+        absent["test"] = [path for path in prepared.test if not os.path.isfile(os.path.join(videos, path))]
     total = sum(map(len, absent.values()))
     if total and missing == "error":
         first = next(paths[0] for paths in absent.values() if paths)
@@ -305,6 +356,9 @@ def check_videos(prepared: Prepared, videos: str, missing: str = "error") -> Pre
     for split in ("train", "val"):
         gone = set(absent[split])
         setattr(prepared, split, [row for row in getattr(prepared, split) if row[0] not in gone])
+    if prepared.test is not None:
+        gone = set(absent["test"])
+        prepared.test = [path for path in prepared.test if path not in gone]
     prepared.skipped = {split: paths for split, paths in absent.items() if paths}
     if not prepared.train or not prepared.val:
         empty = "train" if not prepared.train else "val"
@@ -319,8 +373,8 @@ def _csv_text(rows) -> str:
 
 
 def write_csvs(prepared: Prepared, output: str, overwrite: bool = False) -> dict[str, str]:
-    """train.csv, val.csv, labels.csv (and test.csv for SSv2) under `output`, each written atomically;
-    existing files are refused unless `overwrite`."""
+    """train.csv, val.csv, labels.csv (and test.csv for SSv2) under `output`, written as one set (all or
+    none replaced); existing files are refused unless `overwrite`."""
     files = {"train": (prepared.train,), "val": (prepared.val,), "labels": (list(enumerate(prepared.classes)),)}
     if prepared.test is not None:
         files["test"] = ([(path,) for path in prepared.test],)
@@ -328,8 +382,8 @@ def write_csvs(prepared: Prepared, output: str, overwrite: bool = False) -> dict
     existing = [p for p in paths.values() if os.path.exists(p)]
     if existing and not overwrite:
         raise PrepareError(f"--output: {', '.join(existing)} already exist; --overwrite replaces them")
-    for name, (rows,) in files.items():
-        write_text(_csv_text(rows), paths[name])
+    # one set: a failure (a full disk) leaves the old set whole, never a new train.csv beside an old val.csv
+    write_set({paths[name]: _csv_text(rows).encode() for name, (rows,) in files.items()})
     return paths
 
 
@@ -344,15 +398,22 @@ def summary(prepared: Prepared, paths: dict[str, str], videos: str) -> str:
                      f"max {max(per_class)}" + (f"; no videos: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}" if empty else ""))
     for split, gone in prepared.skipped.items():
         lines.append(f"  left out of {split}: {len(gone)} videos not on disk (--missing skip), e.g. {gone[0]}")
+    for split, dropped in prepared.duplicates.items():
+        lines.append(f"  {split}: {len(dropped)} duplicate listings dropped (each video kept once), e.g. {dropped[0]}")
+    if prepared.ignored:
+        lines.append(f"  not classes: {', '.join(prepared.ignored)}")
     lines.append("wrote " + ", ".join(paths.values()))
     lines.append("train on it with:")
     lines.append(f"  --opts data.root {videos} data.train_csv {paths['train']} data.val_csv {paths['val']} "
                  f"data.labels_csv {paths['labels']} data.num_classes {len(prepared.classes)}")
+    if "test" in paths:  # its paths are relative to --videos, not to the CSV's folder
+        lines.append("score the unlabelled test videos with:")
+        lines.append(f"  dvflnet predict --checkpoint CKPT --root {videos} {paths['test']}")
     return "\n".join(lines)
 
 
 def prepare(dataset: str, videos: str, output: str, annotations: str | None = None, split: int = 1, fold: int = 1,
             missing: str = "error", overwrite: bool = False) -> tuple[Prepared, dict[str, str]]:
     """Read, check, then write: nothing is written unless every check passes."""
-    prepared = check_videos(read_dataset(dataset, videos, annotations, split, fold), videos, missing)
+    prepared = check_videos(read_dataset(dataset, videos, annotations, split, fold, output), videos, missing)
     return prepared, write_csvs(prepared, output, overwrite)

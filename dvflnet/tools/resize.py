@@ -1,25 +1,33 @@
 """`dvflnet resize SRC DST --short-side N`: a video tree rescaled, as the paper trained on it.
 
-Every video under SRC is written under DST at the same relative path and name: every frame, at the
-source's frame rate, the shorter side N pixels, the aspect kept and both sides even (what yuv420p
-needs). PyAV (and the FFmpeg inside its wheel) decodes, scales and encodes: no system ffmpeg. The
-codec follows the container: VP9 for .webm, H.264 for the rest. Audio is dropped.
+Every video under SRC (symlinked folders followed) is written under DST at the same relative path and
+name: every frame, at the source's frame rate, the shorter side N pixels, the aspect kept and both
+sides even (what yuv420p needs). PyAV (and the FFmpeg inside its wheel) decodes, scales and encodes:
+no system ffmpeg. The codec follows the container: VP9 for .webm, H.264 for the rest. Audio is dropped.
 
-Resumable: a finished file is not redone, and a file is finished only once it is complete: each is
-encoded into a hidden temporary file beside it and renamed into place at the end (left-over temporary
-files of an interrupted run are removed at the next start). A source that cannot be decoded is
-reported by path and the others go on. Parallel over files (--workers), with a progress bar.
+Resumable and safe to run twice at once: each file is encoded into a hidden temporary file beside it,
+named after the process that writes it, read back by the decoder the training pipeline uses, and only
+then renamed into place; at start, the temporary files of processes that are gone are removed (never
+those of a run still going). A file already in DST counts as done only if it reads back with the
+requested short side; otherwise it is made again. A source that cannot be decoded is reported by path
+and the others go on. Parallel over files (--workers), with a progress bar; Ctrl-C stops the workers,
+removes their unfinished files and keeps the finished ones.
 """
 from __future__ import annotations
 
 import os
+import re
+import secrets
+import signal
+import sys
 from fractions import Fraction
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
-from ..data.video import VIDEO_EXTENSIONS
+from ..data.video import walk_videos
 
 PARTIAL_PREFIX = ".resize-partial-"
+# PARTIAL_PREFIX<pid>-<6 hex>-<name>: the pid tells whether the file's writer is still running
+_PARTIAL = re.compile(re.escape(PARTIAL_PREFIX) + r"(?P<pid>\d+)-[0-9a-f]{6}-")
 
 
 class ResizeError(ValueError):
@@ -38,13 +46,69 @@ def _encoder(path: str) -> str:
     return "libvpx-vp9" if path.lower().endswith(".webm") else "libx264"
 
 
-def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
-    """Rescale one video into `dst` (via a temporary file beside it); (frames, width, height)."""
+def _partial_path(dst: str) -> str:
+    folder, name = os.path.split(dst)
+    return os.path.join(folder, f"{PARTIAL_PREFIX}{os.getpid()}-{secrets.token_hex(3)}-{name}")
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process that named this temporary file is still running (a file of the old unnamed
+    kind has no writer left)."""
+    match = _PARTIAL.match(name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def stored_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of the first video stream of a file the decoder reads, or None."""
     import av
 
-    folder, name = os.path.split(dst)
-    os.makedirs(folder or ".", exist_ok=True)
-    partial = os.path.join(folder, PARTIAL_PREFIX + name)
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            return stream.codec_context.width, stream.codec_context.height
+    except Exception:  # av.error.*: not a video (a truncated or foreign file)
+        return None
+
+
+def is_done(path: str, short_side: int) -> bool:
+    """A file in DST that is finished at this short side (a file of another size, or one that does not
+    read back, is made again)."""
+    size = stored_size(path)
+    return size is not None and min(size) == short_side
+
+
+def _check_reads_back(path: str, width: int, height: int) -> None:
+    """The training pipeline's decoder (decord) must read what was written: some sizes it cannot read
+    (tiny frames), and those must not be written."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(path, num_threads=1)
+        ok = len(reader) > 0 and reader[0].shape[:2] == (height, width)
+    except Exception:  # decord.DECORDError and RuntimeError: it cannot read this file
+        ok = False
+    if not ok:
+        raise ValueError(f"the written {width}x{height} video does not read back with decord; a larger --short-side "
+                         f"is needed for this source")
+
+
+def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
+    """Rescale one video into `dst` (via a temporary file beside it of this process's own); (frames,
+    width, height)."""
+    import av
+
+    os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+    partial = _partial_path(dst)
     frames = 0
     try:
         with av.open(src) as source:
@@ -70,6 +134,7 @@ def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
                     raise ValueError("no frame could be decoded")
                 for packet in stream_out.encode():
                     target.mux(packet)
+        _check_reads_back(partial, width, height)
         os.replace(partial, dst)
     except BaseException:
         if os.path.exists(partial):
@@ -91,7 +156,15 @@ class ResizeReport:
     done: int
     already: int
     failed: list[tuple[str, str]]  # (source path, why)
-    cleaned: int  # left-over temporary files removed
+    cleaned: int  # left-over temporary files of finished runs removed
+    redone: int = 0  # files in DST made again: another short side, or unreadable
+
+
+def _stop_on_sigterm() -> None:
+    """In a worker: Ctrl-C is the parent's to handle; SIGTERM (the parent stopping the pool) unwinds the
+    job, so that its temporary file is removed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def resize_tree(src: str, dst: str, short_side: int, workers: int = 1, progress: bool = True) -> ResizeReport:
@@ -101,45 +174,59 @@ def resize_tree(src: str, dst: str, short_side: int, workers: int = 1, progress:
         raise ResizeError(f"--short-side: expected an even number of pixels >= 2, got {short_side}")
     if workers < 1:
         raise ResizeError(f"--workers: expected a positive number, got {workers}")
-    if os.path.abspath(dst) == os.path.abspath(src) or os.path.abspath(dst).startswith(os.path.abspath(src) + os.sep):
-        raise ResizeError(f"DST: must lie outside SRC ({src}), got {dst}")
+    real_src, real_dst = os.path.realpath(src), os.path.realpath(dst)  # through symlinks, as the files are
+    if real_dst == real_src or real_dst.startswith(real_src.rstrip(os.sep) + os.sep):
+        raise ResizeError(f"DST: must lie outside SRC ({src}), got {dst}"
+                          + (f" (it is {real_dst} through a symlink)" if os.path.abspath(dst) != real_dst else ""))
     cleaned = 0
     for folder, _, files in os.walk(dst):
         for name in files:
-            if name.startswith(PARTIAL_PREFIX):
-                os.unlink(os.path.join(folder, name))
-                cleaned += 1
-    jobs, already = [], 0
-    for folder, dirs, files in os.walk(src):
-        dirs.sort()
-        for name in sorted(files):
-            if not name.lower().endswith(VIDEO_EXTENSIONS):
-                continue
+            if name.startswith(PARTIAL_PREFIX) and not _writer_alive(name):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    cleaned += 1
+                except FileNotFoundError:  # another run cleaning the same folder
+                    pass
+    jobs, already, redone = [], 0, 0
+    for folder, files in walk_videos(src):
+        for name in files:
             source = os.path.join(folder, name)
             target = os.path.join(dst, os.path.relpath(source, src))
-            if os.path.isfile(target):
-                already += 1
-            else:
-                jobs.append((source, target))
+            if os.path.exists(target):
+                if is_done(target, short_side):
+                    already += 1
+                    continue
+                redone += 1
+            jobs.append((source, target))
     failed: list[tuple[str, str]] = []
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), unit="file", desc="resize", disable=not progress)
     try:
         if workers == 1:
-            results = (_job(s, t, short_side) for s, t in jobs)
-            for source, why in results:
+            for source, why in (_job(s, t, short_side) for s, t in jobs):
                 if why:
                     failed.append((source, why))
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_job, s, t, short_side) for s, t in jobs]
-                for future in as_completed(futures):
-                    source, why = future.result()
+            import multiprocessing
+
+            pool = multiprocessing.Pool(workers, initializer=_stop_on_sigterm)
+            try:
+                for source, why in pool.imap_unordered(_job_args, [(s, t, short_side) for s, t in jobs]):
                     if why:
                         failed.append((source, why))
                     bar.update()
+                pool.close()
+            except BaseException:  # Ctrl-C: the workers get SIGTERM and remove their unfinished files
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
     finally:
         bar.close()
-    return ResizeReport(len(jobs) - len(failed), already, sorted(failed), cleaned)
+    return ResizeReport(len(jobs) - len(failed), already, sorted(failed), cleaned, redone)
+
+
+def _job_args(args: tuple[str, str, int]) -> tuple[str, str | None]:
+    return _job(*args)

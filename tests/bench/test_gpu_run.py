@@ -40,7 +40,7 @@ def _step_commands(output: str) -> dict[str, str]:
 def test_dry_run_prints_the_plan_and_checks_without_creating_anything(tmp_path):
     before = _tree_state()
     result = _run(["--dry-run"], tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == (0 if torch.cuda.is_available() else 1), result.stderr  # "NOT ready" is a failure
     steps = _step_commands(result.stdout)
     assert list(steps) == ["wheels", "build", "validate", "tests", "bench", "goals", "total"]
     assert "TORCH_CUDA_ARCH_LIST=9.0" in steps["build"] and "build_ext --inplace" in steps["build"]

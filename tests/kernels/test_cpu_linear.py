@@ -4,6 +4,7 @@ the model on it against the reference backend."""
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from torch import nn
 import dvfl_kernels
 from dvfl_kernels import _prepared, cpu_linear
 from dvflnet.models import VideoFocalNet
-from helpers import WEIGHT_UPDATES, assert_close
+from helpers import (WEIGHT_UPDATES, assert_close, swap_two_values_through_data, update_one_element_through_data,
+                     update_through_numpy)
 
 IMPLS = ["aten", "onednn"] if cpu_linear._ONEDNN else ["aten"]
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -293,3 +295,42 @@ def test_compiled_model_on_auto_fullgraph():
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     with torch.no_grad():
         assert_close(compiled(clips), model(clips), 1e-5, "compiled")
+
+
+@pytest.mark.parametrize("update", [update_one_element_through_data, update_through_numpy, swap_two_values_through_data])
+def test_without_the_extension_a_changed_weight_is_still_never_served_stale(monkeypatch, update):
+    """Without dvfl_kernels._C (no content digest), prepared weights keep a copy and compare it whole."""
+    monkeypatch.setitem(sys.modules, "dvfl_kernels._C", None)
+    _force(monkeypatch, IMPLS[-1])
+    torch.manual_seed(7)
+    layer = nn.Linear(11, 5)
+    x = torch.randn(3, 11)
+    for when in ("before", update.__name__):
+        with torch.no_grad():
+            out = dvfl_kernels.linear(x, layer.weight, layer.bias)
+        assert_close(out, _reference(x, layer.weight.detach(), layer.bias.detach(), None), 1e-5, when)
+        update(layer)
+    assert any(isinstance(d, torch.Tensor) for e in _prepared._PREPARED.values() for d in e.digests)
+
+
+def test_the_content_digest_sees_any_one_byte_a_swap_and_the_size():
+    from dvfl_kernels._C import content_digest
+
+    torch.manual_seed(8)
+    for n in (1, 3, 8, 1001, 70_001):  # tails of every length, and several threads' chunks
+        base = torch.randn(n)
+        seen = {content_digest(base)}
+        raw = base.view(torch.uint8)
+        for byte in sorted({0, 3, raw.numel() // 2, raw.numel() - 1}):
+            changed = base.clone()
+            changed.view(torch.uint8)[byte] ^= 0x10
+            seen.add(content_digest(changed))
+        assert len(seen) == 1 + len({0, 3, raw.numel() // 2, raw.numel() - 1}), n
+        assert content_digest(base) == content_digest(base.clone())
+    sparse = torch.zeros(1 << 16)
+    a, b = sparse.clone(), sparse.clone()
+    a[0], a[256], b[0], b[256] = 1.0, 2.0, 2.0, 1.0  # structured: one bit apart, aligned positions
+    assert content_digest(a) != content_digest(b)
+    assert content_digest(torch.zeros(4)) != content_digest(torch.zeros(5))
+    strided = torch.randn(6, 8)[:, ::2]
+    assert content_digest(strided) == content_digest(strided.contiguous())

@@ -32,7 +32,8 @@ def test_a_clean_official_split_passes(tmp_path, capsys):
     val = _write(tmp_path / "val.csv", ["A/v_A_g01_c01.avi,0", "B/v_B_g02_c01.avi,1"])
     assert cli_main(["check-split", train, val]) == 0
     out = capsys.readouterr().out
-    assert "clean: no file, file name or group in both; UCF-style groups checked; labels in 0..1" in out
+    assert "clean: no file, file name or group in both, no video listed twice; labels in 0..1" in out
+    assert "groups read from UCF-style names" in out and "names are unique within the train list" in out
 
 
 @pytest.mark.parametrize("train_lines,val_lines,message", [
@@ -85,3 +86,28 @@ def test_unreadable_lists_are_named_and_exit_2(tmp_path, capsys, content, messag
         check_split(str(train), val)
     assert cli_main(["check-split", str(train), val]) == 2
     assert "check-split: error:" in capsys.readouterr().err
+
+
+def test_a_video_listed_twice_in_one_list_is_reported(tmp_path, capsys):
+    train = _write(tmp_path / "train.csv", ["A/v_A_g08_c01.avi,0", "B/v_B_g10_c01.avi,1", "A/v_A_g08_c01.avi,0"])
+    val = _write(tmp_path / "val.csv", ["A/v_A_g01_c01.avi,0", "B/v_B_g02_c01.avi,1"])
+    assert cli_main(["check-split", train, val]) == 1
+    assert f"DUPLICATE: 1 videos are listed again in the same list, first {train}:3 (also line 1)" in capsys.readouterr().out
+
+
+def test_names_numbered_per_class_are_not_a_leak_and_the_report_says_why(tmp_path, capsys):
+    train = _write(tmp_path / "train.csv", ["walk/0001.mp4,0", "run/0001.mp4,1", "walk/0002.mp4,0"])
+    val = _write(tmp_path / "val.csv", ["run/0002.mp4,1", "walk/0003.mp4,0"])
+    assert cli_main(["check-split", train, val]) == 0
+    out = capsys.readouterr().out
+    assert "reuses names across folders (run/0001.mp4, walk/0001.mp4)" in out and "clean:" in out
+    assert "no UCF-style names, so no groups to compare" in out
+    assert cli_main(["check-split", train, val, "--same-name", "leak"]) == 1
+    assert "share a file name with a train file in another folder" in capsys.readouterr().out
+    # where names are unique in train, a shared name is still a leak; --same-name ignore states it is not
+    unique = _write(tmp_path / "unique.csv", ["walk/a.mp4,0", "run/b.mp4,1"])
+    moved = _write(tmp_path / "moved.csv", ["run/a.mp4,1"])
+    assert cli_main(["check-split", unique, moved]) == 1
+    capsys.readouterr()
+    assert cli_main(["check-split", unique, moved, "--same-name", "ignore"]) == 0
+    assert "file names not compared (--same-name ignore)" in capsys.readouterr().out

@@ -199,7 +199,7 @@ def _ssv2(tmp_path: Path, clip: Path) -> tuple[Path, Path]:
     (notes / "validation.json").write_text(json.dumps([
         {"id": "74225", "label": "approaching a door", "template": "Approaching [something] with your camera", "placeholders": ["a door"]}]))
     (notes / "test.json").write_text(json.dumps([{"id": "1420"}, {"id": "9"}]))
-    _videos(videos, clip, ["78687.webm", "42326.webm", "74225.webm"])
+    _videos(videos, clip, ["78687.webm", "42326.webm", "74225.webm", "1420.webm", "9.webm"])
     return videos, notes
 
 

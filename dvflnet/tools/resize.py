@@ -87,19 +87,18 @@ def is_done(path: str, short_side: int) -> bool:
     return size is not None and min(size) == short_side
 
 
-def _check_reads_back(path: str, width: int, height: int) -> None:
-    """The training pipeline's decoder (decord) must read what was written: some sizes it cannot read
-    (tiny frames), and those must not be written."""
-    import decord
+def _check_reads_back(path: str, frames: int, width: int, height: int) -> None:
+    """The training pipeline's reader (decord, batched) must read what was written. It cannot read
+    some sizes (48x24: its batched copy expects padded rows), and those must not be written."""
+    from ..data.video import VideoReadError, read_frames
 
     try:
-        reader = decord.VideoReader(path, num_threads=1)
-        ok = len(reader) > 0 and reader[0].shape[:2] == (height, width)
-    except Exception:  # decord.DECORDError and RuntimeError: it cannot read this file
+        ok = tuple(read_frames(path, [0, frames - 1]).shape) == (2, height, width, 3)
+    except (VideoReadError, RuntimeError):  # decord.DECORDError is a RuntimeError
         ok = False
     if not ok:
-        raise ValueError(f"the written {width}x{height} video does not read back with decord; a larger --short-side "
-                         f"is needed for this source")
+        raise ValueError(f"a {width}x{height} video written here does not read back with decord (the training "
+                         f"pipeline's reader); another --short-side is needed for this source")
 
 
 def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
@@ -134,7 +133,7 @@ def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
                     raise ValueError("no frame could be decoded")
                 for packet in stream_out.encode():
                     target.mux(packet)
-        _check_reads_back(partial, width, height)
+        _check_reads_back(partial, frames, width, height)
         os.replace(partial, dst)
     except BaseException:
         if os.path.exists(partial):

@@ -4,6 +4,10 @@ resumed run redoing nothing finished and never counting a half-written file."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +44,7 @@ def _probe(path: Path) -> tuple[int, float, int, int]:
 @pytest.fixture
 def tree(tmp_path) -> Path:
     src = tmp_path / "src"
-    _write(src / "ClassA" / "v_ClassA_g01_c01.avi", 9, 64, 96, 25, "mpeg4")      # landscape
+    _write(src / "ClassA" / "v_ClassA_g01_c01.avi", 9, 64, 128, 25, "mpeg4")     # landscape
     _write(src / "ClassB" / "deep" / "clip.mp4", 7, 72, 48, 12, "libx264")        # portrait
     _write(src / "clip.webm", 5, 30, 40, 10, "libvpx-vp9")                         # 4:3, odd scale
     (src / "ClassA" / "notes.txt").write_text("not a video")
@@ -51,7 +55,7 @@ def test_every_frame_at_the_source_rate_short_side_n_aspect_kept(tree, tmp_path,
     dst = tmp_path / "dst"
     assert cli_main(["resize", str(tree), str(dst), "--short-side", "32", "--workers", "2", "--no-progress"]) == 0
     assert "resize: 3 resized, 0 already done, 0 failed" in capsys.readouterr().out
-    assert _probe(dst / "ClassA" / "v_ClassA_g01_c01.avi") == (9, 25.0, 48, 32)
+    assert _probe(dst / "ClassA" / "v_ClassA_g01_c01.avi") == (9, 25.0, 64, 32)
     assert _probe(dst / "ClassB" / "deep" / "clip.mp4") == (7, 12.0, 32, 48)
     assert _probe(dst / "clip.webm") == (5, 10.0, 42, 32)  # 40 * 32 / 30 = 42.7 -> 42, even
     assert not (dst / "ClassA" / "notes.txt").exists()
@@ -63,7 +67,7 @@ def test_every_frame_at_the_source_rate_short_side_n_aspect_kept(tree, tmp_path,
 def test_a_corrupt_source_is_reported_and_the_rest_go_on_then_resume_redoes_nothing(tree, tmp_path, capsys):
     (tree / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(2000))
     dst = tmp_path / "dst"
-    assert cli_main(["resize", str(tree), str(dst), "--short-side", "16", "--workers", "1", "--no-progress"]) == 1
+    assert cli_main(["resize", str(tree), str(dst), "--short-side", "32", "--workers", "1", "--no-progress"]) == 1
     captured = capsys.readouterr()
     assert f"{tree / 'broken.mp4'}: " in captured.err and "3 resized, 0 already done, 1 failed" in captured.out
     assert not (dst / "broken.mp4").exists() and not list(dst.rglob(PARTIAL_PREFIX + "*"))
@@ -72,7 +76,7 @@ def test_a_corrupt_source_is_reported_and_the_rest_go_on_then_resume_redoes_noth
     finished.unlink()
     (finished.parent / (PARTIAL_PREFIX + "clip.mp4")).write_bytes(b"half")
     mtime = (dst / "clip.webm").stat().st_mtime_ns
-    report = resize_tree(str(tree), str(dst), 16, workers=1, progress=False)
+    report = resize_tree(str(tree), str(dst), 32, workers=1, progress=False)
     assert (report.done, report.already, report.cleaned, [p for p, _ in report.failed]) == (1, 2, 1, [str(tree / "broken.mp4")])
     assert _probe(finished)[0] == 7 and (dst / "clip.webm").stat().st_mtime_ns == mtime
 
@@ -94,3 +98,99 @@ def test_scaled_size_keeps_aspect_and_even_sides():
     assert scaled_size(240, 320, 256) == (256, 342)
     assert scaled_size(1920, 1080, 320) == (568, 320)
     assert all(v % 2 == 0 for w in range(17, 90, 7) for h in range(11, 70, 5) for v in scaled_size(w, h, 16))
+
+
+# -- the third probe: concurrent runs, Ctrl-C with workers, symlinks, another short side, sizes decord refuses
+
+
+def _many(src: Path, count: int, frames: int = 12) -> None:
+    for n in range(count):
+        _write(src / f"Class{n % 3}" / f"v_{n:03d}.mp4", frames, 48, 64, 10, "libx264")
+
+
+def _resize_process(src: Path, dst: Path, *extra: str, **popen) -> subprocess.Popen:
+    args = [sys.executable, "-m", "dvflnet.cli", "resize", str(src), str(dst), "--short-side", "32", "--no-progress", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def test_two_runs_at_once_on_one_destination_lose_nothing(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _many(src, 24)
+    runs = [_resize_process(src, dst, "--workers", "2") for _ in range(2)]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    for run, (out, err) in zip(runs, outputs):
+        assert run.returncode == 0, err
+        assert "0 failed" in out
+    for video in sorted(src.rglob("*.mp4")):
+        assert _probe(dst / video.relative_to(src)) == (12, 10.0, 42, 32), video
+    assert not list(dst.rglob(PARTIAL_PREFIX + "*"))
+
+
+def test_a_live_runs_temporary_files_are_kept_and_a_dead_ones_removed(tree, tmp_path):
+    dst = tmp_path / "dst"
+    (dst / "ClassA").mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = dst / "ClassA" / f"{PARTIAL_PREFIX}{os.getpid()}-abcdef-v_ClassA_g01_c01.avi"
+    gone = dst / "ClassA" / f"{PARTIAL_PREFIX}{int(dead.stdout)}-abcdef-v_ClassA_g01_c01.avi"
+    old_kind = dst / "ClassA" / f"{PARTIAL_PREFIX}v_ClassA_g01_c01.avi"
+    for path in (live, gone, old_kind):
+        path.write_bytes(b"half")
+    report = resize_tree(str(tree), str(dst), 16, workers=1, progress=False)
+    assert report.cleaned == 2 and live.exists() and not gone.exists() and not old_kind.exists()
+
+
+def test_ctrl_c_with_workers_stops_them_and_keeps_what_is_finished(tmp_path):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _many(src, 30, frames=40)
+    run = _resize_process(src, dst, "--workers", "2", start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(dst.rglob("v_*.mp4")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)  # what a terminal sends: to the whole foreground group
+    out, err = run.communicate(timeout=30)
+    assert run.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # no worker left writing
+        os.killpg(run.pid, 0)
+    assert not list(dst.rglob(PARTIAL_PREFIX + "*"))
+    finished = sorted(dst.rglob("v_*.mp4"))
+    assert finished and all(_probe(path)[0] == 40 for path in finished)
+    report = resize_tree(str(src), str(dst), 32, workers=2, progress=False)  # resumes
+    assert report.already == len(finished) and report.done == 30 - len(finished) and not report.failed
+
+
+def test_symlinked_class_folders_are_resized_and_a_link_back_up_is_no_loop(tree, tmp_path):
+    elsewhere = tmp_path / "other-disk" / "ClassC"
+    _write(elsewhere / "v_ClassC_g01_c01.avi", 6, 32, 64, 10, "mpeg4")
+    (tree / "ClassC").symlink_to(elsewhere, target_is_directory=True)
+    (tree / "ClassB" / "loop").symlink_to(tree, target_is_directory=True)
+    report = resize_tree(str(tree), str(tmp_path / "dst"), 32, workers=1, progress=False)
+    assert report.done == 4 and not report.failed
+    assert _probe(tmp_path / "dst" / "ClassC" / "v_ClassC_g01_c01.avi")[0] == 6
+
+
+def test_a_destination_inside_the_source_through_a_symlink_is_refused(tree, tmp_path):
+    (tmp_path / "link").symlink_to(tree / "ClassA", target_is_directory=True)
+    with pytest.raises(ResizeError, match="DST: must lie outside SRC .* through a symlink"):
+        resize_tree(str(tree), str(tmp_path / "link" / "out"), 16, workers=1, progress=False)
+    assert not (tree / "ClassA" / "out").exists()
+
+
+def test_another_short_side_or_an_unreadable_file_is_made_again(tree, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    resize_tree(str(tree), str(dst), 32, workers=1, progress=False)
+    (dst / "clip.webm").write_bytes(b"\x1aE\xdf\xa3 half")  # a truncated file under the final name
+    assert cli_main(["resize", str(tree), str(dst), "--short-side", "32", "--workers", "1", "--no-progress"]) == 0
+    assert "1 resized (1 made again: another short side in DST, or unreadable), 2 already done" in capsys.readouterr().out
+    assert _probe(dst / "clip.webm")[2:] == (42, 32)
+    report = resize_tree(str(tree), str(dst), 64, workers=1, progress=False)
+    assert (report.done, report.redone, report.already) == (3, 3, 0)
+    assert _probe(dst / "ClassA" / "v_ClassA_g01_c01.avi")[2:] == (128, 64)
+
+
+def test_a_size_decord_cannot_read_back_is_never_written(tmp_path):
+    src = tmp_path / "src"
+    _write(src / "wide.mp4", 5, 50, 100, 10, "libx264")
+    report = resize_tree(str(src), str(tmp_path / "dst"), 24, workers=1, progress=False)
+    assert report.done == 0 and "48x24 video written here does not read back with decord" in report.failed[0][1]
+    assert not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]

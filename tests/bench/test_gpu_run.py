@@ -163,3 +163,47 @@ def test_the_wheel_script_fills_only_what_the_image_lacks_and_sizes_the_tree(tmp
         assert "nothing to carry" in result.stdout
     size = re.search(r"with the wheels: ([\d.]+) MiB of 64 MiB", result.stdout)
     assert size and float(size.group(1)) < 64
+
+
+def test_a_hostile_output_folder_stays_one_argument_and_runs_nothing(tmp_path):
+    """The steps read the folder from the environment, quoted: a space or a ';' in its name is data."""
+    hostile = tmp_path / "out dir; touch PWNED"
+    result = _run(["--dry-run", str(hostile)], tmp_path)
+    assert f"output folder: {hostile}" in result.stdout
+    steps = _step_commands(result.stdout)
+    assert all(str(hostile) not in command for command in steps.values())
+    printer = tmp_path / "print-args"
+    printer.write_text("#!/bin/sh\nfor a in \"$@\"; do echo \"ARG<$a>\"; done\n")
+    printer.chmod(0o755)
+    for step in ("validate", "goals"):
+        ran = subprocess.run(["bash", "-c", steps[step]], cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, "DVFL_GPU_PY": str(printer), "DVFL_GPU_OUT": str(hostile)})
+        assert f"ARG<{hostile}/validate.json>" in ran.stdout, ran.stdout + ran.stderr
+    assert not (tmp_path / "PWNED").exists() and not (ROOT / "PWNED").exists()
+
+
+def test_a_relative_output_folder_is_the_callers(tmp_path):
+    caller = tmp_path / "here"
+    caller.mkdir()
+    environment = {**os.environ, "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    environment.pop("OUT", None)
+    result = subprocess.run(["bash", str(SCRIPT), "--dry-run", "results"], cwd=caller, env=environment,
+                            capture_output=True, text=True, timeout=120)
+    assert f"output folder: {caller / 'results'}" in result.stdout
+
+
+@pytest.mark.parametrize("case", ["out-is-a-file", "deadline-not-a-number", "python-missing"])
+def test_bad_settings_are_named_before_anything_runs(tmp_path, case):
+    before = _tree_state()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    if case == "out-is-a-file":
+        result, message, code = _run([str(blocker)], tmp_path), f"OUT_DIR: {blocker} is a file", 2
+    elif case == "deadline-not-a-number":
+        result = _run([str(tmp_path / "out")], tmp_path, DVFL_GPU_DEADLINE_S="abc")
+        message, code = "DVFL_GPU_DEADLINE_S: expected a positive number of seconds, got 'abc'", 2
+    else:
+        result = _run([str(tmp_path / "out")], tmp_path, PYTHON="/nonexistent")
+        message, code = "MISSING python: PYTHON=/nonexistent is not a command here", 1
+    assert result.returncode == code and message in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists() and _tree_state() == before

@@ -76,6 +76,24 @@ def test_a_corrupt_file_is_measured_again_and_rewritten(cache):
     assert json.loads(cache.read_text()) == {_probe.machine(): {repr(("demo", 1)): "b"}}
 
 
+@pytest.mark.parametrize("bad", [["b"], {"name": "b"}, 3, None], ids=["list", "dict", "int", "null"])
+def test_a_value_of_the_wrong_type_is_measured_again_and_the_file_repaired(cache, bad):
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({_probe.machine(): {repr(("demo", 1)): bad, repr(("demo", 2)): "a"}}))
+    calls = []
+    assert _probe.fastest(("demo", 1), _candidates(calls, slow="a")) == "b" and calls
+    assert json.loads(cache.read_text()) == {_probe.machine(): {repr(("demo", 1)): "b", repr(("demo", 2)): "a"}}
+
+
+def test_the_cache_is_written_with_the_umask_not_0600(cache):
+    previous = os.umask(0o022)
+    try:
+        _probe.fastest(("demo", 1), _candidates([], slow="a"))
+    finally:
+        os.umask(previous)
+    assert cache.stat().st_mode & 0o777 == 0o644  # another user sharing DVFL_PROBE_CACHE reads it
+
+
 def test_an_unwritable_cache_warns_once_and_the_calls_go_on(tmp_path, monkeypatch):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

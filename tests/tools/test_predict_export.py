@@ -69,6 +69,31 @@ def test_sliding_windows_cover_the_video(trained):
     assert len(whole) == 1 and whole[0]["end"] == pytest.approx(length / fps)
 
 
+def test_windows_must_be_finite_and_a_frame_long_and_many_are_announced(trained, capsys):
+    checkpoint, _, val = trained
+    for flag in ("--window-seconds", "--stride-seconds"):
+        for value in ("inf", "nan", "-1", "0"):
+            with pytest.raises(SystemExit):
+                main(["predict", "--checkpoint", checkpoint, val[0], "--window-seconds", "1", flag, value])
+            assert f"argument {flag}: expected a positive, finite number of seconds, got {value!r}" in capsys.readouterr().err
+    predictor = Predictor.from_checkpoint(checkpoint, precision="fp32")
+    length, fps = video_info(val[0])
+    with pytest.raises(ValueError, match=r"--window-seconds: 0.01 s is shorter than one frame of this video"):
+        predictor.predict(val[0], window_seconds=0.01)
+    with pytest.raises(ValueError, match=r"--stride-seconds: expected a positive, finite number"):
+        predictor.predict(val[0], window_seconds=1.0, stride_seconds=float("inf"))
+    import dvflnet.tools.predict as predict_module
+
+    many = predict_module.MANY_WINDOWS
+    try:
+        predict_module.MANY_WINDOWS = 2
+        with pytest.warns(UserWarning, match=r"windows of .* one forward each; a longer --stride-seconds gives fewer"):
+            windows = predictor.predict(val[0], window_seconds=1 / fps, stride_seconds=1 / fps)["windows"]
+    finally:
+        predict_module.MANY_WINDOWS = many
+    assert len(windows) == length
+
+
 def test_a_bad_file_among_good_ones_is_reported_and_the_rest_scored(trained, tmp_path, capsys):
     checkpoint, videos, val = trained
     broken = tmp_path / "broken.mp4"

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,146 @@ def test_the_prepared_csvs_train(tmp_path, clip):
     _, paths = prepare("ucf101", str(videos), str(tmp_path / "out"), str(notes))
     rows = read_annotations(paths["train"], str(videos), num_classes=3)
     assert all(os.path.isfile(path) for path, _ in rows) and read_class_names(paths["labels"]) == ["ApplyEyeMakeup", "HandstandPushups", "YoYo"]
+
+
+# -- the third probe: a set written whole or not at all, symlinked classes, stray folders, duplicates
+
+
+def _split_one_then_two_on_a_full_disk(tmp_path: Path, clip: Path, out: Path, fill) -> None:
+    """Split 1 prepared in `out`, then `fill()` leaves no room, then --split 2 --overwrite fails."""
+    videos, notes = _ucf101(tmp_path, clip)
+    prepare("ucf101", str(videos), str(out), str(notes), split=1)
+    before = _outputs(out)
+    fill()
+    with pytest.raises(OSError, match="none of them was replaced"):
+        prepare("ucf101", str(videos), str(out), str(notes), split=2, overwrite=True)
+    assert _outputs(out) == before  # still split 1, all three
+    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "train.csv", "val.csv"]
+
+
+def test_a_failed_overwrite_on_a_full_disk_leaves_the_old_set_whole(tmp_path, clip):
+    """A real full disk: a 64 KiB tmpfs (root only: mounting needs it)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(out)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}); the next test fails a write instead")
+    try:
+        def fill():
+            with open(out / "filler", "wb", buffering=0) as f, pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+
+        videos, notes = _ucf101(tmp_path, clip)
+        prepare("ucf101", str(videos), str(out), str(notes), split=1)
+        before = _outputs(out)
+        fill()
+        with pytest.raises(OSError, match="none of them was replaced"):
+            prepare("ucf101", str(videos), str(out), str(notes), split=2, overwrite=True)
+        assert _outputs(out) == before
+        assert sorted(p.name for p in out.iterdir()) == ["filler", "labels.csv", "train.csv", "val.csv"]
+    finally:
+        subprocess.run(["umount", str(out)], check=True)
+
+
+def test_a_write_failing_midway_through_the_set_replaces_none(tmp_path, clip, monkeypatch):
+    import dvflnet.atomic as atomic
+
+    real = atomic._temporary_beside
+
+    def third_file_fails(path):
+        if path.endswith("labels.csv"):
+            raise OSError(28, f"{path}: cannot write here (No space left on device)")
+        return real(path)
+
+    out = tmp_path / "out"
+    _split_one_then_two_on_a_full_disk(tmp_path, clip, out, lambda: monkeypatch.setattr(atomic, "_temporary_beside", third_file_fails))
+
+
+def test_symlinked_class_folders_are_found(tmp_path, clip):
+    videos, notes = _k400(tmp_path, clip)
+    elsewhere = tmp_path / "other-disk" / "air drumming"
+    (videos / "val" / "air drumming").rename(tmp_path / "moved")
+    elsewhere.parent.mkdir()
+    (tmp_path / "moved").rename(elsewhere)
+    (videos / "val" / "air drumming").symlink_to(elsewhere, target_is_directory=True)
+    (videos / "loop").symlink_to(videos, target_is_directory=True)  # a link back up: no loop, no twin
+    prepared, _ = prepare("k400", str(videos), str(tmp_path / "out"), str(notes))
+    assert prepared.val == [("val/air drumming/-2l3sKD2Mm4_000046_000056.mp4", 1)]
+
+
+def test_ucf50_classes_are_only_folders_with_videos(tmp_path, clip, capsys):
+    videos = tmp_path / "UCF50"
+    _videos(videos, clip, ["Billiards/v_Billards_g01_c01.avi", "BaseballPitch/v_BaseballPitch_g05_c01.avi",
+                           ".Trash-1000/files/v_Old_g01_c01.avi", "Billiards/._v_Billards_g01_c01.avi"])
+    (videos / "AAA-notes").mkdir()
+    out = videos / "csv"  # the output inside --videos, on a rerun
+    args = ["prepare", "ucf50", "--videos", str(videos), "--output", str(out), "--fold", "5"]
+    for _ in range(2):
+        assert cli_main(args + ["--overwrite"]) == 0
+        printed = capsys.readouterr().out
+        assert _outputs(out)["labels"] == [["0", "BaseballPitch"], ["1", "Billiards"]]
+    assert "not classes: .Trash-1000 (hidden), AAA-notes (no videos), csv (the --output folder)" in printed
+
+
+def _ucf101_lines(tmp_path, clip, train_lines, test_lines):
+    videos, notes = _ucf101(tmp_path, clip)
+    (notes / "trainlist03.txt").write_text("".join(line + "\n" for line in train_lines))
+    (notes / "testlist03.txt").write_text("".join(line + "\n" for line in test_lines))
+    return videos, notes
+
+
+def test_a_duplicate_listing_is_dropped_and_counted(tmp_path, clip, capsys):
+    videos, notes = _ucf101_lines(tmp_path, clip, ["YoYo/v_YoYo_g10_c01.avi 3", "YoYo/v_YoYo_g01_c01.avi 3",
+                                                    "YoYo/v_YoYo_g10_c01.avi 3"], ["YoYo/v_YoYo_g02_c04.avi"])
+    out = tmp_path / "out"
+    assert cli_main(["prepare", "ucf101", "--videos", str(videos), "--annotations", str(notes), "--split", "3",
+                     "--output", str(out)]) == 0
+    assert _rows(out / "train.csv") == [["YoYo/v_YoYo_g10_c01.avi", "2"], ["YoYo/v_YoYo_g01_c01.avi", "2"]]
+    assert f"train: 1 duplicate listings dropped (each video kept once), e.g. {notes / 'trainlist03.txt'}:3 (first at " \
+           f"{notes / 'trainlist03.txt'}:1)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dataset", ["ucf101-train-and-test", "hmdb51-both", "ssv2-train-and-validation", "ssv2-two-labels"])
+def test_a_video_in_two_splits_or_with_two_labels_is_an_error_naming_both(tmp_path, clip, dataset):
+    if dataset == "ucf101-train-and-test":
+        videos, notes = _ucf101_lines(tmp_path, clip, ["YoYo/v_YoYo_g10_c01.avi 3"], ["YoYo/v_YoYo_g10_c01.avi"])
+        args, match = ("ucf101", str(videos), str(tmp_path / "out"), str(notes), 3), \
+            r"testlist03.txt:1: YoYo/v_YoYo_g10_c01.avi is in train already \(.*trainlist03.txt:1\)"
+    elif dataset == "hmdb51-both":
+        videos, notes = tmp_path / "hmdb51", tmp_path / "splits"
+        notes.mkdir()
+        (notes / "wave_test_split1.txt").write_text("a.avi 1 \nb.avi 2 \na.avi 2 \n")
+        _videos(videos, clip, ["wave/a.avi", "wave/b.avi"])
+        args, match = ("hmdb51", str(videos), str(tmp_path / "out"), str(notes), 1), \
+            r"wave_test_split1.txt:3: wave/a.avi is in train already \(.*wave_test_split1.txt:1\)"
+    else:
+        videos, notes = _ssv2(tmp_path, clip)
+        entries = json.loads((notes / "train.json").read_text())
+        if dataset == "ssv2-train-and-validation":
+            (notes / "validation.json").write_text(json.dumps([entries[0]]))
+            match = r"validation.json: entry 0: 78687.webm is in train already \(.*train.json: entry 0"
+        else:
+            (notes / "train.json").write_text(json.dumps(entries + [{**entries[1], "id": "78687"}]))
+            match = r"train.json: entry 2: 78687.webm has label 0 here and 1 at .*train.json: entry 0"
+        args = ("ssv2", str(videos), str(tmp_path / "out"), str(notes))
+    with pytest.raises(PrepareError, match=match):
+        prepare(*args)
+    assert not (tmp_path / "out").exists()
+
+
+def test_ssv2_test_videos_are_checked_on_disk_and_predict_is_shown_with_root(tmp_path, clip, capsys):
+    videos, notes = _ssv2(tmp_path, clip)
+    (videos / "9.webm").unlink()
+    out = tmp_path / "out"
+    args = ["prepare", "ssv2", "--videos", str(videos), "--annotations", str(notes), "--output", str(out)]
+    assert cli_main(args) == 2
+    assert "1 listed videos are not under --videos" in capsys.readouterr().err and not out.exists()
+    assert cli_main(args + ["--missing", "skip"]) == 0
+    printed = capsys.readouterr().out
+    assert "left out of test: 1 videos not on disk" in printed
+    assert f"dvflnet predict --checkpoint CKPT --root {videos} {out / 'test.csv'}" in printed
+    assert _rows(out / "test.csv") == [["1420.webm"]]
+    from dvflnet.tools.predict import expand_inputs
+
+    assert all(os.path.isfile(p) for p in expand_inputs([str(out / "test.csv")], root=str(videos)))

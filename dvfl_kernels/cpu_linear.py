@@ -17,7 +17,7 @@ on an Intel Xeon with AMX the two are within 10% except where the epilogue fuses
 (bench/test_bench_gemm_cpu.py, docs/benchmarks.md). ``DVFL_CPU_GEMM=aten|onednn`` forces one.
 
 Prepared weights (concatenated, cast to the compute dtype, packed) are made once per parameter state
-and reused (``_prepared``: version counters, storages and sampled values; ``clear_prepared_weights()``
+and reused (``_prepared``: version counters, storages and a digest of every byte; ``clear_prepared_weights()``
 drops them). With gradients needed the calls are exactly the reference's ATen ops.
 """
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Every video under SRC (symlinked folders followed) is written under DST at the same relative path and
 name: every frame, at the source's frame rate, the shorter side N pixels, the aspect kept and both
-sides even (what yuv420p needs). PyAV (and the FFmpeg inside its wheel) decodes, scales and encodes:
-no system ffmpeg. The codec follows the container: VP9 for .webm, H.264 for the rest. Audio is dropped.
+sides even (what yuv420p needs); a rotated video (a display matrix, as phones write) is turned upright
+first and its shown short side scaled. PyAV (and the FFmpeg inside its wheel) decodes, scales and
+encodes: no system ffmpeg. The codec follows the container: VP9 for .webm, H.264 for the rest. Audio is dropped.
 
 Resumable and safe to run twice at once: each file is encoded into a hidden temporary file beside it,
 named after the process that writes it, read back by the decoder the training pipeline uses, and only
@@ -105,6 +106,7 @@ def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
     """Rescale one video into `dst` (via a temporary file beside it of this process's own); (frames,
     width, height)."""
     import av
+    import numpy as np
 
     os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
     partial = _partial_path(dst)
@@ -119,10 +121,18 @@ def resize_video(src: str, dst: str, short_side: int) -> tuple[int, int, int]:
                 stream_out = None
                 for frame in source.decode(stream_in):
                     if stream_out is None:
-                        width, height = scaled_size(frame.width, frame.height, short_side)
+                        # a phone video stored landscape and shown portrait: the pixels are turned upright
+                        # (the output has no display matrix, and decord ignores one), and the short side is
+                        # the shown one
+                        turns = round((frame.rotation or 0) / 90) % 4
+                        shown = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+                        width, height = scaled_size(*shown, short_side)
                         stream_out = target.add_stream(_encoder(dst), rate=rate)
                         stream_out.width, stream_out.height, stream_out.pix_fmt = width, height, "yuv420p"
                         stream_out.options = {"crf": "18"} if _encoder(dst) == "libx264" else {"crf": "30", "b": "0"}
+                    if turns:  # counter-clockwise, as PyAV reads the display matrix
+                        upright = np.ascontiguousarray(np.rot90(frame.to_ndarray(format="rgb24"), turns))
+                        frame = av.VideoFrame.from_ndarray(upright, format="rgb24")
                     scaled = frame.reformat(width=width, height=height, format="yuv420p")
                     # constant rate: frame i at i / rate (a variable-rate source becomes constant-rate)
                     scaled.pts, scaled.time_base = frames, 1 / Fraction(rate)

@@ -194,3 +194,31 @@ def test_a_size_decord_cannot_read_back_is_never_written(tmp_path):
     report = resize_tree(str(src), str(tmp_path / "dst"), 24, workers=1, progress=False)
     assert report.done == 0 and "48x24 video written here does not read back with decord" in report.failed[0][1]
     assert not [p for p in (tmp_path / "dst").rglob("*") if p.is_file()]
+
+
+def test_a_rotated_video_is_turned_upright_and_its_shown_short_side_scaled(tmp_path):
+    import av
+
+    src = tmp_path / "src" / "phone.mp4"
+    src.parent.mkdir()
+    with av.open(str(src), mode="w") as container:  # stored 128x64, shown portrait (90 degrees)
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p"
+        stream.set_display_rotation(90)
+        for _ in range(4):
+            pixels = np.zeros((64, 128, 3), np.uint8)
+            pixels[:16, :16] = 255  # a mark in the stored top-left corner
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    report = resize_tree(str(src.parent), str(tmp_path / "dst"), 32, workers=1, progress=False)
+    assert report.done == 1, report.failed
+    out = tmp_path / "dst" / "phone.mp4"
+    assert _probe(out) == (4, 10.0, 32, 64)  # portrait, short side 32 of the shown size
+    with av.open(str(out)) as container:
+        frame = next(container.decode(video=0))
+        assert not frame.rotation
+        luma = frame.to_ndarray(format="gray")
+    # 90 degrees counter-clockwise: the stored top-left corner is shown bottom-left
+    assert luma[-8:, :8].mean() > 200 and luma[:8, :8].mean() < 50 and luma[-8:, -8:].mean() < 50

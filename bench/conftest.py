@@ -14,10 +14,10 @@ if not torch.cuda.is_available():
 sys.path.insert(0, os.path.dirname(__file__))
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu":  # the CPU path as the dvflnet CLI runs it: freed activations stay mapped
+if DEVICE == "cpu":  # the process settings every dvfl process makes at its first CPU forward, made now for all cases
     import dvfl_kernels
 
-    dvfl_kernels.keep_freed_memory()
+    dvfl_kernels.apply_process_settings()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

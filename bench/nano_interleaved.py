@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -100,16 +101,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--json", help="write the medians, ranges and machine facts here")
     parser.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                        help="keep: dvfl_kernels.keep_freed_memory() first, as the dvflnet CLI does; default: glibc's own")
+                        help="keep: freed memory kept mapped, as every dvfl process does from its first CPU forward; "
+                             "default: glibc's own (DVFL_KEEP_FREED_MEMORY=0)")
     parser.add_argument("--training", action="store_true", help="time a training step of 2 clips instead")
     parser.add_argument("--compile", action="store_true", help="add auto under torch.compile (inference)")
     parser.add_argument("--only", metavar="WORD", help="time only the cases whose name holds WORD (e.g. 'auto': "
                         "its spread without the other runtimes' threads on the cores)")
     args = parser.parse_args()
-    if args.malloc == "keep":
-        import dvfl_kernels
-
-        dvfl_kernels.keep_freed_memory()
+    if args.malloc == "default":
+        os.environ["DVFL_KEEP_FREED_MEMORY"] = "0"  # before the first forward applies the process settings
     clip = torch.randn(2 if args.training else 1, 8, 3, 224, 224)
     # the ONNX export and the peers' compilation only when a peer case is wanted
     peers = args.only is None or any(args.only in name for name in ("onnxruntime fp32", "openvino f32", "openvino bf16"))

@@ -2,12 +2,14 @@
 
 Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``. ``linear`` /
 ``linears`` run the model's GEMMs on CPU on the implementation this machine runs fastest; see
-``cpu_linear``.
+``cpu_linear``. The process's CPU settings (threads, freed memory kept) are made at its first CPU
+compute; see ``cpu_threads``.
 """
 from ._checks import MAX_KD_TEMPERATURE
 from ._prepared import clear_prepared_weights
 from .cpu_linear import linear, linears
 from .cpu_memory import keep_freed_memory
+from .cpu_threads import apply_process_settings, choose_training_threads, on_cpu_compute, usable_cores
 from .ops import (
     BACKENDS,
     BackendUnavailableError,
@@ -22,14 +24,18 @@ __all__ = [
     "BACKENDS",
     "MAX_KD_TEMPERATURE",
     "BackendUnavailableError",
+    "apply_process_settings",
     "available_backends",
+    "choose_training_threads",
     "clear_prepared_weights",
     "kd_ce_loss",
     "keep_freed_memory",
     "linear",
     "linears",
     "modulate",
+    "on_cpu_compute",
     "spatial_context",
     "temporal_context",
+    "usable_cores",
 ]
 __version__ = "0.1.0"

@@ -120,10 +120,11 @@ def _seconds(fn: Callable) -> float:
     return time.perf_counter() - start
 
 
-def fastest(key: tuple, candidates: dict[str, Callable]) -> str:
+def fastest(key: tuple, candidates: dict[str, Callable], favour: str | None = None, margin: float = 1.0) -> str:
     """The name of the fastest of `candidates` (callables doing the same work) for `key`: this
     machine's stored verdict, or timed the first time `key` comes (one warm-up call each, then
-    PROBE_ROUNDS alternating rounds) and stored."""
+    PROBE_ROUNDS alternating rounds) and stored. With `favour`, another candidate wins only if it is
+    at least `margin` times faster than that one."""
     verdict = VERDICTS.get(key)
     if verdict is None:
         path = cache_path()
@@ -136,6 +137,8 @@ def fastest(key: tuple, candidates: dict[str, Callable]) -> str:
                 for name, fn in candidates.items():
                     times[name].append(_seconds(fn))
             verdict = min(times, key=lambda name: min(times[name]))
+            if favour is not None and min(times[favour]) < margin * min(times[verdict]):
+                verdict = favour
             if path:
                 _store(path, repr(key), verdict)
         VERDICTS[key] = verdict

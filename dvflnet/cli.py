@@ -8,8 +8,6 @@ import math
 import os
 import sys
 
-from dvfl_kernels import keep_freed_memory
-
 from . import interrupt
 from .data import synthetic
 from .data.synthetic import generate_dataset
@@ -252,10 +250,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         set_seed(spec, args.seed)
     args.on_interrupt = (f"finished runs are in {spec['output']}; the same command reuses finished seeds (--seeds) and "
                          "starts an unfinished demo afresh")
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:  # the user's count: every run takes it (dvfl_kernels/cpu_threads.py)
+        os.environ["DVFL_THREADS"] = str(args.threads)
     if args.seeds:
         run_seeds(spec, args.seeds)
     else:
@@ -413,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seeds", nargs="+", type=_at_least_zero, metavar="N",
                        help="the demo once per seed (in <output>/seed-N; a seed finished with the same settings is reused), "
                             "then mean and spread over seeds in <output>/summary.md and summary.json")
-    demo.add_argument("--threads", type=_positive(int), help="intra-op CPU threads (torch.set_num_threads; default: torch's)")
+    demo.add_argument("--threads", type=_positive(int), help="intra-op CPU threads of every run (default: with 2 usable "
+                      "cores or more, the teacher and the scratch student side by side on one core each, then the "
+                      "distillation on the count measured fastest)")
     demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.train.epochs 20")
     demo.set_defaults(func=cmd_demo)
 
@@ -454,7 +452,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     interrupt.install()
-    keep_freed_memory()  # freed activations stay mapped for the next step (dvfl_kernels/cpu_memory.py)
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, what was kept and how to go on; no traceback

@@ -21,6 +21,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import dvfl_kernels
+
 from ..atomic import write_json
 from ..losses import DistillationLoss
 from .builders import autocast, autocast_dtype, batches_per_epoch, build_model, build_teacher, epoch_batches, eval_dataset, train_dataset
@@ -129,6 +131,49 @@ def _peak_memory(device: torch.device) -> dict:
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_max_rss"}
 
 
+def _choose_threads(cfg: dict, model: nn.Module, teacher: nn.Module | None, amp_dtype) -> int:
+    """One thread or all usable cores for this run's CPU steps, measured on a step of random clips of
+    the run's shape (dvfl_kernels.choose_training_threads); the model's gradients and every random
+    stream are as they were before, so the run's numbers do not depend on the measuring."""
+    data, train = cfg["data"], cfg["train"]
+    generator = torch.Generator().manual_seed(0)
+    clips = torch.randn(train["batch_size"], data["num_frames"], 3, data["size"], data["size"], generator=generator)
+    targets = torch.randint(0, data["num_classes"], (train["batch_size"],), generator=generator)
+    was_training, rng = model.training, capture_rng_state()
+    model.train()
+
+    def step() -> None:
+        with autocast(torch.device("cpu"), amp_dtype):
+            loss = F.cross_entropy(model(clips).float(), targets)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher(clips)
+        loss.backward()
+
+    key = (cfg["model"]["name"], repr(cfg["model"].get("kwargs")), tuple(clips.shape), str(amp_dtype),
+           None if teacher is None else cfg["teacher"]["name"])
+    try:
+        return dvfl_kernels.choose_training_threads(key, step)
+    finally:
+        for parameter in model.parameters():
+            parameter.grad = None
+        model.train(was_training)
+        restore_rng_state(rng)
+
+
+def measure_threads(cfg: dict, distill: bool = False) -> int:
+    """The CPU thread count run_training(cfg, distill) will choose (measured now on models of the
+    run's architecture with random weights, or read from the probe cache): what the demo plans its
+    side-by-side runs with. Leaves torch's thread count at that value."""
+    check_config(cfg, distill)
+    model = build_model(cfg["model"], cfg["data"])
+    teacher = None
+    if distill:
+        teacher_cfg = dict(cfg["teacher"], drop_path_rate=None, pretrained=None, backend=cfg["model"]["backend"])
+        teacher = build_model(teacher_cfg, cfg["data"]).requires_grad_(False).eval()
+    return _choose_threads(cfg, model, teacher, autocast_dtype(cfg["train"]["amp"], torch.device("cpu")))
+
+
 def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     train, data = cfg["train"], cfg["data"]
     torch.manual_seed(cfg["seed"] + info.rank)
@@ -174,6 +219,11 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
 
     epoch, batch_in_epoch, step, partial = _restore(state, resume_path, model, optimizer, scaler, info)
     del state
+    if info.device.type == "cpu":
+        threads = _choose_threads(cfg, model, teacher, amp_dtype)
+        if info.is_main:
+            how = "given" if dvfl_kernels.cpu_threads.user_threads() is not None else "measured fastest for this run"
+            print(f"CPU threads: {threads} ({how}; {dvfl_kernels.usable_cores()} usable cores)", flush=True)
 
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
     forward = torch.compile(ddp) if cfg["model"].get("compile") else ddp

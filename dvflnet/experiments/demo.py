@@ -23,6 +23,8 @@ import time
 
 import torch
 
+import dvfl_kernels
+
 from ..atomic import save_figure, write_json, write_text
 from ..complexity import count_flops, count_parameters
 from ..data.synthetic import generate_dataset
@@ -30,7 +32,7 @@ from ..data.video import DecodedVideos
 from ..engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
 from ..engine.builders import build_model
 from ..engine.evaluation import run_evaluation
-from ..engine.training import run_training
+from ..engine.training import measure_threads, run_training
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
 RUNS = ("teacher", "student", "distill")
@@ -138,20 +140,54 @@ def run_demo(spec: dict) -> list[dict]:
     # the three runs and their evaluations read the same files: each decoded once for the whole demo
     budget = configs["teacher"]["data"]["decoded_cache_mb"] << 20
     decoded = DecodedVideos.shared(budget) if budget else None
-    rows, summaries = [], {}
+    rows, summaries, threads = [], {}, {}
     titles = {"teacher": "training the teacher", "student": "training the student from scratch",
               "distill": "distilling the student from the teacher"}
-    for number, run in enumerate(RUNS, start=2):
-        print(f"[{number}/5] {titles[run]} ({configs[run]['model']['kwargs']}, {configs[run]['train']['epochs']} epochs)", flush=True)
-        shutil.rmtree(configs[run]["output"], ignore_errors=True)  # every demo run starts fresh
-        summary = summaries[run] = run_training(configs[run], distill=run == "distill")
-        # the demo evaluates the end of training (not a val-selected epoch); the student learns
-        # from the teacher's final weights
-        configs[run]["eval"]["checkpoint"] = summary["last"]
-        if run == "teacher":
-            configs["distill"]["teacher"]["checkpoint"] = summary["last"]
-        rows.append({"run": run, "seed": configs[run]["seed"], "threads": torch.get_num_threads(),
-                     "train_time_s": summary["train_time_s"]})
+    partner = beside_whom(configs)  # the run the scratch student trains beside, one core each, or None
+    scratch = None
+    try:
+        for number, run in enumerate(RUNS, start=2):
+            about = f"({configs[run]['model']['kwargs']}, {configs[run]['train']['epochs']} epochs)"
+            if run == "student" and scratch is not None:  # trained beside the teacher: its results
+                summary, threads[run] = scratch.join(), 1
+                print(f"[3/5] the student from scratch finished beside the teacher: {summary['train_time_s']:.0f} s "
+                      "of training", flush=True)
+            elif run == "student" and partner == "distill":  # trained beside the distillation, next
+                continue
+            elif run == partner:
+                shutil.rmtree(configs["student"]["output"], ignore_errors=True)  # every demo run starts fresh
+                log = os.path.join(configs["student"]["output"], "console.log")
+                print(f"[{number}/5] {titles[run]} {about}, on one core, and {titles['student']} beside it on the "
+                      f"other (its output: {log})", flush=True)
+                scratch = StudentBeside(configs["student"], log)
+                shutil.rmtree(configs[run]["output"], ignore_errors=True)
+                with dvfl_kernels.cpu_threads.pinned(1):
+                    summary = run_training(configs[run], distill=run == "distill")
+                threads[run] = 1
+            else:
+                print(f"[{number}/5] {titles[run]} {about}", flush=True)
+                shutil.rmtree(configs[run]["output"], ignore_errors=True)  # every demo run starts fresh
+                summary = run_training(configs[run], distill=run == "distill")
+                threads[run] = torch.get_num_threads()
+            summaries[run] = summary
+            # the demo evaluates the end of training (not a val-selected epoch); the student learns
+            # from the teacher's final weights
+            configs[run]["eval"]["checkpoint"] = summary["last"]
+            if run == "teacher":
+                configs["distill"]["teacher"]["checkpoint"] = summary["last"]
+            rows.append({"run": run, "seed": configs[run]["seed"], "threads": threads[run],
+                         "train_time_s": summary["train_time_s"]})
+            if run == "distill" and partner == "distill":
+                summary, threads["student"] = scratch.join(), 1
+                print(f"[3/5] the student from scratch finished beside the distillation: {summary['train_time_s']:.0f} s "
+                      "of training", flush=True)
+                summaries["student"] = summary
+                configs["student"]["eval"]["checkpoint"] = summary["last"]
+                rows.insert(1, {"run": "student", "seed": configs["student"]["seed"], "threads": 1,
+                                "train_time_s": summary["train_time_s"]})
+    finally:  # an error or Ctrl-C in the run beside it stops the student
+        if scratch is not None:
+            scratch.stop()
     print("[5/5] evaluating (1 clip x 1 crop, 4 clips x 3 crops)", flush=True)
     for row in rows:
         cfg = configs[row["run"]]
@@ -170,10 +206,77 @@ def run_demo(spec: dict) -> list[dict]:
     return rows
 
 
+def beside_whom(configs: dict) -> str | None:
+    """The run ("teacher" or "distill") the scratch student trains beside, one thread each, or None.
+
+    The scratch student needs nothing of the other two runs. Where a run's step is measured no faster
+    on all usable cores than on one (dvfl_kernels.choose_training_threads: within THREADS_MUST_PAY),
+    the second core would idle at its barriers: the student trains there instead. The teacher is
+    asked first (the longest run), then the distillation. Never with one usable core, or when the
+    user gave a thread count (then every run takes it, one after the other)."""
+    if dvfl_kernels.usable_cores() < 2 or dvfl_kernels.cpu_threads.user_threads() is not None:
+        return None
+    for run in ("teacher", "distill"):
+        cfg = copy.deepcopy(configs[run])
+        if run == "distill":
+            cfg["teacher"]["checkpoint"] = "not needed to measure"
+        if measure_threads(cfg, distill=run == "distill") == 1:
+            return run
+    return None
+
+
+class StudentBeside:
+    """The scratch student's run in a process of its own (spawned: a fresh OpenMP runtime), one
+    thread, its output in `log`; join() gives run_training's summary or raises naming the log."""
+
+    def __init__(self, cfg: dict, log: str):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.log, self.results = log, context.Queue()
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        self.process = context.Process(target=_train_beside, args=(cfg, log, self.results), daemon=True)
+        self.process.start()
+
+    def join(self) -> dict:
+        try:
+            outcome, value = self.results.get()
+        except BaseException:  # Ctrl-C while waiting: the student stops too
+            self.stop()
+            raise
+        self.process.join()
+        if outcome != "ok":
+            raise RuntimeError(f"the student from scratch failed beside the teacher: {value} (its output: {self.log})")
+        return value
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+
+def _train_beside(cfg: dict, log: str, results) -> None:
+    """In the spawned process: one thread, output to `log`, the summary (or the error) to `results`."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops this process
+    with open(log, "w", buffering=1) as out:
+        sys.stdout = sys.stderr = out
+        try:
+            with dvfl_kernels.cpu_threads.pinned(1):
+                results.put(("ok", run_training(cfg)))
+        except BaseException as err:  # reported by the parent, which names this log
+            results.put(("error", f"{type(err).__name__}: {err}"))
+            raise
+
+
 def _settings(spec: dict) -> dict:
-    """What decides a demo's numbers: the spec without its output folder, and the thread count
-    (it changes the rounding, README "The demo")."""
-    return {**{k: v for k, v in spec.items() if k != "output"}, "threads": torch.get_num_threads()}
+    """What decides a demo's numbers: the spec without its output folder, and the threads (they
+    change the rounding, README "The demo"): the user's count, or "measured" (each run's measured
+    choice, kept per machine in the probe cache)."""
+    chosen = dvfl_kernels.cpu_threads.user_threads()
+    return {**{k: v for k, v in spec.items() if k != "output"}, "threads": chosen if chosen is not None else "measured"}
 
 
 def finished_rows(spec: dict) -> list[dict] | None:

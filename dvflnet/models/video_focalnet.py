@@ -239,6 +239,7 @@ class VideoFocalNet(nn.Module):
         """Per-frame features (B*T', num_features) of clips (B, T, C, H, W) (or frames
         (B*num_frames, C, H, W), as the public model takes them)."""
         frames = self._check_input(x, frames_dim=x.dim() == 5)
+        dvfl_kernels.on_cpu_compute(x)  # the process's CPU settings, once (dvfl_kernels/cpu_threads.py)
         if self.tubelet_size == 1 and x.dim() == 5:
             x = x.flatten(0, 1)
         x = self.pos_drop(self.patch_embed(x))  # (N, H, W, C)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+import dvfl_kernels
 from dvflnet.cli import main as cli_main
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.engine import (
@@ -358,6 +359,36 @@ def test_torchrun_two_gloo_processes_on_one_node_and_on_two_nodes(videos, tmp_pa
     assert _results(tmp_path / "two-nodes") == (steps, reports)
 
 
+@pytest.mark.parametrize("partner", ["teacher", "distill"])
+def test_the_scratch_student_trains_beside_another_run_to_the_same_numbers(tmp_path, capsys, monkeypatch, partner):
+    """With two usable cores and no thread count given, the scratch student trains beside the first
+    run measured no faster on two threads (the teacher, else the distillation), one thread each, in
+    a process of its own: the same numbers as one run after the other on one thread, its output in
+    its console.log."""
+    import dvflnet.experiments.demo as demo
+
+    monkeypatch.delenv("DVFL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(dvfl_kernels.cpu_threads, "usable_cores", lambda *a: 2)
+    monkeypatch.setattr(demo, "measure_threads", lambda cfg, distill=False: 1 if distill == (partner == "distill") else 2)
+    threads = torch.get_num_threads()
+    try:
+        assert cli_main(["demo", "--output", str(tmp_path / "beside"), "--seed", "3", "--opts", *TOY_DEMO_OPTS]) == 0
+        out = capsys.readouterr().out
+        assert f"the student from scratch finished beside the {'teacher' if partner == 'teacher' else 'distillation'}" in out
+        assert cli_main(["demo", "--output", str(tmp_path / "in-turn"), "--seed", "3", "--threads", "1",
+                         "--opts", *TOY_DEMO_OPTS]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    beside, in_turn = (json.load(open(tmp_path / name / "results.json")) for name in ("beside", "in-turn"))
+    assert [r["run"] for r in beside] == ["teacher", "student", "distill"]
+    same = lambda row: {k: v for k, v in row.items() if k not in ("train_time_s", "threads")}  # noqa: E731
+    assert same(beside[1]) == same(in_turn[1]) and beside[1]["threads"] == 1
+    if partner == "teacher":  # the teacher on one thread too: every number as in turn
+        assert [same(r) for r in beside] == [same(r) for r in in_turn]
+    assert "epoch 1/1" in (tmp_path / "beside" / "student" / "console.log").read_text()
+
+
 # the demo at toy size (the real settings are in configs/demo.yaml)
 TOY_DEMO_OPTS = ["dataset.train_per_class", "3", "dataset.val_per_class", "1", "dataset.num_frames", "8", "student_train_per_class", "2",
                  "teacher.train.epochs", "2", "teacher.train.mixup_start_epoch", "1", "student.train.epochs", "1", "base.train.warmup_epochs", "0", "base.train.batch_size", "4",
@@ -365,8 +396,9 @@ TOY_DEMO_OPTS = ["dataset.train_per_class", "3", "dataset.val_per_class", "1", "
                  "base.eval.views", "[[1, 1], [2, 3]]"]
 
 
-def test_demo_end_to_end(tmp_path, capsys):
+def test_demo_end_to_end(tmp_path, capsys, monkeypatch):
     """The demo's whole path at toy size."""
+    monkeypatch.delenv("DVFL_THREADS", raising=False)  # --threads sets it for the runs; gone after the test
     opts = TOY_DEMO_OPTS
     threads = torch.get_num_threads()
     try:
@@ -423,9 +455,10 @@ def test_demo_picture_smooths_long_loss_curves(tmp_path):
     assert Image.open(figure_path).size == (1100, 650)
 
 
-def test_demo_over_seeds_summarises_and_reuses_finished_seeds(tmp_path, capsys):
+def test_demo_over_seeds_summarises_and_reuses_finished_seeds(tmp_path, capsys, monkeypatch):
     """--seeds: one demo per seed in seed-N, a summary whose figures are those of the seeds' own
     results.json; a rerun reads finished seeds back, and other settings run them again."""
+    monkeypatch.delenv("DVFL_THREADS", raising=False)
     threads = torch.get_num_threads()
     argv = ["demo", "--output", str(tmp_path), "--threads", "1", "--seeds", "3", "4", "--opts", *TOY_DEMO_OPTS]
     try:

@@ -1,0 +1,175 @@
+"""The process's CPU settings (dvfl_kernels/cpu_threads.py): usable cores from the affinity and the
+cgroup quota (fake cgroup files, real sched_setaffinity), the user's count always winning, the settings
+made at the first CPU forward of a plain script as in the CLI and never for commands that do not
+compute, and a training run's thread count measured once and kept."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import dvfl_kernels
+from dvfl_kernels import _probe, cpu_threads
+
+
+def _cgroup_v2(tmp_path, levels: dict[str, str]) -> tuple[str, str]:
+    """A fake v2 hierarchy: {relative folder: cpu.max content}; the process sits in the deepest."""
+    root = tmp_path / "cgroup"
+    for folder, content in levels.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        if content is not None:
+            (root / folder / "cpu.max").write_text(content + "\n")
+    leaf = max(levels, key=len)
+    membership = tmp_path / "self-cgroup"
+    membership.write_text(f"0::/{leaf}\n".replace("//", "/"))
+    return str(root), str(membership)
+
+
+@pytest.mark.parametrize("levels,cores", [
+    ({"": "max 100000"}, None),                                          # no limit: the affinity's cores
+    ({"": "150000 100000"}, 1),                                          # 1.5 CPUs: one whole core
+    ({"": "max 100000", "kubepods/pod1": "400000 100000"}, None),        # 4 CPUs, more than the affinity
+    ({"": "max", "a": "300000 100000", "a/b": "50000 100000"}, 1),       # the tightest level wins, >= 1
+    ({"": "200000 100000", "a": None}, 2),                               # a level without the file: its parent's
+], ids=["unlimited", "1.5-cpus", "above-affinity", "nested", "inherited"])
+def test_the_cgroup_v2_quota_caps_the_cores(tmp_path, levels, cores):
+    root, membership = _cgroup_v2(tmp_path, levels)
+    affinity = len(os.sched_getaffinity(0))
+    expected = affinity if cores is None else min(affinity, cores)
+    assert cpu_threads.usable_cores(root, membership) == expected
+
+
+def test_the_cgroup_v1_quota_caps_the_cores(tmp_path):
+    root = tmp_path / "cgroup"
+    folder = root / "cpu,cpuacct" / "docker" / "abc"
+    folder.mkdir(parents=True)
+    (folder / "cpu.cfs_quota_us").write_text("100000\n")
+    (folder / "cpu.cfs_period_us").write_text("100000\n")
+    membership = tmp_path / "self-cgroup"
+    membership.write_text("12:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n")
+    assert cpu_threads.usable_cores(str(root), str(membership)) == 1
+    (folder / "cpu.cfs_quota_us").write_text("-1\n")  # unlimited
+    assert cpu_threads.usable_cores(str(root), str(membership)) == len(os.sched_getaffinity(0))
+
+
+def test_garbage_or_missing_cgroup_files_fall_back_to_the_affinity(tmp_path):
+    root, membership = _cgroup_v2(tmp_path, {"": "garbage"})
+    assert cpu_threads.usable_cores(root, membership) == len(os.sched_getaffinity(0))
+    assert cpu_threads.usable_cores(str(tmp_path / "none"), str(tmp_path / "none")) == len(os.sched_getaffinity(0))
+
+
+def test_the_affinity_caps_the_cores_in_a_real_process():
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); " \
+           "import dvfl_kernels; print(dvfl_kernels.usable_cores())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"
+
+
+_SETTINGS_SCRIPT = textwrap.dedent("""
+    import json, sys, torch
+    {before}
+    from dvflnet.models import create_model
+    import dvfl_kernels
+    from dvfl_kernels import cpu_threads
+    {after}
+    assert cpu_threads._applied is None  # nothing made at import
+    model = create_model("vfl_net_nano", num_classes=3, backend="auto").eval()
+    with torch.inference_mode():
+        model(torch.randn(1, 2, 3, 64, 64))
+    print(json.dumps({{**cpu_threads._applied, "torch_threads": torch.get_num_threads()}}))
+""")
+
+
+def _settings_of(before: str = "", after: str = "", **env) -> dict:
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "DVFL_THREADS")}
+    environment.update(env)
+    result = subprocess.run([sys.executable, "-c", _SETTINGS_SCRIPT.format(before=before, after=after)],
+                            capture_output=True, text=True, env=environment)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_plain_script_gets_the_settings_at_its_first_cpu_forward():
+    settings = _settings_of()
+    cores = len(os.sched_getaffinity(0))
+    assert settings["threads_from"] == "usable cores" and settings["usable_cores"] == cores
+    assert settings["torch_threads"] == min(cores, settings["torch_threads"]) == settings["threads"]
+    assert all(settings["keep_freed_memory"].values()) and settings["keep_freed_memory"]  # glibc here
+    assert _settings_of(DVFL_KEEP_FREED_MEMORY="0")["keep_freed_memory"] == {}
+
+
+@pytest.mark.parametrize("how", ["DVFL_THREADS", "OMP_NUM_THREADS", "set_num_threads"])
+def test_the_users_thread_count_always_wins(how):
+    if how == "set_num_threads":
+        settings = _settings_of(after="torch.set_num_threads(1)")
+    else:
+        settings = _settings_of(**{how: "1"})
+    assert settings["threads"] == settings["torch_threads"] == 1 and settings["threads_from"] == "user"
+
+
+def test_a_bad_thread_count_is_named():
+    result = subprocess.run([sys.executable, "-c", "import dvfl_kernels; dvfl_kernels.apply_process_settings()"],
+                            capture_output=True, text=True, env={**os.environ, "DVFL_THREADS": "two"})
+    assert result.returncode != 0 and "DVFL_THREADS: expected a positive integer, got 'two'" in result.stderr
+
+
+def test_commands_that_do_not_compute_make_no_process_settings(tmp_path):
+    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+    train.write_text("a/v_A_g01_c01.avi,0\n")
+    val.write_text("a/v_A_g02_c01.avi,0\n")
+    code = ("import sys; from dvflnet.cli import main; from dvfl_kernels import cpu_threads; "
+            f"code = main(['check-split', {str(train)!r}, {str(val)!r}]); print('APPLIED', cpu_threads._applied); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and "APPLIED None" in result.stdout, result.stdout + result.stderr
+
+
+def test_a_training_runs_threads_are_measured_once_then_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("DVFL_PROBE_CACHE", str(tmp_path / "probe.json"))
+    monkeypatch.delenv("DVFL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    saved_verdicts, saved_threads = dict(_probe.VERDICTS), torch.get_num_threads()
+    _probe.VERDICTS.clear()
+    _probe._STORED.clear()
+    monkeypatch.setattr(cpu_threads, "_applied", None)
+    monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", torch.get_num_threads())
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda *a: 2)
+    seen = []
+    try:
+        threads = dvfl_kernels.choose_training_threads(("test", 1), lambda: seen.append(torch.get_num_threads()))
+        assert sorted(set(seen)) == [1, 2] and len(seen) == 2 * (1 + _probe.PROBE_ROUNDS)
+        # a step that costs the same either way: one thread, favoured on a near-tie
+        assert threads == 1 == torch.get_num_threads()
+        assert cpu_threads._applied["threads_from"] == "measured for training"
+        stored = json.loads((tmp_path / "probe.json").read_text())[_probe.machine()]
+        assert stored == {repr(("training threads", "test", 1, 2)): "1"}
+        _probe.VERDICTS.clear()
+        _probe._STORED.clear()
+        seen.clear()
+        assert dvfl_kernels.choose_training_threads(("test", 1), lambda: seen.append(1)) == 1 and seen == []  # read
+    finally:
+        _probe.VERDICTS.clear()
+        _probe.VERDICTS.update(saved_verdicts)
+        torch.set_num_threads(saved_threads)
+
+
+def test_more_threads_are_chosen_where_they_pay(monkeypatch, tmp_path):
+    monkeypatch.setenv("DVFL_PROBE_CACHE", "off")
+    monkeypatch.delenv("DVFL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    saved_threads = torch.get_num_threads()
+    monkeypatch.setattr(cpu_threads, "_applied", None)
+    monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", torch.get_num_threads())
+    monkeypatch.setattr(cpu_threads, "usable_cores", lambda *a: 2)
+    import time
+
+    try:  # a step twice as slow on one thread
+        step = lambda: time.sleep(0.02 if torch.get_num_threads() == 1 else 0.01)  # noqa: E731
+        assert dvfl_kernels.choose_training_threads(("test-pays", 1), step) == 2
+    finally:
+        _probe.VERDICTS.pop(("training threads", "test-pays", 1, 2), None)
+        torch.set_num_threads(saved_threads)

@@ -11,6 +11,7 @@ speed beside the busy process over its speed alone (the issue's goal: >= 60% for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -41,7 +42,10 @@ def demo_teacher_step() -> tuple[callable, int]:
     targets = torch.randint(0, data["num_classes"], (train["batch_size"],))
 
     def step() -> None:
-        F.cross_entropy(model(clips), targets).backward()
+        from dvfl_kernels import cpu_threads
+
+        with cpu_threads.shared_core_guard(clips, training=True):  # as the training loop does
+            F.cross_entropy(model(clips), targets).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -61,15 +65,23 @@ def nano_clip(dtype: torch.dtype) -> callable:
     return infer
 
 
-def timed(fn: callable, threads: int, seconds: float) -> float:
-    """Calls per second of fn at `threads` over about `seconds` (after one warm-up call)."""
-    torch.set_num_threads(threads)
-    fn()
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+def timed(fn: callable, threads: int | None, seconds: float) -> float:
+    """Calls per second of fn over about `seconds` (after one warm-up call): at a fixed count of
+    `threads` (as a user's DVFL_THREADS: nothing adapts), or None: as dvfl runs it (all usable
+    cores, one thread while the cores are shared)."""
+    from dvfl_kernels import cpu_threads
+
+    with (cpu_threads.pinned(threads) if threads else contextlib.nullcontext()):
         fn()
-        calls += 1
-    return calls / (time.perf_counter() - start)
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            fn()
+            calls += 1
+        return calls / (time.perf_counter() - start)
+
+
+def _label(threads: int | None) -> str:
+    return "dvfl's choice" if threads is None else f"{threads} thread{'s' if threads > 1 else ''} fixed"
 
 
 def main() -> None:
@@ -83,11 +95,11 @@ def main() -> None:
     dvfl_kernels.apply_process_settings()
     cores = dvfl_kernels.usable_cores()
     step, clips_per_step = demo_teacher_step()
-    chosen = dvfl_kernels.choose_training_threads(("bench demo teacher",), step)
+    chosen = dvfl_kernels.choose_training_threads(("bench demo teacher",), step)  # what a run of it would take
     workloads = {"demo teacher training (clips/s)": (step, clips_per_step),
                  "nano inference fp32 (clips/s)": (nano_clip(torch.float32), 1),
                  "nano inference bf16 (clips/s)": (nano_clip(torch.bfloat16), 1)}
-    counts = sorted({1, cores})
+    counts = sorted({1, cores}) + [None]  # None: as dvfl runs it
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for busy in (False, True):
@@ -96,7 +108,7 @@ def main() -> None:
                 time.sleep(PAUSE_S)
                 for name, (fn, per_call) in workloads.items():
                     for threads in counts:
-                        case = f"{name} | {threads} thread{'s' if threads > 1 else ''} | {'busy neighbour' if busy else 'alone'}"
+                        case = f"{name} | {_label(threads)} | {'busy neighbour' if busy else 'alone'}"
                         results.setdefault(case, []).append(timed(fn, threads, args.seconds) * per_call)
                         time.sleep(PAUSE_S)
             finally:
@@ -109,9 +121,9 @@ def main() -> None:
         print(f"{case:<75} {row['median']:8.1f} ({row['min']:.1f}-{row['max']:.1f})")
     for name in workloads:
         for threads in counts:
-            alone = table[f"{name} | {threads} thread{'s' if threads > 1 else ''} | alone"]["median"]
-            busy = table[f"{name} | {threads} thread{'s' if threads > 1 else ''} | busy neighbour"]["median"]
-            print(f"{name} at {threads} thread(s): beside a busy process {busy / alone:.0%} of alone")
+            alone = table[f"{name} | {_label(threads)} | alone"]["median"]
+            busy = table[f"{name} | {_label(threads)} | busy neighbour"]["median"]
+            print(f"{name}, {_label(threads)}: beside a busy process {busy / alone:.0%} of alone")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu_model(), "usable_cores": cores, "training_threads_chosen": chosen,

@@ -24,6 +24,7 @@ import contextlib
 import math
 import os
 import threading
+import time
 from typing import Callable
 
 import torch
@@ -212,7 +213,50 @@ def choose_training_threads(key: tuple, step: Callable[[], None]) -> int:
     return threads
 
 
-def reset_for_tests() -> None:
-    """Forget the process settings (the thread count stays as it is)."""
-    global _applied
-    _applied = None
+# Beside other work. A step on N threads that got less than this share of N cores' time (process CPU
+# time over wall time x N) was sharing its cores: alone, even the waits at OpenMP's barriers spin and
+# count, so it stays near 1.
+CONTENDED_EFFICIENCY = 0.75
+# Calls run on one thread after a contended one, before all usable cores are tried again.
+ONE_THREAD_FOR = 16
+# Shorter calls are not judged: the clocks' granularity and Python's overhead dominate them.
+MIN_JUDGED_S = 0.02
+
+_one_thread_left = 0
+_one_thread_calls = 0  # calls run on one thread so far, for runs to log
+
+
+def one_thread_calls() -> int:
+    """How many guarded calls of this process ran on one thread because its cores were shared."""
+    return _one_thread_calls
+
+
+@contextlib.contextmanager
+def shared_core_guard(x: torch.Tensor, training: bool = False):
+    """Around a forward (inference: no gradient needed) or a whole training step (`training`) on CPU:
+    all of this process's threads while the cores are its own; one thread for the next ONE_THREAD_FOR
+    calls after one that shared its cores with another process. An OpenMP team waits at every barrier
+    for the thread whose core is taken: beside one busy process two threads kept 20-34% of their
+    speed, one thread 88-94% of its own (docs/benchmarks.md, "Threads and contention"). Only in the
+    main thread, in eager mode, with no count chosen by the user. A training run that switches rounds
+    differently from one that does not (the run logs its one-thread steps); DVFL_THREADS fixes the count."""
+    global _one_thread_left, _one_thread_calls
+    threads = torch.get_num_threads()
+    if (threads == 1 or (torch.is_grad_enabled() and not training) or x.device.type != "cpu" or _applied is None
+            or threading.current_thread() is not threading.main_thread() or tracing() or user_threads() is not None):
+        yield
+        return
+    if _one_thread_left > 0:
+        _one_thread_left -= 1
+        _one_thread_calls += 1
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+        return
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if wall >= MIN_JUDGED_S and cpu < CONTENDED_EFFICIENCY * wall * threads:
+        _one_thread_left = ONE_THREAD_FOR

@@ -241,13 +241,15 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         start = time.perf_counter() - partial.get("time_s", 0.0)
         clips_seen, loss_sum, loss_count = partial.get("clips", 0), partial.get("loss_sum", 0.0), partial.get("loss_count", 0)
         skipped_steps, skipped_before = partial.get("skipped_steps", 0), dataset.skipped_total()
+        one_thread_before = dvfl_kernels.cpu_threads.one_thread_calls()
         step_loss = torch.zeros((), device=info.device)
         bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
                    disable=not (info.is_main and train["progress"] and interactive()), dynamic_ncols=True)
         for batch, clips, targets in epoch_batches(cfg, dataset, sampler, info, epoch, batch_in_epoch, per_epoch):
             last_micro = (batch + 1) % train["accumulation"] == 0
             sync = contextlib.nullcontext() if last_micro or not info.enabled else ddp.no_sync()
-            with sync:
+            # on CPU: one thread for a while after a step whose cores another process shared
+            with sync, dvfl_kernels.cpu_threads.shared_core_guard(clips, training=True):
                 with autocast(info.device, amp_dtype):
                     logits = forward(clips)
                     if distill:
@@ -303,6 +305,8 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         record = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1) if loss_count else float("nan"),
                   "time_s": time.perf_counter() - start, "clips_per_s": clips_seen / (time.perf_counter() - start),
                   "skipped_steps": skipped_steps, "skipped_videos": skipped_videos, **_peak_memory(info.device)}
+        if info.device.type == "cpu":  # micro-batches run on one thread because another process shared the cores
+            record["one_thread_steps"] = dvfl_kernels.cpu_threads.one_thread_calls() - one_thread_before
         epoch, batch_in_epoch, partial = epoch + 1, 0, {}
         metric = None
         if val_set is not None and (epoch % train["eval_every"] == 0 or epoch == train["epochs"]):

@@ -252,8 +252,9 @@ class VideoFocalNet(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 5:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected clips of shape (B, T, C, H, W), got {shape}")
-        features = self.forward_features(x)
-        return self.head(features.unflatten(0, (x.shape[0], -1)).mean(1))
+        with dvfl_kernels.cpu_threads.shared_core_guard(x):  # inference: one thread while the cores are shared
+            features = self.forward_features(x)
+            return self.head(features.unflatten(0, (x.shape[0], -1)).mean(1))
 
 
 class BasicLayer(nn.Module):

@@ -35,21 +35,41 @@ MANY_WINDOWS = 100
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively here (AVX512-BF16 / AMX): then bf16 is the fast CPU path."""
+    """Whether oneDNN has a bf16 path here (AVX512-BF16 / AMX); without one bf16 is emulated, slower."""
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
-    """("bf16" | "fp32", why) for precision "auto" | "bf16" | "fp32" on `device`."""
+def resolve_precision(precision: str, device: torch.device, model: torch.nn.Module | None = None,
+                      clip_shape: tuple[int, ...] | None = None) -> tuple[str, str]:
+    """("bf16" | "fp32", why) for precision "auto" | "bf16" | "fp32" on `device`. On a CPU with a
+    bf16 path, "auto" times `model` on a random batch of `clip_shape` both ways (once per machine,
+    model and shape: the probe cache) and takes the faster: a bf16 instruction set does not make bf16
+    faster everywhere (without AMX, on an Intel Xeon the nano's bf16 clip took 1.3x its fp32 time)."""
     if precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"precision: expected auto, bf16 or fp32, got {precision!r}")
     if precision != "auto":
         return precision, "as asked"
     if device.type == "cuda":
         return ("bf16", "CUDA with bf16") if torch.cuda.is_bf16_supported() else ("fp32", "this GPU has no bf16")
-    if cpu_has_native_bf16():
-        return "bf16", "this CPU computes bf16 natively: about 3x faster than fp32 for the nano here"
-    return "fp32", "this CPU has no native bf16 (bf16 would be emulated, slower)"
+    if not cpu_has_native_bf16():
+        return "fp32", "this CPU has no bf16 path (bf16 would be emulated, slower)"
+    if model is None or clip_shape is None:
+        return "bf16", "this CPU has a bf16 path (not measured: no model given)"
+    from dvfl_kernels import _probe
+
+    clip = torch.randn(clip_shape, generator=torch.Generator().manual_seed(0))
+
+    def forward(bf16: bool):
+        def call() -> None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                model(clip)
+        return call
+
+    key = ("predict precision", type(model).__name__, sum(p.numel() for p in model.parameters()), tuple(clip_shape),
+           torch.get_num_threads())
+    chosen = _probe.fastest(key, {"fp32": forward(False), "bf16": forward(True)})
+    other = "fp32" if chosen == "bf16" else "bf16"
+    return chosen, f"measured faster than {other} on this CPU for this model and clip shape"
 
 
 def _checkpoint_run_config(checkpoint_config: dict | None, config: str | None, source: str) -> dict:
@@ -119,10 +139,11 @@ class Predictor:
     def __post_init__(self):
         self.device = torch.device(self.device)
         self.model = self.model.eval().to(self.device)
-        self.precision, self.precision_reason = resolve_precision(self.precision, self.device)
         clips, crops = self.views
         if clips < 1 or crops not in (1, 3):
             raise ValueError(f"views: expected N clips x 1 or 3 crops (N >= 1), got {clips}x{crops}")
+        self.precision, self.precision_reason = resolve_precision(
+            self.precision, self.device, self.model, (clips * crops, self.num_frames, 3, self.size, self.size))
         num_classes = self.model.num_classes
         if self.class_names is not None and len(self.class_names) != num_classes:
             raise ValueError(f"class names: {len(self.class_names)} given for a model with {num_classes} classes")

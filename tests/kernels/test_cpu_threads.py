@@ -173,3 +173,76 @@ def test_more_threads_are_chosen_where_they_pay(monkeypatch, tmp_path):
     finally:
         _probe.VERDICTS.pop(("training threads", "test-pays", 1, 2), None)
         torch.set_num_threads(saved_threads)
+
+
+def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_again(monkeypatch):
+    """A forward that got little CPU time for its wall time (a busy process on its cores) sends the
+    next ONE_THREAD_FOR forwards to one thread; then all cores are tried again. Outputs stay those of
+    the reference backend."""
+    from dvflnet.models import create_model
+
+    monkeypatch.delenv("DVFL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", 2)
+    monkeypatch.setattr(cpu_threads, "_applied", {"threads": 2, "threads_from": "usable cores", "usable_cores": 2,
+                                                  "keep_freed_memory": {}})
+    monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
+    monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
+    monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 2)
+    torch.manual_seed(0)
+    model = create_model("vfl_net_nano", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], backend="auto").eval()
+    reference = create_model("vfl_net_nano", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], backend="reference").eval()
+    reference.load_state_dict(model.state_dict())
+    seen = []
+    model.patch_embed.register_forward_hook(lambda *a: seen.append(torch.get_num_threads()))
+    clip = torch.randn(1, 2, 3, 64, 64)
+    with torch.no_grad():
+        expected = reference(clip)
+    monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
+    contended = [True]
+    real = cpu_threads.time.process_time
+    monkeypatch.setattr(cpu_threads.time, "process_time", lambda: 0.0 if contended[0] else real())
+    try:
+        with torch.no_grad():
+            outputs = [model(clip) for _ in range(4)]
+            contended[0] = False
+            outputs += [model(clip) for _ in range(2)]
+        assert seen == [2, 1, 1, 2, 1, 1]  # judged contended at 1 and 4; one thread for the next two each time
+        assert cpu_threads._one_thread_left == 0 and cpu_threads.one_thread_calls() >= 4
+        for out in outputs:
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        with torch.enable_grad():  # training forwards are never switched
+            seen.clear()
+            model(clip)
+            assert seen == [2]
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread(monkeypatch):
+    monkeypatch.delenv("DVFL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", 2)
+    monkeypatch.setattr(cpu_threads, "_applied", {"threads": 2, "threads_from": "usable cores", "usable_cores": 2,
+                                                  "keep_freed_memory": {}})
+    monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
+    monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
+    monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 1)
+    monkeypatch.setattr(cpu_threads.time, "process_time", lambda: 0.0)
+    x, seen = torch.zeros(1), []
+    try:
+        with torch.enable_grad():
+            for _ in range(3):
+                with cpu_threads.shared_core_guard(x, training=True):
+                    seen.append(torch.get_num_threads())
+            with cpu_threads.shared_core_guard(x):  # an inference guard does nothing where gradients are on
+                seen.append(torch.get_num_threads())
+        with cpu_threads.pinned(2), cpu_threads.shared_core_guard(x, training=True):  # the user's count: kept
+            seen.append(torch.get_num_threads())
+        assert seen == [2, 1, 2, 2, 2]
+    finally:
+        torch.set_num_threads(saved)

@@ -28,10 +28,18 @@ import torch
 
 
 def cpu_model() -> str:
+    """The CPU as a figure must name it: model name, family / model numbers and the instruction sets
+    that decide the fast paths (a VM may report one generic name for CPUs with and without AMX)."""
+    info = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
+        name, _, value = line.partition(":")
+        info.setdefault(name.strip(), value.strip())
+    if "model name" not in info:
+        return platform.processor() or "unknown"
+    flags = set(info.get("flags", "").split())
+    sets = [s for s in ("avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8") if s in flags]
+    return (f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')}; "
+            f"{', '.join(sets) or 'no AVX-512'}{'' if 'amx_bf16' in flags else ', no AMX'})")
 
 
 def cases(clip: torch.Tensor, compiled: bool = False, peers: bool = True) -> dict:

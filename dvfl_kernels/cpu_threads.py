@@ -241,9 +241,12 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
     main thread, in eager mode, with no count chosen by the user. A training run that switches rounds
     differently from one that does not (the run logs its one-thread steps); DVFL_THREADS fixes the count."""
     global _one_thread_left, _one_thread_calls
+    if tracing():  # first: torch.compile traces none of this
+        yield
+        return
     threads = torch.get_num_threads()
     if (threads == 1 or (torch.is_grad_enabled() and not training) or x.device.type != "cpu" or _applied is None
-            or threading.current_thread() is not threading.main_thread() or tracing() or user_threads() is not None):
+            or threading.current_thread() is not threading.main_thread() or user_threads() is not None):
         yield
         return
     if _one_thread_left > 0:

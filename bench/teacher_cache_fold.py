@@ -35,6 +35,9 @@ def fold_errors(classes: int, topk: int, spread: float, temperature: float, rows
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog="Prints one markdown table; no options.").parse_args()
     print("| classes | top-k | teacher spread | T | loss error | gradient error |")
     print("|---|---|---|---|---|---|")
     for classes, topk in ((400, 64), (1000, 256)):

@@ -18,6 +18,12 @@ from .tools.export import MissingExtraError
 from .models import MODEL_CONFIGS, CheckpointError
 
 
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
 def _fmt_bytes(n: int | None) -> str:
     return "-" if n is None else f"{n / 2**20:,.0f} MiB"
 
@@ -97,10 +103,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _load_run_config(args)
     if args.checkpoint:
         cfg["eval"]["checkpoint"] = args.checkpoint
+    from .tools.plots import plot_confusion, worst_classes
+
     args.on_interrupt = f"the eval_*.json reports finished before it are in {cfg['output']}"
     for views, report in run_evaluation(cfg).items():
-        print(f"{views} views: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  ({report['num_videos']} videos; "
-              f"per-class accuracy and confusion matrix in {cfg['output']}/eval_{views}.json)")
+        picture = plot_confusion(report, os.path.join(cfg["output"], f"eval_{views}_confusion.png"))
+        print(f"{views} views: top-1 {report['top1']:.2f}%  top-5 {report['top5']:.2f}%  ({report['num_videos']} videos)")
+        print("  worst classes (top-1):")
+        for line in worst_classes(report, args.worst):
+            print(f"    {line}")
+        print(f"  every class and the confusion matrix: {cfg['output']}/eval_{views}.json; picture: {picture}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .tools.plots import plot_runs
+
+    print(f"wrote {plot_runs(args.runs, args.output)}: loss, learning rate and validation top-1 of {len(args.runs)} run(s)")
     return 0
 
 
@@ -146,8 +165,14 @@ def cmd_generate_data(args: argparse.Namespace) -> int:
     # only the knobs given on the command line; the others keep generate_dataset's defaults
     knobs = {name: getattr(args, name) for name in ("classes", "fps", "camera_jitter", "clutter", "motion", "opacity", "direction_spread")
              if getattr(args, name) is not None}
-    dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size, seed=args.seed,
-                               overwrite=args.overwrite, **knobs)
+    try:
+        dataset = generate_dataset(args.root, args.train_per_class, args.val_per_class, args.frames, args.size,
+                                   seed=args.seed, overwrite=args.overwrite, **knobs)
+    except ValueError as err:  # the library names its parameters; the user typed flags
+        name, sep, rest = str(err).partition(":")
+        flag = {"num_frames": "frames", "direction_spread": "direction-spread", "camera_jitter": "camera-jitter",
+                "train_per_class": "train-per-class", "val_per_class": "val-per-class"}.get(name, name)
+        raise ValueError(f"--{flag}:{rest}" if sep and " " not in name else str(err)) from None
     print(f"wrote {len(dataset.classes)} classes x ({args.train_per_class} train + {args.val_per_class} val) videos: "
           f"{dataset.train_csv}, {dataset.val_csv}, {dataset.labels_csv}")
     return 0
@@ -294,55 +319,111 @@ def cmd_resize(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dvflnet", description="DVFL-Net / Video-FocalNet models and tools")
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (when it has one worth showing); epilogs keep
+    their line breaks (the examples)."""
 
-    flops = sub.add_parser("flops", help="parameters, fvcore GFLOPs and peak memory of the model variants")
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS, []) and not isinstance(action, argparse._HelpAction)
+        if shown and "default" not in text and (action.option_strings or action.nargs in ("?", "*")):
+            text += " (default: %(default)s)"
+        return text
+
+
+# One example per command, shown under its --help.
+EXAMPLES = {
+    "flops": "dvflnet flops vfl_net_nano --frames 8 --size 224 --memory",
+    "bench": "dvflnet bench vfl_net_nano --backend reference auto --dtype fp32 bf16-autocast",
+    "train": "dvflnet train --config configs/ucf101/vfl_net_base_teacher.yaml --opts train.epochs 30",
+    "distill": "dvflnet distill --config configs/ucf101/vfl_net_nano_distill.yaml --output runs/nano",
+    "evaluate": "dvflnet evaluate --config runs/nano/config.json --checkpoint runs/nano/best.pt",
+    "plot": "dvflnet plot runs/teacher runs/nano -o curves.png",
+    "cache-teacher": "dvflnet cache-teacher --config configs/ucf101/vfl_net_nano_distill.yaml --cache runs/teacher-cache",
+    "ablate": "dvflnet ablate --config configs/ucf101/vfl_net_nano_distill.yaml --seeds 0 1 2",
+    "generate-data": "dvflnet generate-data data/synthetic --train-per-class 40 --val-per-class 10",
+    "predict": "dvflnet predict --checkpoint runs/nano/best.pt clip.mp4 --views 4x3 --top 3",
+    "export": "dvflnet export --checkpoint runs/nano/best.pt --format onnx -o nano.onnx",
+    "visualize": "dvflnet visualize --checkpoint runs/nano/best.pt clip.mp4 -o maps",
+    "demo": "dvflnet demo --seeds 80 81 82",
+    "prepare": "dvflnet prepare ucf101 --videos UCF-101 --annotations ucfTrainTestlist --split 1 --output data/ucf101",
+    "check-split": "dvflnet check-split data/ucf101/train.csv data/ucf101/val.csv",
+    "resize": "dvflnet resize UCF-101 UCF-101-256 --short-side 256",
+}
+
+
+def _command(sub, name: str, summary: str, description: str | None = None) -> argparse.ArgumentParser:
+    """A subcommand: its one-line summary (in `dvflnet --help`), a description and an example."""
+    return sub.add_parser(name, help=summary, description=description or summary[0].upper() + summary[1:] + ".",
+                          epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=_HelpFormatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="dvflnet", description="DVFL-Net / Video-FocalNet models and tools",
+                                     epilog="dvflnet COMMAND --help describes each command, with an example.",
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dvflnet {__version__} (torch {_torch_version()})")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    flops = _command(sub, "flops", "parameters, fvcore GFLOPs and peak memory of the model variants",
+                     "Parameters, fvcore GFLOPs and, with --memory, the peak memory of a forward (inference, no "
+                     "gradients kept) and of a training step. A forward's peak can exceed the training step's: "
+                     "inference runs the fused CPU paths, whose prepared weights (concatenated, cast, packed) live "
+                     "beside the parameters, while a training step computes from the parameters themselves.")
     flops.add_argument("model", nargs="?", default="all", help="a variant name (see dvflnet.models.list_models) or 'all'")
-    flops.add_argument("--frames", type=_positive(int), default=8)
-    flops.add_argument("--size", type=_positive(int), default=224)
-    flops.add_argument("--classes", type=_positive(int), default=101)
+    flops.add_argument("--frames", type=_positive(int), default=8, help="frames per clip")
+    flops.add_argument("--size", type=_positive(int), default=224, help="frame height and width, a multiple of 32")
+    flops.add_argument("--classes", type=_positive(int), default=101, help="classes of the head (UCF101's 101)")
     flops.add_argument("--memory", action="store_true", help="also measure peak memory of a forward and a training step")
     flops.add_argument("--batch", type=_positive(int), default=1, help="clips per step for --memory")
-    flops.add_argument("--device", default="cpu")
+    flops.add_argument("--device", default="cpu", help="where --memory measures: cpu, cuda or cuda:N")
     flops.add_argument("--json", action="store_true", help="one JSON object per model")
     flops.set_defaults(func=cmd_flops)
 
-    bench = sub.add_parser("bench", help="time one clip's inference on this CPU per backend and precision")
-    bench.add_argument("model", nargs="?", default="vfl_net_nano")
-    bench.add_argument("--backend", nargs="+", default=["reference", "cpu"], choices=["reference", "cpu", "auto"])
+    bench = _command(sub, "bench", "time one clip's inference on this CPU per backend and precision")
+    bench.add_argument("model", nargs="?", default="vfl_net_nano", help="a variant name (dvflnet.models.list_models)")
+    bench.add_argument("--backend", nargs="+", default=["reference", "cpu"], choices=["reference", "cpu", "auto"],
+                       help="backends to time, each in turn")
     bench.add_argument("--dtype", nargs="+", default=["fp32", "bf16-autocast", "bf16-weights"],
-                       choices=["fp32", "bf16-autocast", "bf16-weights"])
-    bench.add_argument("--frames", type=_positive(int), default=8)
-    bench.add_argument("--size", type=_positive(int), default=224)
-    bench.add_argument("--classes", type=_positive(int), default=400)
-    bench.add_argument("--rounds", type=_positive(int), default=7)
-    bench.add_argument("--warmup", type=_at_least_zero, default=2)
+                       choices=["fp32", "bf16-autocast", "bf16-weights"],
+                       help="precisions: fp32, bf16 under autocast, or the weights cast to bf16")
+    bench.add_argument("--frames", type=_positive(int), default=8, help="frames per clip")
+    bench.add_argument("--size", type=_positive(int), default=224, help="frame height and width, a multiple of 32")
+    bench.add_argument("--classes", type=_positive(int), default=400, help="classes of the head (Kinetics-400's 400)")
+    bench.add_argument("--rounds", type=_positive(int), default=7, help="timed calls per case (the median is shown)")
+    bench.add_argument("--warmup", type=_at_least_zero, default=2, help="untimed calls per case first")
     bench.add_argument("--threads", type=_at_least_zero, default=0, help="torch threads (0: torch's default)")
     bench.set_defaults(func=cmd_bench)
 
     for name, help_text in (("train", "train a model (a teacher, or a student from scratch)"),
                             ("distill", "distil a student from a frozen, trained teacher"),
                             ("evaluate", "evaluate a checkpoint: 1x1 and 4x3 views, per-class accuracy, confusion")):
-        run = sub.add_parser(name, help=help_text, description=f"{help_text}. Launch with torchrun for several processes.")
+        run = _command(sub, name, help_text, f"{help_text[0].upper() + help_text[1:]}. Launch with torchrun for several processes.")
         run.add_argument("--config", required=True, help="a YAML file (see configs/)")
         run.add_argument("--output", help="run folder (overrides the config's output)")
         run.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. train.epochs 30 data.num_workers 8")
         if name == "evaluate":
             run.add_argument("--checkpoint", help="weights to evaluate (default: <output>/best.pt)")
+            run.add_argument("--worst", type=_positive(int), default=10, help="classes listed, lowest top-1 first")
             run.set_defaults(func=cmd_evaluate)
         else:
             run.set_defaults(func=cmd_train)
 
-    cache = sub.add_parser("cache-teacher", help="run a distillation config's teacher once over every clip the student "
-                           "will see (augmented, mixed) and store its logits: offline distillation")
+    plot = _command(sub, "plot", "training loss, learning rate and validation top-1 of runs, in one PNG")
+    plot.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holds the log.jsonl train / distill write)")
+    plot.add_argument("-o", "--output", default="runs.png", help="the PNG to write")
+    plot.set_defaults(func=cmd_plot)
+
+    cache = _command(sub, "cache-teacher", "run a distillation config's teacher once over every clip the student "
+                     "will see (augmented, mixed) and store its logits: offline distillation")
     cache.add_argument("--config", required=True, help="the distillation YAML the student will be trained with")
     cache.add_argument("--cache", help="cache folder (overrides kd.teacher_cache)")
     cache.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, as for distill")
     cache.set_defaults(func=cmd_cache_teacher, output=None)
 
-    ablate = sub.add_parser("ablate", help="the alpha x temperature grid of distillation runs from one teacher cache per seed")
+    ablate = _command(sub, "ablate", "the alpha x temperature grid of distillation runs from one teacher cache per seed")
     ablate.add_argument("--config", help="the distillation YAML (a run's saved config.json works too)")
     ablate.add_argument("--merge", nargs="+", metavar="GRID", help="instead of running: join these finished grids (their grid.csv) into --output")
     ablate.add_argument("--output", help="grid folder (default: <config output>/grid)")
@@ -352,13 +433,13 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--opts", nargs="+", metavar="KEY VALUE", help="overrides, as for distill")
     ablate.set_defaults(func=cmd_ablate)
 
-    gen = sub.add_parser("generate-data", help="write the synthetic temporal-reasoning video dataset (mp4 + CSVs)")
-    gen.add_argument("root")
-    gen.add_argument("--train-per-class", type=int, default=40)
-    gen.add_argument("--val-per-class", type=int, default=10)
-    gen.add_argument("--frames", type=int, default=16)
-    gen.add_argument("--size", type=int, default=64)
-    gen.add_argument("--seed", type=_at_least_zero, default=0)
+    gen = _command(sub, "generate-data", "write the synthetic temporal-reasoning video dataset (mp4 + CSVs)")
+    gen.add_argument("root", help="folder for videos/ and train.csv, val.csv, labels.csv")
+    gen.add_argument("--train-per-class", type=_positive(int), default=40, help="training videos per class")
+    gen.add_argument("--val-per-class", type=_positive(int), default=10, help="validation videos per class")
+    gen.add_argument("--frames", type=_positive(int), default=16, help="frames per video, at least 2")
+    gen.add_argument("--size", type=_positive(int), default=64, help="frame height and width in pixels, a multiple of 16")
+    gen.add_argument("--seed", type=_at_least_zero, default=0, help="the same seed writes the same files")
     default = {name: p.default for name, p in inspect.signature(synthetic.generate_dataset).parameters.items()}
     gen.add_argument("--classes", nargs="+", choices=synthetic.CLASSES, metavar="CLASS", help=f"a subset of {', '.join(synthetic.CLASSES)} (default: all)")
     gen.add_argument("--fps", type=int, help=f"frame rate written in the mp4s (default: {default['fps']})")
@@ -371,38 +452,40 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--overwrite", action="store_true", help="replace train.csv / val.csv / labels.csv already in ROOT")
     gen.set_defaults(func=cmd_generate_data)
 
-    predict = sub.add_parser("predict", help="top-5 classes of videos (files, folders, CSVs) from a checkpoint")
+    predict = _command(sub, "predict", "top-5 classes of videos (files, folders, CSVs) from a checkpoint")
     _checkpoint_model_args(predict)
     predict.add_argument("videos", nargs="+", metavar="VIDEO", help="video files, folders of videos, or CSVs listing them")
     predict.add_argument("--root", help="folder the paths in a CSV are relative to (default: the CSV's folder)")
     predict.add_argument("--views", type=_views, default=(1, 1), help="clips x crops, averaged (default 1x1; e.g. 4x3)")
     predict.add_argument("--window-seconds", type=_positive_seconds, help="also score windows of this length: a timeline")
     predict.add_argument("--stride-seconds", type=_positive_seconds, help="window step (default: the window length)")
-    predict.add_argument("--top", type=_positive(int), default=5)
-    predict.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu")
+    predict.add_argument("--top", type=_positive(int), default=5, help="classes shown per video")
+    predict.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu",
+                         help="cpu, cuda or cuda:N")
     predict.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                          help="auto (default): on a GPU bf16 where it has it; on a CPU the faster of bf16 and fp32 for "
                               "this model and clip shape, measured once per machine")
     predict.add_argument("--json", action="store_true", help="one JSON list: per video path and top5, or path and error")
     predict.set_defaults(func=cmd_predict)
 
-    export = sub.add_parser("export", help="export a checkpoint's model: ONNX (checked with ONNX Runtime) or torch.export")
+    export = _command(sub, "export", "export a checkpoint's model: ONNX (checked with ONNX Runtime) or torch.export")
     _checkpoint_model_args(export)
-    export.add_argument("--format", choices=["onnx", "pt2"], required=True)
+    export.add_argument("--format", choices=["onnx", "pt2"], required=True,
+                        help="onnx (opset 18, dynamic batch, checked with ONNX Runtime) or pt2 (torch.export)")
     export.add_argument("-o", "--output", required=True, help="file to write (pt2 also writes <stem>.decomposed.pt2)")
     export.add_argument("--frames", type=_positive(int), help="frames per clip (default: the config's)")
     export.add_argument("--size", type=_positive(int), help="frame size (default: the config's)")
     export.set_defaults(func=cmd_export)
 
-    vis = sub.add_parser("visualize", help="spatial and temporal modulator maps over a video's frames (PNG grid, GIF)")
+    vis = _command(sub, "visualize", "spatial and temporal modulator maps over a video's frames (PNG grid, GIF)")
     _checkpoint_model_args(vis)
-    vis.add_argument("video")
+    vis.add_argument("video", help="a video file")
     vis.add_argument("-o", "--output", default="visualize", help="folder for the PNG and the GIF")
     vis.add_argument("--layers", nargs="+", help="modulation module names (default: the last block of each stage)")
-    vis.add_argument("--device", default="cpu")
+    vis.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     vis.set_defaults(func=cmd_visualize)
 
-    demo = sub.add_parser("demo", help="generate videos, train a teacher and a student, distil, evaluate, print a table")
+    demo = _command(sub, "demo", "generate videos, train a teacher and a student, distil, evaluate, print a table")
     demo.add_argument("--config", help="demo YAML (default: the packaged configs/demo.yaml)")
     demo.add_argument("--output", help="demo folder (default: runs/demo)")
     seeds = demo.add_mutually_exclusive_group()
@@ -416,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--opts", nargs="+", default=[], metavar="KEY VALUE", help="overrides, e.g. base.train.epochs 20")
     demo.set_defaults(func=cmd_demo)
 
-    prep = sub.add_parser("prepare", help="train/val/labels CSVs of a paper dataset from its official annotation files")
-    prep.add_argument("dataset", choices=["ucf101", "hmdb51", "ucf50", "ssv2", "k400"])
+    prep = _command(sub, "prepare", "train/val/labels CSVs of a paper dataset from its official annotation files")
+    prep.add_argument("dataset", choices=["ucf101", "hmdb51", "ucf50", "ssv2", "k400"], help="which dataset's official files")
     prep.add_argument("--videos", required=True, help="the dataset's video folder (data.root; CSV paths are relative to it)")
     prep.add_argument("--annotations", help="the official annotation folder (ucfTrainTestlist/, testTrainMulti_7030_splits/, "
                       "SSv2 labels/, Kinetics' CSVs); UCF50 has none")
@@ -429,10 +512,10 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--overwrite", action="store_true", help="replace CSVs already in --output")
     prep.set_defaults(func=cmd_prepare)
 
-    check = sub.add_parser("check-split", help="exit 1 when a validation list shares files, file names or UCF groups "
-                           "with the training list, or has labels out of range")
-    check.add_argument("train_csv")
-    check.add_argument("val_csv")
+    check = _command(sub, "check-split", "exit 1 when a validation list shares files, file names or UCF groups "
+                     "with the training list, lists a video twice, or has labels out of range")
+    check.add_argument("train_csv", help="the training list: <path>,<label> or <path> <label> lines")
+    check.add_argument("val_csv", help="the validation list, in either format")
     check.add_argument("--num-classes", type=_positive(int), help="K: labels must lie in 0..K-1 (default: the number of distinct labels)")
     check.add_argument("--same-name", choices=["auto", "leak", "ignore"], default="auto",
                        help="a file name in both lists (in other folders): auto (default) counts it as the same video "
@@ -440,9 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "leak: always; ignore: never (the names say nothing)")
     check.set_defaults(func=cmd_check_split)
 
-    resize = sub.add_parser("resize", help="rescale a video tree: every frame, same frame rate, shorter side N (PyAV)")
-    resize.add_argument("src")
-    resize.add_argument("dst")
+    resize = _command(sub, "resize", "rescale a video tree: every frame, same frame rate, shorter side N (PyAV)")
+    resize.add_argument("src", help="the video tree to read")
+    resize.add_argument("dst", help="where the resized tree goes (outside SRC; created)")
     resize.add_argument("--short-side", type=int, required=True, help="pixels of the shorter side (even), e.g. 256 or 320")
     resize.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="files in parallel (default: the cores)")
     resize.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -460,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ndvflnet {args.command}: interrupted; {kept}", file=sys.stderr)
         return 130
     except (ValueError, OSError, CheckpointError, VideoReadError, RunLockedError, TrainingDiverged,
-            MissingExtraError) as err:  # ConfigError, AnnotationError, PrepareError, SplitFileError ... are ValueErrors
+            MissingExtraError) as err:  # RunLogError (plot) is a ValueError too  # ConfigError, AnnotationError, PrepareError, SplitFileError ... are ValueErrors
         print(f"dvflnet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

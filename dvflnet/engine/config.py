@@ -101,6 +101,7 @@ DEFAULTS: dict = {
         "save_every_steps": 0,  # also checkpoint every N optimizer steps (0: at epoch ends only)
         "log_every": 10,
         "progress": True,
+        "tensorboard": False,  # also log the scalars to <output>/tensorboard (pip install "dvfl[tensorboard]")
     },
     "eval": {"views": [[1, 1], [4, 3]], "batch_size": 4, "checkpoint": None},
 }
@@ -407,6 +408,12 @@ def check_config(cfg: dict, distill: bool = False) -> None:
     if os.path.exists(cfg["output"]) and not os.path.isdir(cfg["output"]):
         raise ConfigError(f"output: {cfg['output']} is a file; expected a folder for the run")
     _check_range("seed", cfg["seed"], 0)
+    if train["tensorboard"]:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError('train.tensorboard: true needs the tensorboard package: pip install "dvfl[tensorboard]" '
+                              "(it pulls no torch)")
     if not isinstance(data["num_classes"], int) or data["num_classes"] < 1:
         raise ConfigError(f"data.num_classes: expected a positive integer, got {data['num_classes']!r}")
     for key in ("num_frames", "frame_interval", "size", "short_side", "test_short_side"):
@@ -455,10 +462,10 @@ def check_config(cfg: dict, distill: bool = False) -> None:
         raise ConfigError(f"model.backend: expected auto, reference or an available backend "
                           f"({', '.join(available_backends('spatial_context'))}), got {model['backend']!r}")
     parse_device(cfg["device"])
-    if distill:
-        if not (cfg["teacher"]["name"] and cfg["teacher"]["checkpoint"]):
-            raise ConfigError("teacher.name and teacher.checkpoint: distillation needs both (the trained teacher)")
-        _check_range("kd.alpha", cfg["kd"]["alpha"], 0.0, 1.0)
-        _check_range("kd.temperature", cfg["kd"]["temperature"], 0.0, MAX_KD_TEMPERATURE, low_open=True)
-        if cfg["kd"]["cache_topk"] is not None:
-            _check_range("kd.cache_topk", cfg["kd"]["cache_topk"], 1)
+    # a value's checks do not depend on the command: a train run's kd section is checked as distill's
+    _check_range("kd.alpha", cfg["kd"]["alpha"], 0.0, 1.0)
+    _check_range("kd.temperature", cfg["kd"]["temperature"], 0.0, MAX_KD_TEMPERATURE, low_open=True)
+    if cfg["kd"]["cache_topk"] is not None:
+        _check_range("kd.cache_topk", cfg["kd"]["cache_topk"], 1)
+    if distill and not (cfg["teacher"]["name"] and cfg["teacher"]["checkpoint"]):
+        raise ConfigError("teacher.name and teacher.checkpoint: distillation needs both (the trained teacher)")

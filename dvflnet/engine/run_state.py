@@ -227,11 +227,18 @@ def interactive() -> bool:
 class JsonLog:
     """Append one JSON object per line (rank 0 only); flushed so a crash keeps what was logged.
 
-    Strict JSON: a non-finite number is written as null and its key listed under "nonfinite"."""
+    Strict JSON: a non-finite number is written as null and its key listed under "nonfinite".
+    With `tensorboard` (a folder), every numeric value of a record is also a TensorBoard scalar,
+    "<event>/<key>" at the record's optimizer step (train.tensorboard)."""
 
-    def __init__(self, path: str | None):
+    def __init__(self, path: str | None, tensorboard: str | None = None):
         self.path = path
         self.file = open(path, "a") if path else None
+        self.board = None
+        if path and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.board = SummaryWriter(tensorboard)
 
     def write(self, **record) -> None:
         if self.file:
@@ -240,6 +247,11 @@ class JsonLog:
                 record = {**{k: None if k in bad else v for k, v in record.items()}, "nonfinite": bad}
             self.file.write(json.dumps(record, allow_nan=False) + "\n")
             self.file.flush()
+        if self.board is not None and "step" in record:
+            for key, value in record.items():
+                if key not in ("event", "step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(f"{record.get('event', 'log')}/{key}", value, record["step"])
+            self.board.flush()
 
     def truncate_after(self, step: int) -> None:
         """Keep the records up to optimizer step `step` (a resume from there replays what follows) and
@@ -265,6 +277,8 @@ class JsonLog:
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 _ARCHITECTURE_KEYS = (("model", "name"), ("model", "kwargs"), ("data", "num_classes"), ("data", "num_frames"))

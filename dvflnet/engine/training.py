@@ -187,7 +187,8 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
     saved_config = with_absolute_paths(cfg)  # in config.json and every checkpoint
     if info.is_main:
         write_json(saved_config, os.path.join(out, "config.json"))
-    log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None)
+    log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None,
+                  os.path.join(out, "tensorboard") if train["tensorboard"] else None)
     log.truncate_after(state["step"] if state else 0)
 
     val_set = eval_dataset(cfg, *train["eval_views"]) if train["eval_every"] else None

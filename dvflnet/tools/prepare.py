@@ -375,7 +375,7 @@ def _csv_text(rows) -> str:
 def write_csvs(prepared: Prepared, output: str, overwrite: bool = False) -> dict[str, str]:
     """train.csv, val.csv, labels.csv (and test.csv for SSv2) under `output`, written as one set (all or
     none replaced); existing files are refused unless `overwrite`."""
-    files = {"train": (prepared.train,), "val": (prepared.val,), "labels": (list(enumerate(prepared.classes)),)}
+    files = {"train": (prepared.train,), "val": (prepared.val,), "labels": ([("id", "name"), *enumerate(prepared.classes)],)}
     if prepared.test is not None:
         files["test"] = ([(path,) for path in prepared.test],)
     paths = {name: os.path.join(output, f"{name}.csv") for name in files}

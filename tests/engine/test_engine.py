@@ -507,3 +507,47 @@ def test_the_decoded_cache_changes_nothing_but_time(videos, tmp_path):
     cfg = tiny_config(videos, tmp_path / "workers", data__decoded_cache_mb=64, data__num_workers=2)
     with pytest.raises(ConfigError, match="data.decoded_cache_mb: 64 needs data.num_workers 0"):
         run_training(cfg)
+
+
+def _not_blank_png(path, at_least=(300, 200)) -> None:
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(path)
+    assert image.size[0] >= at_least[0] and image.size[1] >= at_least[1], image.size
+    pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 5, "a blank picture"
+
+
+def test_curves_tensorboard_and_the_confusion_matrix_of_ordinary_runs(videos, tmp_path, capsys):
+    """train.tensorboard logs every numeric record as a scalar; `dvflnet plot` draws any runs' curves
+    into one PNG; `dvflnet evaluate` prints the worst classes and writes each view's confusion PNG."""
+    runs = []
+    for name, lr in (("a", 0.5), ("b", 0.1)):
+        cfg = tiny_config(videos, tmp_path / name, train__tensorboard=name == "a", train__eval_every=1, train__base_lr=lr)
+        run_training(cfg)
+        runs.append(str(tmp_path / name))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "a" / "tensorboard"))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"step/loss", "step/lr", "step/grad_norm", "epoch/train_loss", "epoch/val_top1"} <= tags
+    logged = [json.loads(line) for line in open(tmp_path / "a" / "log.jsonl")]
+    assert [e.value for e in board.Scalars("step/loss")] == pytest.approx([r["loss"] for r in logged if r["event"] == "step"])
+    assert not (tmp_path / "b" / "tensorboard").exists()
+
+    assert cli_main(["plot", *runs, "-o", str(tmp_path / "curves.png")]) == 0
+    _not_blank_png(tmp_path / "curves.png", (1000, 300))
+    assert cli_main(["plot", str(tmp_path / "nothing-here"), "-o", str(tmp_path / "x.png")]) == 2
+    assert "nothing-here: no log.jsonl" in capsys.readouterr().err
+
+    assert cli_main(["evaluate", "--config", str(tmp_path / "a" / "config.json"), "--checkpoint",
+                     str(tmp_path / "a" / "checkpoint_4.pt"), "--worst", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "worst classes (top-1):" in out and out.count("videos)\n") >= 2 * 2
+    report = json.load(open(tmp_path / "a" / "eval_1x1.json"))
+    worst = sorted((a, n) for a, n in zip(report["per_class_top1"], report["classes"]))[0]
+    assert f"    {worst[1]}" in out.split("worst classes")[1]  # the lowest first
+    for views in ("1x1", "2x3"):
+        _not_blank_png(tmp_path / "a" / f"eval_{views}_confusion.png")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -140,7 +141,11 @@ def test_a_training_runs_threads_are_measured_once_then_read(tmp_path, monkeypat
     monkeypatch.setattr(cpu_threads, "usable_cores", lambda *a: 2)
     seen = []
     try:
-        threads = dvfl_kernels.choose_training_threads(("test", 1), lambda: seen.append(torch.get_num_threads()))
+        def step():  # as long on one thread as on two: a tie, which goes to one thread
+            seen.append(torch.get_num_threads())
+            time.sleep(0.005)
+
+        threads = dvfl_kernels.choose_training_threads(("test", 1), step)
         assert sorted(set(seen)) == [1, 2] and len(seen) == 2 * (1 + _probe.PROBE_ROUNDS)
         # a step that costs the same either way: one thread, favoured on a near-tie
         assert threads == 1 == torch.get_num_threads()
@@ -165,8 +170,6 @@ def test_more_threads_are_chosen_where_they_pay(monkeypatch, tmp_path):
     monkeypatch.setattr(cpu_threads, "_applied", None)
     monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", torch.get_num_threads())
     monkeypatch.setattr(cpu_threads, "usable_cores", lambda *a: 2)
-    import time
-
     try:  # a step twice as slow on one thread
         step = lambda: time.sleep(0.02 if torch.get_num_threads() == 1 else 0.01)  # noqa: E731
         assert dvfl_kernels.choose_training_threads(("test-pays", 1), step) == 2

@@ -39,7 +39,10 @@ def _rows(path: Path) -> list[list[str]]:
 
 
 def _outputs(output: Path) -> dict[str, list[list[str]]]:
-    return {name: _rows(output / f"{name}.csv") for name in ("train", "val", "labels")}
+    """The three CSVs' rows; labels.csv's `id,name` header (as generate-data writes it) checked and left out."""
+    rows = {name: _rows(output / f"{name}.csv") for name in ("train", "val", "labels")}
+    assert rows["labels"][0] == ["id", "name"]
+    return {**rows, "labels": rows["labels"][1:]}
 
 
 # -- UCF101 ------------------------------------------------------------------------------------------

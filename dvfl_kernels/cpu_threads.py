@@ -213,13 +213,14 @@ def choose_training_threads(key: tuple, step: Callable[[], None]) -> int:
     return threads
 
 
-# Beside other work. A step on N threads that got less than this share of N cores' time (process CPU
-# time over wall time x N) was sharing its cores: alone, even the waits at OpenMP's barriers spin and
-# count, so it stays near 1.
-CONTENDED_EFFICIENCY = 0.75
+# Beside other work. A call on N threads whose threads together waited in the kernel's run queue for
+# more than this share of wall time x N was sharing its cores with another process: alone they wait
+# for nothing (schedstat's run delay stays near 0), beside one busy process on 2 cores each of two
+# threads waits about a third of the time.
+CONTENDED_WAIT = 0.15
 # Calls run on one thread after a contended one, before all usable cores are tried again.
 ONE_THREAD_FOR = 16
-# Shorter calls are not judged: the clocks' granularity and Python's overhead dominate them.
+# Shorter calls are not judged: the clocks' granularity and the reads' own cost dominate them.
 MIN_JUDGED_S = 0.02
 
 _one_thread_left = 0
@@ -231,15 +232,34 @@ def one_thread_calls() -> int:
     return _one_thread_calls
 
 
+def run_queue_wait_s() -> float | None:
+    """Seconds this process's threads have spent runnable but not running, summed over its threads
+    (/proc/self/task/*/schedstat, second field, ns); None where the kernel does not report it."""
+    total = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):  # a thread that ended meanwhile
+            continue
+    return total / 1e9
+
+
 @contextlib.contextmanager
 def shared_core_guard(x: torch.Tensor, training: bool = False):
     """Around a forward (inference: no gradient needed) or a whole training step (`training`) on CPU:
     all of this process's threads while the cores are its own; one thread for the next ONE_THREAD_FOR
-    calls after one that shared its cores with another process. An OpenMP team waits at every barrier
-    for the thread whose core is taken: beside one busy process two threads kept 20-34% of their
-    speed, one thread 88-94% of its own (docs/benchmarks.md, "Threads and contention"). Only in the
-    main thread, in eager mode, with no count chosen by the user. A training run that switches rounds
-    differently from one that does not (the run logs its one-thread steps); DVFL_THREADS fixes the count."""
+    calls after one whose threads waited for a core (the kernel's run-queue delay) more than
+    CONTENDED_WAIT of the time. An OpenMP team waits at every barrier for the thread whose core is
+    taken: beside one busy process two threads kept 20-34% of their speed, one thread 88-97% of its own
+    (docs/benchmarks.md, "Threads and contention"). Only in the main thread, in eager mode, with no
+    count chosen by the user, where the kernel reports run-queue delay. A training run that switches
+    rounds differently from one that does not (its log counts the one-thread steps); DVFL_THREADS
+    fixes the count."""
     global _one_thread_left, _one_thread_calls
     if tracing():  # first: torch.compile traces none of this
         yield
@@ -258,8 +278,10 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
         finally:
             torch.set_num_threads(threads)
         return
-    wall, cpu = time.perf_counter(), time.process_time()
+    wall, waited = time.perf_counter(), run_queue_wait_s()
     yield
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    if wall >= MIN_JUDGED_S and cpu < CONTENDED_EFFICIENCY * wall * threads:
+    if waited is None:
+        return
+    wall, waited = time.perf_counter() - wall, run_queue_wait_s() - waited
+    if wall >= MIN_JUDGED_S and waited > CONTENDED_WAIT * wall * threads:
         _one_thread_left = ONE_THREAD_FOR

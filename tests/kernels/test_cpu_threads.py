@@ -204,9 +204,13 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
     with torch.no_grad():
         expected = reference(clip)
     monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
-    contended = [True]
-    real = cpu_threads.time.process_time
-    monkeypatch.setattr(cpu_threads.time, "process_time", lambda: 0.0 if contended[0] else real())
+    contended, waited = [True], [0.0]
+
+    def fake_wait() -> float:  # 10 s more run-queue wait at every reading while contended
+        waited[0] += 10.0 if contended[0] else 0.0
+        return waited[0]
+
+    monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)
     try:
         with torch.no_grad():
             outputs = [model(clip) for _ in range(4)]
@@ -235,7 +239,13 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
     monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
     monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 1)
-    monkeypatch.setattr(cpu_threads.time, "process_time", lambda: 0.0)
+    waited = [0.0]
+
+    def fake_wait() -> float:
+        waited[0] += 10.0
+        return waited[0]
+
+    monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)
     x, seen = torch.zeros(1), []
     try:
         with torch.enable_grad():
@@ -249,3 +259,24 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
         assert seen == [2, 1, 2, 2, 2]
     finally:
         torch.set_num_threads(saved)
+
+
+def test_the_run_queue_wait_is_read_and_grows_beside_busy_processes():
+    """The signal itself, with real processes: a thread spinning beside as many busy processes as
+    there are usable cores waits for a core a good share of the time; alone it hardly waits."""
+    def spin_and_measure(seconds: float) -> float:
+        start, wall = cpu_threads.run_queue_wait_s(), time.perf_counter()
+        while time.perf_counter() - wall < seconds:
+            pass
+        return (cpu_threads.run_queue_wait_s() - start) / (time.perf_counter() - wall)
+
+    assert cpu_threads.run_queue_wait_s() is not None  # Linux reports it
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(len(os.sched_getaffinity(0)))]
+    try:
+        time.sleep(0.2)
+        shared = spin_and_measure(1.0)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+    assert shared > 0.1, shared

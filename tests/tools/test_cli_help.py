@@ -81,3 +81,17 @@ def test_bench_scripts_answer_help_without_running():
     bench = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "teacher_cache_fold.py")
     result = subprocess.run([sys.executable, bench, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "usage:" in result.stdout and "| classes |" not in result.stdout
+
+
+def test_the_examples_name_files_that_exist():
+    import os
+    import re
+
+    from dvflnet.cli import EXAMPLES
+
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    for name, example in EXAMPLES.items():
+        assert name in COMMANDS, f"an example for an unknown command: {name}"
+        for path in re.findall(r"configs/\S+\.yaml", example):
+            assert os.path.isfile(os.path.join(root, path)), f"dvflnet {name}'s example: {path}"
+    assert set(EXAMPLES) == set(COMMANDS)

@@ -146,7 +146,7 @@ def user_threads() -> int | None:
             return value
     current = torch.get_num_threads()
     applied = (_applied or {}).get("threads")
-    return current if current not in (_THREADS_AT_IMPORT, applied) else None
+    return current if current not in (_THREADS_AT_IMPORT, applied, _guard_threads) else None
 
 
 def apply_process_settings() -> dict:
@@ -225,6 +225,9 @@ MIN_JUDGED_S = 0.02
 
 _one_thread_left = 0
 _one_thread_calls = 0  # calls run on one thread so far, for runs to log
+_inside = False  # a guarded call is running (a teacher's forward inside a training step is not judged again)
+_threads_before = 1  # the count to go back to after the one-thread calls
+_guard_threads: int | None = None  # 1 while the guard has the process on one thread
 
 
 def one_thread_calls() -> int:
@@ -252,36 +255,51 @@ def run_queue_wait_s() -> float | None:
 @contextlib.contextmanager
 def shared_core_guard(x: torch.Tensor, training: bool = False):
     """Around a forward (inference: no gradient needed) or a whole training step (`training`) on CPU:
-    all of this process's threads while the cores are its own; one thread for the next ONE_THREAD_FOR
-    calls after one whose threads waited for a core (the kernel's run-queue delay) more than
-    CONTENDED_WAIT of the time. An OpenMP team waits at every barrier for the thread whose core is
-    taken: beside one busy process two threads kept 20-34% of their speed, one thread 88-97% of its own
-    (docs/benchmarks.md, "Threads and contention"). Only in the main thread, in eager mode, with no
-    count chosen by the user, where the kernel reports run-queue delay. A training run that switches
-    rounds differently from one that does not (its log counts the one-thread steps); DVFL_THREADS
-    fixes the count."""
-    global _one_thread_left, _one_thread_calls
-    if tracing():  # first: torch.compile traces none of this
+    all of this process's threads while the cores are its own; after a call whose threads waited
+    for a core (the kernel's run-queue delay) more than CONTENDED_WAIT of the time, the whole process
+    runs on one thread (the work between calls too: augmentation, the optimizer step) for the next
+    ONE_THREAD_FOR calls, then all cores are tried again. An OpenMP team waits at every barrier for
+    the thread whose core is taken: beside one busy process two threads kept 23-38% of their speed,
+    one thread 93-106% of its own (docs/benchmarks.md, "Threads and contention"). Only in the main
+    thread, in eager mode, with no count chosen by the user, where the kernel reports run-queue
+    delay; a guarded call inside another is not judged again. A training run that switches rounds
+    differently from one that does not (its log counts the one-thread steps); DVFL_THREADS fixes the
+    count."""
+    global _one_thread_left, _one_thread_calls, _inside, _threads_before
+    if (_inside or tracing() or (torch.is_grad_enabled() and not training) or x.device.type != "cpu"
+            or _applied is None or threading.current_thread() is not threading.main_thread()
+            or user_threads() is not None):
         yield
         return
-    threads = torch.get_num_threads()
-    if (threads == 1 or (torch.is_grad_enabled() and not training) or x.device.type != "cpu" or _applied is None
-            or threading.current_thread() is not threading.main_thread() or user_threads() is not None):
-        yield
-        return
-    if _one_thread_left > 0:
-        _one_thread_left -= 1
-        _one_thread_calls += 1
-        torch.set_num_threads(1)
-        try:
+    _inside = True
+    try:
+        if _one_thread_left > 0:  # the process is on one thread since a contended call
+            _one_thread_left -= 1
+            _one_thread_calls += 1
+            try:
+                yield
+            finally:
+                if _one_thread_left == 0:  # the next call tries all cores again
+                    _set_guard_threads(_threads_before)
+            return
+        threads = torch.get_num_threads()
+        if threads == 1:
             yield
-        finally:
-            torch.set_num_threads(threads)
-        return
-    wall, waited = time.perf_counter(), run_queue_wait_s()
-    yield
-    if waited is None:
-        return
-    wall, waited = time.perf_counter() - wall, run_queue_wait_s() - waited
-    if wall >= MIN_JUDGED_S and waited > CONTENDED_WAIT * wall * threads:
-        _one_thread_left = ONE_THREAD_FOR
+            return
+        wall, waited = time.perf_counter(), run_queue_wait_s()
+        yield
+        if waited is None:
+            return
+        wall, waited = time.perf_counter() - wall, run_queue_wait_s() - waited
+        if wall >= MIN_JUDGED_S and waited > CONTENDED_WAIT * wall * threads:
+            _one_thread_left, _threads_before = ONE_THREAD_FOR, threads
+            _set_guard_threads(1)
+    finally:
+        _inside = False
+
+
+def _set_guard_threads(threads: int) -> None:
+    """The guard's own switch: not a user's choice (user_threads ignores it)."""
+    global _guard_threads
+    _guard_threads = threads if threads == 1 else None
+    torch.set_num_threads(threads)

@@ -201,22 +201,22 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
     seen = []
     model.patch_embed.register_forward_hook(lambda *a: seen.append(torch.get_num_threads()))
     clip = torch.randn(1, 2, 3, 64, 64)
-    with torch.no_grad():
-        expected = reference(clip)
-    monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
-    contended, waited = [True], [0.0]
+    contended, waited = [False], [0.0]
 
     def fake_wait() -> float:  # 10 s more run-queue wait at every reading while contended
         waited[0] += 10.0 if contended[0] else 0.0
         return waited[0]
 
-    monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)
+    monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)  # the machine's own load plays no part
     try:
         with torch.no_grad():
+            expected = reference(clip)
+            contended[0] = True
             outputs = [model(clip) for _ in range(4)]
             contended[0] = False
             outputs += [model(clip) for _ in range(2)]
         assert seen == [2, 1, 1, 2, 1, 1]  # judged contended at 1 and 4; one thread for the next two each time
+        assert torch.get_num_threads() == 2  # all cores again after the last one-thread call
         assert cpu_threads._one_thread_left == 0 and cpu_threads.one_thread_calls() >= 4
         for out in outputs:
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
@@ -246,19 +246,22 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
         return waited[0]
 
     monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)
-    x, seen = torch.zeros(1), []
+    x, seen, between = torch.zeros(1), [], []
     try:
         with torch.enable_grad():
             for _ in range(3):
                 with cpu_threads.shared_core_guard(x, training=True):
                     seen.append(torch.get_num_threads())
-            with cpu_threads.shared_core_guard(x):  # an inference guard does nothing where gradients are on
-                seen.append(torch.get_num_threads())
+                    with torch.no_grad(), cpu_threads.shared_core_guard(x):  # a teacher's forward inside: not judged
+                        pass
+                between.append(torch.get_num_threads())  # the work between steps follows the switch
+        assert seen == [2, 1, 2] and between == [1, 2, 1] and cpu_threads.user_threads() is None
         with cpu_threads.pinned(2), cpu_threads.shared_core_guard(x, training=True):  # the user's count: kept
             seen.append(torch.get_num_threads())
-        assert seen == [2, 1, 2, 2, 2]
+        assert seen[-1] == 2
     finally:
-        torch.set_num_threads(saved)
+        cpu_threads._set_guard_threads(saved)
+        monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
 
 
 def test_the_run_queue_wait_is_read_and_grows_beside_busy_processes():

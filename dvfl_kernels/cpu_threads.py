@@ -218,12 +218,16 @@ def choose_training_threads(key: tuple, step: Callable[[], None]) -> int:
 # for nothing (schedstat's run delay stays near 0), beside one busy process on 2 cores each of two
 # threads waits about a third of the time.
 CONTENDED_WAIT = 0.15
-# Calls run on one thread after a contended one, before all usable cores are tried again.
+# Calls run on one thread after a contended one, before all usable cores are tried again; doubled
+# each time the retry finds the cores still shared (a retry beside a busy process costs about three
+# one-thread calls), up to MAX_ONE_THREAD_FOR, and back to ONE_THREAD_FOR once they are free.
 ONE_THREAD_FOR = 16
+MAX_ONE_THREAD_FOR = 256
 # Shorter calls are not judged: the clocks' granularity and the reads' own cost dominate them.
 MIN_JUDGED_S = 0.02
 
 _one_thread_left = 0
+_one_thread_for = ONE_THREAD_FOR  # the next one-thread period
 _one_thread_calls = 0  # calls run on one thread so far, for runs to log
 _inside = False  # a guarded call is running (a teacher's forward inside a training step is not judged again)
 _threads_before = 1  # the count to go back to after the one-thread calls
@@ -258,14 +262,15 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
     all of this process's threads while the cores are its own; after a call whose threads waited
     for a core (the kernel's run-queue delay) more than CONTENDED_WAIT of the time, the whole process
     runs on one thread (the work between calls too: augmentation, the optimizer step) for the next
-    ONE_THREAD_FOR calls, then all cores are tried again. An OpenMP team waits at every barrier for
+    ONE_THREAD_FOR calls (more while retries find the cores still shared), then all cores are tried
+    again. An OpenMP team waits at every barrier for
     the thread whose core is taken: beside one busy process two threads kept 23-38% of their speed,
     one thread 93-106% of its own (docs/benchmarks.md, "Threads and contention"). Only in the main
     thread, in eager mode, with no count chosen by the user, where the kernel reports run-queue
     delay; a guarded call inside another is not judged again. A training run that switches rounds
     differently from one that does not (its log counts the one-thread steps); DVFL_THREADS fixes the
     count."""
-    global _one_thread_left, _one_thread_calls, _inside, _threads_before
+    global _one_thread_left, _one_thread_for, _one_thread_calls, _inside, _threads_before
     if (_inside or tracing() or (torch.is_grad_enabled() and not training) or x.device.type != "cpu"
             or _applied is None or threading.current_thread() is not threading.main_thread()
             or user_threads() is not None):
@@ -291,9 +296,14 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
         if waited is None:
             return
         wall, waited = time.perf_counter() - wall, run_queue_wait_s() - waited
-        if wall >= MIN_JUDGED_S and waited > CONTENDED_WAIT * wall * threads:
-            _one_thread_left, _threads_before = ONE_THREAD_FOR, threads
+        if wall < MIN_JUDGED_S:
+            return
+        if waited > CONTENDED_WAIT * wall * threads:
+            _one_thread_left, _threads_before = _one_thread_for, threads
+            _one_thread_for = min(2 * _one_thread_for, MAX_ONE_THREAD_FOR)
             _set_guard_threads(1)
+        else:
+            _one_thread_for = ONE_THREAD_FOR
     finally:
         _inside = False
 

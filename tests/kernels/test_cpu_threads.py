@@ -194,6 +194,7 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
     monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
     monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 2)
+    monkeypatch.setattr(cpu_threads, "_one_thread_for", 2)
     torch.manual_seed(0)
     model = create_model("vfl_net_nano", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], backend="auto").eval()
     reference = create_model("vfl_net_nano", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], backend="reference").eval()
@@ -215,9 +216,15 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
             outputs = [model(clip) for _ in range(4)]
             contended[0] = False
             outputs += [model(clip) for _ in range(2)]
-        assert seen == [2, 1, 1, 2, 1, 1]  # judged contended at 1 and 4; one thread for the next two each time
-        assert torch.get_num_threads() == 2  # all cores again after the last one-thread call
-        assert cpu_threads._one_thread_left == 0 and cpu_threads.one_thread_calls() >= 4
+        # judged contended at 1 and 4: one thread for the next two, then (still shared at the retry) four
+        assert seen == [2, 1, 1, 2, 1, 1] and cpu_threads._one_thread_left == 2
+        with torch.no_grad():
+            outputs += [model(clip) for _ in range(2)]
+        assert seen[6:] == [1, 1] and torch.get_num_threads() == 2  # all cores again after the last one
+        with torch.no_grad():
+            outputs.append(model(clip))  # free: judged, no switch, and the period back to its start
+        assert seen[8] == 2 and cpu_threads._one_thread_for == cpu_threads.ONE_THREAD_FOR
+        assert cpu_threads.one_thread_calls() >= 6
         for out in outputs:
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
         with torch.enable_grad():  # training forwards are never switched
@@ -239,6 +246,8 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
     monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
     monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 1)
+    monkeypatch.setattr(cpu_threads, "MAX_ONE_THREAD_FOR", 1)
+    monkeypatch.setattr(cpu_threads, "_one_thread_for", 1)
     waited = [0.0]
 
     def fake_wait() -> float:

@@ -178,12 +178,10 @@ def test_more_threads_are_chosen_where_they_pay(monkeypatch, tmp_path):
         torch.set_num_threads(saved_threads)
 
 
-def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_again(monkeypatch):
-    """A forward that got little CPU time for its wall time (a busy process on its cores) sends the
-    next ONE_THREAD_FOR forwards to one thread; then all cores are tried again. Outputs stay those of
-    the reference backend."""
-    from dvflnet.models import create_model
-
+@pytest.fixture
+def two_threads_judged(monkeypatch):
+    """The process on 2 threads from its settings, no user count, every call judged; yields torch's
+    thread count to restore."""
     monkeypatch.delenv("DVFL_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     saved = torch.get_num_threads()
@@ -193,6 +191,17 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
                                                   "keep_freed_memory": {}})
     monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
     monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
+    yield saved
+    cpu_threads._set_guard_threads(saved)
+
+
+def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_again(monkeypatch, two_threads_judged):
+    """A forward that got little CPU time for its wall time (a busy process on its cores) sends the
+    next ONE_THREAD_FOR forwards to one thread; then all cores are tried again. Outputs stay those of
+    the reference backend."""
+    from dvflnet.models import create_model
+
+    saved = two_threads_judged
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 2)
     monkeypatch.setattr(cpu_threads, "_one_thread_for", 2)
     torch.manual_seed(0)
@@ -235,16 +244,8 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
         torch.set_num_threads(saved)
 
 
-def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread(monkeypatch):
-    monkeypatch.delenv("DVFL_THREADS", raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    saved = torch.get_num_threads()
-    torch.set_num_threads(2)
-    monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", 2)
-    monkeypatch.setattr(cpu_threads, "_applied", {"threads": 2, "threads_from": "usable cores", "usable_cores": 2,
-                                                  "keep_freed_memory": {}})
-    monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
-    monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
+def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread(monkeypatch, two_threads_judged):
+    saved = two_threads_judged
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 1)
     monkeypatch.setattr(cpu_threads, "MAX_ONE_THREAD_FOR", 1)
     monkeypatch.setattr(cpu_threads, "_one_thread_for", 1)

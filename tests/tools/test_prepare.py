@@ -286,8 +286,9 @@ def test_the_prepared_csvs_train(tmp_path, clip):
 # -- the third probe: a set written whole or not at all, symlinked classes, stray folders, duplicates
 
 
-def _split_one_then_two_on_a_full_disk(tmp_path: Path, clip: Path, out: Path, fill) -> None:
-    """Split 1 prepared in `out`, then `fill()` leaves no room, then --split 2 --overwrite fails."""
+def _split_one_then_two_on_a_full_disk(tmp_path: Path, clip: Path, out: Path, fill, others=()) -> None:
+    """Split 1 prepared in `out`, then `fill()` leaves no room, then --split 2 --overwrite fails:
+    split 1's three files are still there, whole, beside `others` and no temporary file."""
     videos, notes = _ucf101(tmp_path, clip)
     prepare("ucf101", str(videos), str(out), str(notes), split=1)
     before = _outputs(out)
@@ -295,7 +296,7 @@ def _split_one_then_two_on_a_full_disk(tmp_path: Path, clip: Path, out: Path, fi
     with pytest.raises(OSError, match="none of them was replaced"):
         prepare("ucf101", str(videos), str(out), str(notes), split=2, overwrite=True)
     assert _outputs(out) == before  # still split 1, all three
-    assert sorted(p.name for p in out.iterdir()) == ["labels.csv", "train.csv", "val.csv"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["labels.csv", "train.csv", "val.csv", *others])
 
 
 def test_a_failed_overwrite_on_a_full_disk_leaves_the_old_set_whole(tmp_path, clip):
@@ -311,14 +312,7 @@ def test_a_failed_overwrite_on_a_full_disk_leaves_the_old_set_whole(tmp_path, cl
                 while True:
                     f.write(b"\0" * 4096)
 
-        videos, notes = _ucf101(tmp_path, clip)
-        prepare("ucf101", str(videos), str(out), str(notes), split=1)
-        before = _outputs(out)
-        fill()
-        with pytest.raises(OSError, match="none of them was replaced"):
-            prepare("ucf101", str(videos), str(out), str(notes), split=2, overwrite=True)
-        assert _outputs(out) == before
-        assert sorted(p.name for p in out.iterdir()) == ["filler", "labels.csv", "train.csv", "val.csv"]
+        _split_one_then_two_on_a_full_disk(tmp_path, clip, out, fill, others=["filler"])
     finally:
         subprocess.run(["umount", str(out)], check=True)
 

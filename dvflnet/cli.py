@@ -435,10 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = _command(sub, "generate-data", "write the synthetic temporal-reasoning video dataset (mp4 + CSVs)")
     gen.add_argument("root", help="folder for videos/ and train.csv, val.csv, labels.csv")
-    gen.add_argument("--train-per-class", type=_positive(int), default=40, help="training videos per class")
-    gen.add_argument("--val-per-class", type=_positive(int), default=10, help="validation videos per class")
-    gen.add_argument("--frames", type=_positive(int), default=16, help="frames per video, at least 2")
-    gen.add_argument("--size", type=_positive(int), default=64, help="frame height and width in pixels, a multiple of 16")
+    # plain ints: generate_dataset checks every value once (as for a library call), its errors name these flags
+    gen.add_argument("--train-per-class", type=int, default=40, help="training videos per class")
+    gen.add_argument("--val-per-class", type=int, default=10, help="validation videos per class")
+    gen.add_argument("--frames", type=int, default=16, help="frames per video, at least 2")
+    gen.add_argument("--size", type=int, default=64, help="frame height and width in pixels, a multiple of 16")
     gen.add_argument("--seed", type=_at_least_zero, default=0, help="the same seed writes the same files")
     default = {name: p.default for name, p in inspect.signature(synthetic.generate_dataset).parameters.items()}
     gen.add_argument("--classes", nargs="+", choices=synthetic.CLASSES, metavar="CLASS", help=f"a subset of {', '.join(synthetic.CLASSES)} (default: all)")

@@ -210,7 +210,7 @@ def test_grid_values_are_checked_before_the_teacher_cache(runs, tmp_path, alphas
     (["--size", "0"], "size: expected a multiple of 16"),
     (["--size", "-16"], "size: expected a multiple of 16"),
     (["--size", "40"], "size: expected a multiple of 16"),
-    (["--frames", "1"], "num_frames: expected an integer >= 2"),
+    (["--frames", "1"], "--frames: expected an integer >= 2"),
     ("existing", "already exist; refusing to overwrite them"),
 ], ids=["size-0", "size-negative", "size-40", "frames-1", "existing-csvs"])
 def test_generate_data_checks_first_and_never_overwrites(tmp_path, capsys, args, message):  # items 10, 18

@@ -305,7 +305,7 @@ def test_cli_generate_data_passes_every_knob(tmp_path, monkeypatch, capsys):
     assert seen["kwargs"] == {"seed": 0, "overwrite": False}  # nothing given: generate_dataset's own defaults
     monkeypatch.undo()
     assert cli_main(["generate-data", str(tmp_path / "c"), "--motion", "-1"]) == 2
-    assert "generate-data: error: motion: expected a number > 0" in capsys.readouterr().err
+    assert "generate-data: error: --motion: expected a number > 0" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
     with pytest.raises(SystemExit):  # argparse refuses an unknown class by name
         cli_main(["generate-data", str(tmp_path / "d"), "--classes", "fly"])

@@ -14,6 +14,11 @@ os.environ["DVFL_PROBE_CACHE"] = "off"
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/helpers.py
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# A fixed thread count, as a user's DVFL_THREADS: bit-exactness tests (a resumed run equals the straight
+# one) must not depend on whether the machine was busy when a step ran (the one-thread switch of
+# dvfl_kernels.cpu_threads.shared_core_guard) or on a thread probe's near-tie. The tests of the
+# switching and the probing unset it themselves (tests/kernels/test_cpu_threads.py, the demo's).
+os.environ.setdefault("DVFL_THREADS", str(torch.get_num_threads()))
 
 
 _GPU_BACKENDS = {"cuda", "triton"}

@@ -1,8 +1,10 @@
 """VFL-Net nano inference on this CPU against its deployment peer, cases interleaved.
 
 One clip 1 x 8 x 3 x 224 x 224 under torch.inference_mode(): dvfl on backend "reference" and "auto",
-fp32 and bf16 autocast, ONNX Runtime (fp32, as exported) and OpenVINO (f32 and bf16, its precision
-hint) on the ONNX export of the reference decomposition. Each round times every case once, in turn,
+fp32 and bf16 autocast, and int8 (``quantize_int8``); ONNX Runtime (fp32, as exported) and OpenVINO
+(f32 and bf16, its precision hint) on the ONNX export of the reference decomposition, and OpenVINO
+int8 made from that export by NNCF's post-training quantization (when nncf is installed). Both int8
+paths calibrate on the same 8 clips. Each round times every case once, in turn,
 so that the machine's drift hits all cases alike; medians and ranges over the rounds. pytest-benchmark times cases in blocks, which
 on a shared 2-core machine moved the ratios by up to 1.5x between runs.
 
@@ -26,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+# Clips both int8 paths calibrate on (the issue's NNCF figure used 8).
+CALIBRATION_CLIPS = 8
+
 
 def cpu_model() -> str:
     """The CPU as a figure must name it: model name, family / model numbers and the instruction sets
@@ -44,7 +49,7 @@ def cpu_model() -> str:
 
 def cases(clip: torch.Tensor, compiled: bool = False, peers: bool = True) -> dict:
     from dvflnet.tools.export import export_onnx
-    from dvflnet.models import create_model
+    from dvflnet.models import create_model, quantize_int8
 
     torch.manual_seed(0)
     reference = create_model("vfl_net_nano", num_classes=400, backend="reference").eval()
@@ -59,6 +64,8 @@ def cases(clip: torch.Tensor, compiled: bool = False, peers: bool = True) -> dic
 
     out = {"reference fp32": dvfl(reference, False), "auto fp32": dvfl(auto, False),
            "reference bf16": dvfl(reference, True), "auto bf16": dvfl(auto, True)}
+    calibration = calibration_clips(clip)
+    out["auto int8"] = dvfl(quantize_int8(auto, calibration), False)
     if compiled:  # inductor (the engine steps aside under torch.compile: inductor packs its own weights)
         out["auto compiled fp32"] = dvfl(torch.compile(auto), False)
         out["auto compiled bf16"] = dvfl(torch.compile(auto), True)
@@ -79,7 +86,25 @@ def cases(clip: torch.Tensor, compiled: bool = False, peers: bool = True) -> dic
     for precision in ("f32", "bf16"):
         request = core.compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": precision}).create_infer_request()
         out[f"openvino {precision}"] = (lambda r: lambda: r.infer({0: feed}))(request)
+    try:
+        import nncf
+    except ImportError:
+        return out
+    # NNCF's post-training quantization of the same export, on the same calibration clips (its defaults:
+    # the "performance" preset, min-max ranges)
+    quantized = nncf.quantize(core.read_model(path), nncf.Dataset([c.numpy() for c in calibration]),
+                              subset_size=len(calibration))
+    # its default precision for the unquantized parts (bf16 on CPUs with AVX512-BF16) and f32; the best counts
+    for name, config in (("openvino int8", {}), ("openvino int8 f32", {"INFERENCE_PRECISION_HINT": "f32"})):
+        request = core.compile_model(quantized, "CPU", config).create_infer_request()
+        out[name] = (lambda r: lambda: r.infer({0: feed}))(request)
     return out
+
+
+def calibration_clips(clip: torch.Tensor, count: int = CALIBRATION_CLIPS) -> list[torch.Tensor]:
+    """`count` random clips shaped like `clip`, one per batch (dvfl's and NNCF's calibration set)."""
+    generator = torch.Generator().manual_seed(1)
+    return [torch.randn(clip.shape, generator=generator) for _ in range(count)]
 
 
 def training_cases(clips: torch.Tensor) -> dict:
@@ -120,7 +145,8 @@ def main() -> None:
         os.environ["DVFL_KEEP_FREED_MEMORY"] = "0"  # before the first forward applies the process settings
     clip = torch.randn(2 if args.training else 1, 8, 3, 224, 224)
     # the ONNX export and the peers' compilation only when a peer case is wanted
-    peers = args.only is None or any(args.only in name for name in ("onnxruntime fp32", "openvino f32", "openvino bf16"))
+    peers = args.only is None or any(args.only in name for name in ("onnxruntime fp32", "openvino f32", "openvino bf16",
+                                                                    "openvino int8", "openvino int8 f32"))
     timed = training_cases(clip) if args.training else cases(clip, args.compile, peers)
     timed = {name: run for name, run in timed.items() if args.only is None or args.only in name}
     if not timed:

@@ -34,8 +34,20 @@ TORCH_LIBRARY(dvfl, m) {
   m.def(
       "temporal_context_backward(Tensor grad, Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, "
       "Tensor pre, Tensor mean, bool normalize) -> Tensor[]");
+  // Inference only, CPU: the temporal context with each level's tap GEMM in int8
+  // (dvfl_kernels/cpu_int8.py): packed[l] is onednn::qlinear_prepack of the int8 taps stacked
+  // tap-major, (k * C_out, C_in) (row j * C + o = W[o, :, j]); tap_scales[l] their float32 per-row
+  // scales (k * C,); input_scales / input_zero_points quantize level l's input per tensor. Returns
+  // the context (N, H, W, C) in z_t's dtype.
+  m.def(
+      "temporal_context_int8(Tensor z_t, Tensor g_t, Tensor[] packed, Tensor[] tap_scales, float[] input_scales, "
+      "int[] input_zero_points, int num_frames, bool normalize) -> Tensor");
   m.def("modulate(Tensor q, Tensor m_s, Tensor m_t) -> Tensor");
   m.def("modulate_backward(Tensor grad, Tensor q, Tensor m_s, Tensor m_t) -> Tensor[]");
+
+  // The activation side of the int8 GEMMs (dvfl_kernels/cpu_int8.py): x (float32 / bfloat16) ->
+  // uint8 clamp(round_half_even(x * (1 / scale)) + zero_point, 0, 255), NaN -> 0, x's shape, contiguous.
+  m.def("quantize_u8(Tensor x, float scale, int zero_point) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _prepared, _probe
+from . import _prepared, _probe, cpu_int8
 from .ops import BACKENDS
 
 ACTIVATIONS = ("none", "gelu")
@@ -98,12 +98,17 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
     if any(w.dim() < 2 or w.numel() != w.shape[0] * k or (b is not None and b.shape != w.shape[:1])
            for w, b in zip(weights, biases)):
         return None  # F.linear raises its own shape error, per layer
-    prepared = _prepare(weights, biases, dtype)
-    weight, bias = prepared.tensors
-    n = weight.shape[0]
+    n = sum(w.shape[0] for w in weights)
     rows = x.numel() // k
     x2 = x.reshape(rows, k).to(dtype).contiguous()
     res2 = None if residual is None else residual.reshape(rows, n).contiguous()
+    int8 = cpu_int8.active()  # an int8 model's forward, or its calibration (which returns None)
+    if int8 is not None:
+        out = int8(weights, x2, activation, res2, dtype)
+        if out is not None:
+            return out.reshape(*x.shape[:-1], n)
+    prepared = _prepare(weights, biases, dtype)
+    weight, bias = prepared.tensors
 
     def aten():
         out = F.linear(x2, weight, bias)

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from . import _checks, _prepared, _probe, focal, kd_loss, reference
+from . import _checks, _prepared, _probe, cpu_int8, focal, kd_loss, reference
 
 BACKENDS = ("reference", "cpu", "cuda", "triton")
 
@@ -160,6 +160,13 @@ def temporal_context(
     weights, normalize = list(weights), bool(normalize)
     impl = select_backend("temporal_context", backend, z_t.device)
     needs_grad = focal.needs_grad(z_t, g_t, *weights)
+    # an int8 model's forward (dvfl_kernels/cpu_int8.py), or its calibration; never traced (the
+    # handler is a context variable, which dynamo does not read)
+    int8 = None if _prepared.tracing() else cpu_int8.active()
+    if int8 is not None and backend != "reference" and not needs_grad and z_t.device.type == "cpu" and HAS_EXTENSION:
+        out = int8.temporal(z_t, g_t, weights, num_frames, normalize)
+        if out is not None:
+            return out
     if backend != "reference":
         weights = _prepared_taps(z_t, weights, needs_grad)
     if backend == "auto" and impl is not reference.temporal_context and _probes_temporal(z_t, needs_grad):
@@ -213,6 +220,7 @@ def _load_extension():
         return None
     kd_loss.register_cpp(register_backend)
     focal.register_family("cpp")
+    cpu_int8.register_fakes()
     for op, impl in focal.implementations("cpp").items():
         register_backend(op, "cpu", impl)
     if not torch._C._dispatch_has_kernel_for_dispatch_key("dvfl::kd_ce_loss_rows", "CUDA"):

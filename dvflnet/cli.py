@@ -221,7 +221,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tools.predict import Predictor, expand_inputs, format_table
 
     predictor = Predictor.from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes,
-                                          views=args.views, device=args.device, precision=args.precision)
+                                          views=args.views, device=args.device or "default", precision=args.precision)
     if args.stride_seconds and not args.window_seconds:
         raise ValueError("--stride-seconds: needs --window-seconds")
     if not args.json:
@@ -240,17 +240,36 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if all("error" not in r for r in results) else 1
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .tools.quantize import quantize_checkpoint
+
+    report = quantize_checkpoint(args.checkpoint, args.calib, args.output, args.root, args.clips, args.config,
+                                 args.float_parts)
+    print(f"wrote {report['output']}: {report['gemms']} GEMMs and {report['temporal_taps']} temporal contexts in int8, "
+          f"calibrated on {report['clips']} clips of {args.calib} in {report['seconds']:.1f} s")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from .tools.export import export_onnx, export_pt2
     from .tools.predict import model_from_checkpoint
 
+    from .models import Int8Model
+    from .tools.export_int8 import export_onnx_int8
+
     model, data, _ = model_from_checkpoint(args.checkpoint, args.config, args.model, args.num_classes, args.classes)
     frames, size = args.frames or data["num_frames"], args.size or data["size"]
-    report = (export_onnx if args.format == "onnx" else export_pt2)(model, args.output, frames, size)
+    if isinstance(model, Int8Model) and args.format != "onnx":
+        raise ValueError(f"--format {args.format}: an int8 checkpoint exports as onnx (QuantizeLinear / "
+                         "DequantizeLinear pairs) only")
+    export = export_onnx_int8 if isinstance(model, Int8Model) else export_onnx if args.format == "onnx" else export_pt2
+    report = export(model, args.output, frames, size)
     extra = f" and {report['decomposed_path']} (decomposed)" if "decomposed_path" in report else ""
-    checker = "ONNX Runtime" if args.format == "onnx" else "the reloaded program"
-    print(f"wrote {report['path']}{extra}: clips (B, {frames}, 3, {size}, {size}), dynamic batch; {checker} "
-          f"vs PyTorch on a {report['checked_batch']}-clip batch: max relative error {report['max_rel_err']:.2e}")
+    checker = {"onnx": "ONNX Runtime vs PyTorch", "onnx-int8": "ONNX Runtime vs the in-process int8 model",
+               "pt2": "the reloaded program vs PyTorch"}[report["format"]]
+    int8 = f"; {report['quantized_matmuls']} MatMuls with int8 QDQ pairs" if "quantized_matmuls" in report else ""
+    print(f"wrote {report['path']}{extra}: clips (B, {frames}, 3, {size}, {size}), dynamic batch{int8}; {checker} "
+          f"on a {report['checked_batch']}-clip batch: max relative error {report['max_rel_err']:.2e}")
     return 0
 
 
@@ -343,6 +362,7 @@ EXAMPLES = {
     "ablate": "dvflnet ablate --config configs/ucf101/nano_kd.yaml --seeds 0 1 2",
     "generate-data": "dvflnet generate-data data/synthetic --train-per-class 40 --val-per-class 10",
     "predict": "dvflnet predict --checkpoint runs/nano/best.pt clip.mp4 --views 4x3 --top 3",
+    "quantize": "dvflnet quantize --checkpoint runs/nano/best.pt --calib data/ucf101/train.csv --clips 64 -o nano-int8.pt",
     "export": "dvflnet export --checkpoint runs/nano/best.pt --format onnx -o nano.onnx",
     "visualize": "dvflnet visualize --checkpoint runs/nano/best.pt clip.mp4 -o maps",
     "demo": "dvflnet demo --seeds 80 81 82",
@@ -461,13 +481,28 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--window-seconds", type=_positive_seconds, help="also score windows of this length: a timeline")
     predict.add_argument("--stride-seconds", type=_positive_seconds, help="window step (default: the window length)")
     predict.add_argument("--top", type=_positive(int), default=5, help="classes shown per video")
-    predict.add_argument("--device", default="cuda" if __import__("torch").cuda.is_available() else "cpu",
-                         help="cpu, cuda or cuda:N")
+    predict.add_argument("--device", default=None,
+                         help="cpu, cuda or cuda:N (default: cuda where there is one, except for an int8 checkpoint)")
     predict.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                          help="auto (default): on a GPU bf16 where it has it; on a CPU the faster of bf16 and fp32 for "
                               "this model and clip shape, measured once per machine")
     predict.add_argument("--json", action="store_true", help="one JSON list: per video path and top5, or path and error")
     predict.set_defaults(func=cmd_predict)
+
+    quantize = _command(sub, "quantize", "an int8 checkpoint for CPU inference, calibrated on clips of a CSV",
+                        "Post-training static int8 quantization: the model's GEMMs in int8 (weights per output "
+                        "channel, activations per tensor from the calibration clips' ranges), the rest in float. "
+                        "predict, evaluate's Python API and export take the checkpoint it writes.")
+    quantize.add_argument("--checkpoint", required=True, help="a float checkpoint as the trainer writes it")
+    quantize.add_argument("--config", help="a run YAML (default: the config saved in the checkpoint)")
+    quantize.add_argument("--calib", required=True, help="CSV of calibration videos (<path> <label> lines, e.g. the train CSV)")
+    quantize.add_argument("--root", help="folder the CSV's paths are relative to (default: the run's data.root)")
+    quantize.add_argument("--clips", type=_positive(int), default=64,
+                          help="calibration videos, spread evenly over the CSV (centre clip and crop)")
+    quantize.add_argument("--float-parts", nargs="*", default=["proj"], metavar="PART",
+                          help="parts kept in float, of: f h h_temporal proj fc1 fc2 temporal_taps (none: all int8)")
+    quantize.add_argument("-o", "--output", required=True, help="int8 checkpoint to write")
+    quantize.set_defaults(func=cmd_quantize)
 
     export = _command(sub, "export", "export a checkpoint's model: ONNX (checked with ONNX Runtime) or torch.export")
     _checkpoint_model_args(export)

@@ -29,6 +29,7 @@
 #include "focal_args.h"
 #include "focal_cuda.h"
 #include "../cpu_capability.h"
+#include "../quant/quantize.h"
 
 #if defined(DVFL_WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
@@ -301,17 +302,16 @@ std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad_
 }
 
 // ---- temporal context ---------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at::Tensor& z_in, const at::Tensor& g_in,
-                                                                    const std::vector<at::Tensor>& weights,
-                                                                    int64_t T, bool normalize, bool save) {
-  const BelowAutograd guard;
-  if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
-    auto f = to_float({z_in, g_in});
-    auto [out, pre, mean] = temporal_context_kernels(f[0], f[1], weights, T, normalize, save);
-    return {out.to(at::kHalf), pre, mean};
-  }
-  const at::Tensor z = channel_dense(z_in), g = channel_dense(g_in);
-  const int64_t N = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3), L = weights.size();
+namespace {
+
+// The temporal forward over levels whose tap products (k, R, C) of the level's input rows (R, C)
+// come from `products(rows, level)` with `taps[level]` taps: the float GEMMs (temporal_context_kernels)
+// or the int8 ones (temporal_context_int8).
+template <typename Products>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_forward(const at::Tensor& z, const at::Tensor& g,
+                                                                const std::vector<int64_t>& taps, int64_t T,
+                                                                bool normalize, bool save, const Products& products) {
+  const int64_t N = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3), L = taps.size();
   const int64_t B = N / T, rows = N * H * W, positions = B * H * W;
   const auto acc_opts = z.options().dtype(acc_type(z));
   at::Tensor src = as_rows(z);
@@ -329,9 +329,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at
   a.acc = acc.defined() ? acc.mutable_data_ptr() : nullptr;
   a.mean_out = mean.mutable_data_ptr(), a.out = out.mutable_data_ptr();
   for (int64_t level = 0; level < L; ++level) {
-    const int64_t k = weights[level].size(-1);
-    // tap j: (C_out, C_in) = W[:, :, j]
-    const at::Tensor y = tap_products(src, weights[level].to(z.scalar_type()).permute({2, 0, 1}));
+    const int64_t k = taps[level];
+    const at::Tensor y = products(src, level);
     a.level = level, a.k = k;
     set_taps(a, y);
     a.z_out = level < L - 1 ? zbuf.mutable_data_ptr() : nullptr;
@@ -340,6 +339,71 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at
     src = zbuf;
   }
   return {out, pre, mean};
+}
+
+// onednn::qlinear_pointwise (ATen's int8 GEMM on oneDNN: VNNI / AMX), called boxed: the op is
+// registered by ATen's quantized library, without a C++ header of its own.
+at::Tensor int8_gemm(const at::Tensor& q_rows, double x_scale, int64_t x_zero_point, const at::Tensor& packed,
+                     const at::Tensor& w_scale, const at::Tensor& w_zero_point, at::ScalarType out_dtype) {
+  static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_pointwise", "");
+  std::vector<c10::IValue> stack{q_rows, x_scale, x_zero_point, packed, w_scale, w_zero_point, c10::IValue(),
+                                 1.0, int64_t{0}, c10::IValue(out_dtype), std::string("none"),
+                                 c10::List<std::optional<at::Scalar>>(), std::string("none")};
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at::Tensor& z_in, const at::Tensor& g_in,
+                                                                    const std::vector<at::Tensor>& weights,
+                                                                    int64_t T, bool normalize, bool save) {
+  const BelowAutograd guard;
+  if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
+    auto f = to_float({z_in, g_in});
+    auto [out, pre, mean] = temporal_context_kernels(f[0], f[1], weights, T, normalize, save);
+    return {out.to(at::kHalf), pre, mean};
+  }
+  const at::Tensor z = channel_dense(z_in), g = channel_dense(g_in);
+  std::vector<int64_t> taps;
+  for (const auto& w : weights) taps.push_back(w.size(-1));
+  return temporal_forward(z, g, taps, T, normalize, save, [&](const at::Tensor& rows, int64_t level) {
+    // tap j: (C_out, C_in) = W[:, :, j]
+    return tap_products(rows, weights[level].to(z.scalar_type()).permute({2, 0, 1}));
+  });
+}
+
+at::Tensor temporal_context_int8(const at::Tensor& z_in, const at::Tensor& g_in, at::TensorList packed,
+                                 at::TensorList tap_scales, at::ArrayRef<double> input_scales,
+                                 at::IntArrayRef input_zero_points, int64_t T, bool normalize) {
+  const BelowAutograd guard;
+  const int64_t L = packed.size();
+  TORCH_CHECK(z_in.device().is_cpu() && (z_in.scalar_type() == at::kFloat || z_in.scalar_type() == at::kBFloat16),
+              "dvfl::temporal_context_int8: z_t: expected float32 or bfloat16 on CPU, got ", z_in.scalar_type(), " on ",
+              z_in.device());
+  TORCH_CHECK(L >= 1 && static_cast<int64_t>(tap_scales.size()) == L && static_cast<int64_t>(input_scales.size()) == L &&
+                  static_cast<int64_t>(input_zero_points.size()) == L,
+              "dvfl::temporal_context_int8: expected one packed weight, tap scales, input scale and zero point per "
+              "level, got ", L, ", ", tap_scales.size(), ", ", input_scales.size(), ", ", input_zero_points.size());
+  const at::Tensor z = channel_dense(z_in), g = channel_dense(g_in);
+  const int64_t C = z.size(3);
+  std::vector<int64_t> taps;
+  std::vector<at::Tensor> zero_points;
+  for (int64_t level = 0; level < L; ++level) {
+    const int64_t n = tap_scales[level].numel();
+    TORCH_CHECK(n % C == 0 && n > 0, "dvfl::temporal_context_int8: tap_scales[", level, "]: expected k * C = k * ", C,
+                " values, got ", n);
+    taps.push_back(n / C);
+    zero_points.push_back(at::zeros({n}, tap_scales[level].options().dtype(at::kLong)));
+  }
+  auto [out, pre, mean] = temporal_forward(z, g, taps, T, normalize, false, [&](const at::Tensor& rows, int64_t level) {
+    // (R, k * C_out) in z's dtype, taps stacked tap-major: the same layout as tap_products' float32 GEMM
+    const at::Tensor q_rows = quantize_u8(rows, input_scales[level], input_zero_points[level]);
+    const at::Tensor y = int8_gemm(q_rows, input_scales[level], input_zero_points[level], packed[level],
+                                   tap_scales[level], zero_points[level], z.scalar_type());
+    return y.view({rows.size(0), taps[level], C}).permute({1, 0, 2});
+  });
+  return out;
 }
 
 std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad_in, const at::Tensor& z_in,
@@ -476,10 +540,17 @@ void register_focal(torch::Library& m) {
   m.impl("modulate_backward", &modulate_backward_kernels);
 }
 
+void register_focal_cpu_only(torch::Library& m) { m.impl("temporal_context_int8", &temporal_context_int8); }
+
 }  // namespace
 
 // The same host code launches the CPU kernels or, for CUDA tensors, the CUDA ones (run() above).
-TORCH_LIBRARY_IMPL(dvfl, CPU, m) { register_focal(m); }
+TORCH_LIBRARY_IMPL(dvfl, CPU, m) {
+  register_focal(m);
+  register_focal_cpu_only(m);
+}
+// temporal_context_int8's packed weights are oneDNN tensors: their dispatch key is MkldnnCPU.
+TORCH_LIBRARY_IMPL(dvfl, MkldnnCPU, m) { register_focal_cpu_only(m); }
 #if defined(DVFL_WITH_CUDA)
 TORCH_LIBRARY_IMPL(dvfl, CUDA, m) { register_focal(m); }
 #endif

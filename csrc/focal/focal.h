@@ -18,6 +18,10 @@ std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at::Tensor& z_t, const at::Tensor& g_t,
                                                                     const std::vector<at::Tensor>& weights,
                                                                     int64_t num_frames, bool normalize, bool save);
+// Inference, CPU: the temporal context with int8 tap GEMMs (schema and argument layout: csrc/ops.cpp).
+at::Tensor temporal_context_int8(const at::Tensor& z_t, const at::Tensor& g_t, at::TensorList packed,
+                                 at::TensorList tap_scales, at::ArrayRef<double> input_scales,
+                                 at::IntArrayRef input_zero_points, int64_t num_frames, bool normalize);
 std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad, const at::Tensor& z_t,
                                                       const at::Tensor& g_t, const std::vector<at::Tensor>& weights,
                                                       int64_t num_frames, const at::Tensor& pre,

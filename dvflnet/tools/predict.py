@@ -24,7 +24,7 @@ from ..data.dataset import csv_rows, test_views
 from ..data.video import VIDEO_EXTENSIONS, video_info, walk_videos
 from ..engine.config import DEFAULTS, ConfigError, load_config, merge_config
 from ..engine.evaluation import NonFiniteOutputError
-from ..models import create_model, load_checkpoint, read_checkpoint
+from ..models import Int8Model, create_model, load_checkpoint, read_checkpoint
 from ..models.registry import resolve_name
 from ..models.weights import extract_state_dict
 
@@ -88,7 +88,8 @@ def model_from_checkpoint(checkpoint: str, config: str | None = None, model: str
                           **model_kwargs) -> tuple[torch.nn.Module, dict, list[str] | None]:
     """(model with the weights, the run's data settings, class names or None) from a checkpoint as the
     trainer writes it (its saved config gives the model and data settings) or a raw state dict (then
-    `model` names the variant and the class count comes from its head). config: a run YAML used
+    `model` names the variant and the class count comes from its head). An int8 checkpoint
+    (``dvflnet quantize``) gives an ``Int8Model``. config: a run YAML used
     instead of the saved config; classes: a labels CSV (`<id>,<name>`); model_kwargs override."""
     obj = read_checkpoint(checkpoint)
     state, saved = extract_state_dict(obj)
@@ -114,6 +115,8 @@ def model_from_checkpoint(checkpoint: str, config: str | None = None, model: str
     net = create_model(cfg["model"]["name"], num_classes=num_classes, num_frames=data["num_frames"],
                        img_size=data["size"], **kwargs)
     load_checkpoint(net, obj, strict=True, source=checkpoint)
+    if isinstance(obj, dict) and "int8" in obj:  # written by `dvflnet quantize`
+        net = Int8Model.from_state(net.eval(), obj["int8"], source=checkpoint)
     if names is None and data["labels_csv"]:
         try:
             names = read_class_names(data["labels_csv"])
@@ -133,10 +136,12 @@ class Predictor:
     size: int = 224
     short_side: int = 224
     views: tuple[int, int] = (1, 1)  # clips x crops
-    device: str | torch.device = "cpu"
+    device: str | torch.device = "cpu"  # or "default": cuda where there is one, except for an int8 model
     precision: str = "auto"
 
     def __post_init__(self):
+        if self.device == "default":  # int8 models run on CPU; any other on the GPU where there is one
+            self.device = "cuda" if torch.cuda.is_available() and not isinstance(self.model, Int8Model) else "cpu"
         self.device = torch.device(self.device)
         self.model = self.model.eval().to(self.device)
         clips, crops = self.views

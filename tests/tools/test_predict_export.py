@@ -232,3 +232,74 @@ def test_training_output_is_plain_lines_when_not_a_terminal(trained, tmp_path, c
     assert "\r" not in out + err
     assert "epoch 1/1 step 1/2: loss" in out and "epoch 1/1 step 2/2: loss" in out
     assert glob.glob(str(tmp_path / "run" / "checkpoint_*.pt"))
+
+
+def test_quantize_writes_an_int8_checkpoint_that_predict_and_the_api_load(trained, tmp_path, capsys):
+    checkpoint, videos, val = trained
+    out = str(tmp_path / "int8.pt")
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "--clips", "5", "-o", out]) == 0
+    printed = capsys.readouterr().out
+    assert "in int8, calibrated on 5 clips" in printed
+    predictor = Predictor.from_checkpoint(out, precision="fp32")
+    from dvflnet.models import Int8Model
+
+    assert isinstance(predictor.model, Int8Model) and predictor.device.type == "cpu"
+    float_predictor = Predictor.from_checkpoint(checkpoint, precision="fp32", device="cpu")
+    int8_probs, float_probs = predictor.scores(val[0]), float_predictor.scores(val[0])
+    assert (int8_probs - float_probs).abs().max() <= 0.05  # probabilities of a 4-class tiny model
+    assert main(["predict", "--checkpoint", out, val[0], "--json", "--views", "2x3"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert results[0]["path"] == val[0] and len(results[0]["top5"]) == 4
+    # the same calibration gives the same checkpoint content
+    again = str(tmp_path / "again.pt")
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "--clips", "5", "-o", again]) == 0
+    assert torch.load(out)["int8"] == torch.load(again)["int8"]
+
+
+def test_quantize_errors_name_the_flag(trained, tmp_path, capsys):
+    checkpoint, videos, _ = trained
+    out = str(tmp_path / "int8.pt")
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "-o", checkpoint]) != 0
+    assert "is the source checkpoint" in capsys.readouterr().err
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "--float-parts", "attention",
+                 "-o", out]) != 0
+    assert "parts: unknown ['attention']" in capsys.readouterr().err
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", str(tmp_path / "none.csv"), "-o", out]) != 0
+    assert "none.csv" in capsys.readouterr().err
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "-o", out]) == 0
+    capsys.readouterr()
+    assert main(["quantize", "--checkpoint", out, "--calib", videos.train_csv, "-o", str(tmp_path / "twice.pt")]) != 0
+    assert "already an int8 checkpoint" in capsys.readouterr().err
+
+
+def test_an_int8_checkpoint_exports_as_onnx_with_qdq_pairs_that_runtimes_run(trained, tmp_path, capsys):
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package)
+    import onnx
+    import onnxruntime
+
+    checkpoint, videos, _ = trained
+    int8_path, onnx_path = str(tmp_path / "int8.pt"), str(tmp_path / "int8.onnx")
+    assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "--clips", "4", "-o", int8_path]) == 0
+    assert main(["export", "--checkpoint", int8_path, "--format", "onnx", "-o", onnx_path]) == 0
+    printed = capsys.readouterr().out
+    assert "MatMuls with int8 QDQ pairs; ONNX Runtime vs the in-process int8 model" in printed
+    graph = onnx.load(onnx_path).graph
+    kinds = [n.op_type for n in graph.node]
+    # per block: f, f_temporal, h, h_temporal, fc1, fc2 and the two tap levels (proj stays float)
+    assert kinds.count("QuantizeLinear") == 4 * 8 and kinds.count("DequantizeLinear") == 2 * 4 * 8
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)
+    model, _, _ = model_from_checkpoint(int8_path)
+    clips = torch.randn(3, 4, 3, 32, 32)
+    session = onnxruntime.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: clips.numpy()})[0])
+    want = model(clips)
+    assert (got - want).abs().max() <= 2e-2 * want.abs().max()
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino
+
+        request = openvino.Core().compile_model(onnx_path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+        got = torch.from_numpy(request.infer({0: clips.numpy()})[0].copy())
+        assert (got - want).abs().max() <= 2e-2 * want.abs().max()
+    assert main(["export", "--checkpoint", int8_path, "--format", "pt2", "-o", str(tmp_path / "x.pt2")]) != 0
+    assert "an int8 checkpoint exports as onnx" in capsys.readouterr().err

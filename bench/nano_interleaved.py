@@ -95,9 +95,9 @@ def cases(clip: torch.Tensor, compiled: bool = False, peers: bool = True) -> dic
     quantized = nncf.quantize(core.read_model(path), nncf.Dataset([c.numpy() for c in calibration]),
                               subset_size=len(calibration))
     # its default precision for the unquantized parts (bf16 on CPUs with AVX512-BF16) and f32; the best counts
-    for name, config in (("openvino int8", {}), ("openvino int8 f32", {"INFERENCE_PRECISION_HINT": "f32"})):
+    for case, config in (("openvino int8", {}), ("openvino int8 f32", {"INFERENCE_PRECISION_HINT": "f32"})):
         request = core.compile_model(quantized, "CPU", config).create_infer_request()
-        out[name] = (lambda r: lambda: r.infer({0: feed}))(request)
+        out[case] = (lambda r: lambda: r.infer({0: feed}))(request)
     return out
 
 

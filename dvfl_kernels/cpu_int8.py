@@ -1,6 +1,8 @@
 """The model's GEMMs in int8 on CPU: post-training static quantization, as the deployment peers do it.
 
-An int8 GEMM here is ``dequant(W_q) @ dequant(x_q)`` with
+Where an int8 GEMM pays is measured per shape, as the float engine measures its own choices
+(``int8_pays``); on the nano's shapes it wins everywhere on the CPUs measured (docs/int8.md), on a
+16-channel student it can lose. An int8 GEMM here is ``dequant(W_q) @ dequant(x_q)`` with
 - the weight symmetric per output channel: ``W_q = clamp(round(W / s_w), -127, 127)`` int8, ``s_w =
   max|W_row| / 127`` (1 for an all-zero row), quantized and packed once into oneDNN's layout;
 - the activation asymmetric per tensor: ``x_q = clamp(round(x / s_x) + z_x, 0, 255)`` uint8, ``s_x``
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
 import torch
+
+from . import _probe
 
 # A GEMM's key: the ids of the parameters its weights come from (a 1x1 convolution's weight arrives as
 # a flattened view; its base is the parameter). The plan holds those parameters, so ids stay unique.
@@ -54,6 +58,17 @@ def running(handler: Callable | None) -> Iterator[None]:
         yield
     finally:
         _HANDLER.reset(token)
+
+
+def int8_pays(shape_key: tuple, int8: Callable[[], torch.Tensor], float_run: Callable[[], torch.Tensor],
+              measured: bool) -> bool:
+    """Whether to run the int8 form: always when not `measured`; else whether it timed faster than the
+    float one for this shape on this machine (``_probe.fastest``, the engine's verdict store). The
+    key leaves out the thread count, so that a process picks int8 or float for a shape once: its
+    outputs do not change with the thread count."""
+    if not measured:
+        return True
+    return _probe.fastest(("int8 or float",) + tuple(shape_key), {"int8": int8, "float": float_run}) == "int8"
 
 
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +172,7 @@ class Int8Gemm:
         if residual is not None and activation == "none":
             return torch.ops.onednn.qlinear_pointwise.binary(
                 q_x, self.input_scale, self.input_zero_point, self.packed, self.weight_scale, self.weight_zero_point,
-                residual, bias, 1.0, 0, dtype, 1.0, 0, "sum", 1.0, "none", [], "")
+                residual, bias, 1.0, 0, dtype, 1.0, 0, "add", 1.0, "none", [], "")  # "sum" would write into residual
         out = torch.ops.onednn.qlinear_pointwise(
             q_x, self.input_scale, self.input_zero_point, self.packed, self.weight_scale, self.weight_zero_point,
             bias, 1.0, 0, dtype, unary, [], "none")
@@ -231,12 +246,15 @@ class Int8Plan:
     Args:
         gemms: GEMM name -> (weights, biases, (low, high) input range); the name is for reports.
         taps: temporal context name -> (its levels' (C, C, k) weights, each level's input range).
+        measured: run each int8 GEMM / temporal context only where it is measured faster than the float
+            one for its shape (``int8_pays``); False: always in int8.
         rows_hint: a typical row count (oneDNN picks the packed layout for it; any count runs).
     """
 
     def __init__(self, gemms: dict[str, tuple[Sequence[torch.Tensor], Sequence[torch.Tensor | None], tuple[float, float]]],
                  taps: dict[str, tuple[Sequence[torch.Tensor], Sequence[tuple[float, float]]]] | None = None,
-                 rows_hint: int = 1024):
+                 measured: bool = True, rows_hint: int = 1024):
+        self.measured = measured
         self._gemms: dict[GemmKey, Int8Gemm] = {}
         self._taps: dict[GemmKey, Int8Taps] = {}
         self._owners = []  # keeps the parameters alive, so their ids stay theirs
@@ -251,14 +269,16 @@ class Int8Plan:
         return len(self._gemms) + len(self._taps)
 
     def temporal(self, z_t: torch.Tensor, g_t: torch.Tensor, weights: Sequence[torch.Tensor], num_frames: int,
-                 normalize: bool) -> torch.Tensor | None:
+                 normalize: bool) -> Callable[[], torch.Tensor] | None:
+        """The int8 form of this temporal context call, or None where the plan has none."""
         taps = self._taps.get(gemm_key(weights))
-        return None if taps is None else taps(z_t, g_t, num_frames, normalize)
+        return None if taps is None else lambda: taps(z_t, g_t, num_frames, normalize)
 
-    def __call__(self, weights: Sequence[torch.Tensor], x2: torch.Tensor, activation: str,
-                 residual: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    def gemm(self, weights: Sequence[torch.Tensor], x2: torch.Tensor, activation: str,
+             residual: torch.Tensor | None, dtype: torch.dtype) -> Callable[[], torch.Tensor] | None:
+        """The int8 form of this GEMM call (run it to get its output), or None where the plan has none."""
         gemm = self._gemms.get(gemm_key(weights))
-        return None if gemm is None else gemm(x2, activation, residual, dtype)
+        return None if gemm is None else lambda: gemm(x2, activation, residual, dtype)
 
 
 class Calibration:
@@ -278,8 +298,11 @@ class Calibration:
     def name(self, weights: Sequence[torch.Tensor]) -> str:
         return "+".join(self._names.get(k, f"<unnamed {k}>") for k in gemm_key(weights))
 
-    def __call__(self, weights: Sequence[torch.Tensor], x2: torch.Tensor, activation: str,
-                 residual: torch.Tensor | None, dtype: torch.dtype) -> None:
+    measured = False
+
+    def gemm(self, weights: Sequence[torch.Tensor], x2: torch.Tensor, activation: str,
+             residual: torch.Tensor | None, dtype: torch.dtype) -> None:
+        """Records the range of x2; offers no int8 form (the float GEMM runs)."""
         name = self.name(weights)
         _widen(self.ranges.setdefault(name, [float("inf"), float("-inf")]), x2)
         self.calls[name] = self.calls.get(name, 0) + 1

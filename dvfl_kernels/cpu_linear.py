@@ -16,6 +16,9 @@ vendor string: MKL takes a generic path on AMD CPUs where oneDNN reaches up to 2
 on an Intel Xeon with AMX the two are within 10% except where the epilogue fuses
 (bench/test_bench_gemm_cpu.py, docs/benchmarks.md). ``DVFL_CPU_GEMM=aten|onednn`` forces one.
 
+Inside an int8 model's forward (``cpu_int8``), a GEMM its plan holds may run in int8 instead, where
+that is measured faster for the shape.
+
 Prepared weights (concatenated, cast to the compute dtype, packed) are made once per parameter state
 and reused (``_prepared``: version counters, storages and a digest of every byte; ``clear_prepared_weights()``
 drops them). With gradients needed the calls are exactly the reference's ATen ops.
@@ -102,24 +105,27 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
     rows = x.numel() // k
     x2 = x.reshape(rows, k).to(dtype).contiguous()
     res2 = None if residual is None else residual.reshape(rows, n).contiguous()
-    int8 = cpu_int8.active()  # an int8 model's forward, or its calibration (which returns None)
-    if int8 is not None:
-        out = int8(weights, x2, activation, res2, dtype)
-        if out is not None:
-            return out.reshape(*x.shape[:-1], n)
-    prepared = _prepare(weights, biases, dtype)
-    weight, bias = prepared.tensors
+    prepared = None
+
+    def float_weights() -> _prepared.Prepared:  # made only where a float implementation runs
+        nonlocal prepared
+        if prepared is None:
+            prepared = _prepare(weights, biases, dtype)
+        return prepared
 
     def aten():
+        weight, bias = float_weights().tensors
         out = F.linear(x2, weight, bias)
         if activation == "gelu":
             out = F.gelu(out)
         return out if res2 is None else out.add_(res2)
 
     def onednn():
-        packed = prepared.extra.get("packed")
+        entry = float_weights()
+        weight, bias = entry.tensors
+        packed = entry.extra.get("packed")
         if packed is None:
-            packed = prepared.extra["packed"] = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            packed = entry.extra["packed"] = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
         if res2 is not None and activation == "none":
             return torch.ops.mkldnn._linear_pointwise.binary(x2, res2, packed, bias, "add")
         out = torch.ops.mkldnn._linear_pointwise(x2, packed, bias, activation, [],
@@ -128,8 +134,16 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
 
     key = ("linear", 1 << max(rows - 1, 0).bit_length(), k, tuple(w.shape[0] for w in weights), dtype,
            activation, residual is not None, torch.get_num_threads())
-    impl = _choose(key, {"aten": aten, "onednn": onednn})
-    return (onednn if impl == "onednn" else aten)().reshape(*x.shape[:-1], n)
+
+    def float_gemm():
+        return (onednn if _choose(key, {"aten": aten, "onednn": onednn}) == "onednn" else aten)()
+
+    # an int8 model's forward offers its int8 GEMM (its calibration records x2 and offers none)
+    handler = cpu_int8.active()
+    int8 = None if handler is None else handler.gemm(weights, x2, activation, res2, dtype)
+    if int8 is not None and cpu_int8.int8_pays(key[:-1], int8, float_gemm, handler.measured):
+        return int8().reshape(*x.shape[:-1], n)
+    return float_gemm().reshape(*x.shape[:-1], n)
 
 
 def _check_backend(backend: str) -> None:

@@ -162,11 +162,17 @@ def temporal_context(
     needs_grad = focal.needs_grad(z_t, g_t, *weights)
     # an int8 model's forward (dvfl_kernels/cpu_int8.py), or its calibration; never traced (the
     # handler is a context variable, which dynamo does not read)
-    int8 = None if _prepared.tracing() else cpu_int8.active()
-    if int8 is not None and backend != "reference" and not needs_grad and z_t.device.type == "cpu" and HAS_EXTENSION:
-        out = int8.temporal(z_t, g_t, weights, num_frames, normalize)
-        if out is not None:
-            return out
+    handler = None if _prepared.tracing() else cpu_int8.active()
+    int8 = None
+    if handler is not None and backend != "reference" and not needs_grad and z_t.device.type == "cpu" and HAS_EXTENSION:
+        int8 = handler.temporal(z_t, g_t, weights, num_frames, normalize)
+    if int8 is not None:
+        shape_key = ("temporal_context", tuple(z_t.shape), tuple(w.shape[-1] for w in weights), z_t.dtype, num_frames,
+                     normalize)
+        float_run = lambda: temporal_context(z_t, g_t, weights, num_frames, normalize, backend)  # noqa: E731
+        with cpu_int8.running(None):  # the float candidate runs without the plan
+            if cpu_int8.int8_pays(shape_key, int8, float_run, handler.measured):
+                return int8()
     if backend != "reference":
         weights = _prepared_taps(z_t, weights, needs_grad)
     if backend == "auto" and impl is not reference.temporal_context and _probes_temporal(z_t, needs_grad):

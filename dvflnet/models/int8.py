@@ -6,7 +6,8 @@
     with torch.inference_mode():
         logits = int8(clips)
 
-The model's GEMMs (f with f_temporal, h, h_temporal, proj, fc1, fc2 in every block) run in int8
+The model's GEMMs (f with f_temporal, h, h_temporal, fc1, fc2 in every block, and the dense temporal
+taps) run in int8 where that is measured faster per shape
 (dvfl_kernels/cpu_int8.py: weights per output channel, activations per tensor from the calibration
 ranges, bias / GELU / residual fused). The focal kernels, LayerNorm, the patch embeddings and the
 head stay in float: measured, they hold most of the error for little of the time (docs/int8.md).
@@ -44,9 +45,12 @@ class Int8Model(nn.Module):
             int8 weights and run the float parts).
         ranges: ``calibrate``'s: {"gemms": GEMM name -> (low, high) of its input over the calibration
             clips, "temporal_taps": temporal context name -> each level's (low, high)}.
+        measured: each GEMM and temporal context in int8 only where that is measured faster than
+            float for its shape on this machine (once per shape; the verdicts are the engine's, see
+            docs/kernels.md); False: every one the ranges name in int8.
     """
 
-    def __init__(self, model: VideoFocalNet, ranges: dict):
+    def __init__(self, model: VideoFocalNet, ranges: dict, measured: bool = True):
         super().__init__()
         if not isinstance(model, VideoFocalNet):
             raise TypeError(f"model: expected a dvfl VideoFocalNet, got {type(model).__name__}")
@@ -54,7 +58,8 @@ class Int8Model(nn.Module):
         if model.backend == "reference":
             model.set_backend("auto")  # the reference backend runs F.linear, which the int8 plan does not see
         self.ranges = _checked_ranges(ranges)
-        self.plan = cpu_int8.Int8Plan(*_plan_inputs(model, self.ranges))
+        self.measured = bool(measured)
+        self.plan = cpu_int8.Int8Plan(*_plan_inputs(model, self.ranges), measured=self.measured)
 
     @property
     def num_classes(self) -> int:
@@ -93,7 +98,7 @@ class Int8Model(nn.Module):
         return {"format": FORMAT, "architecture": architecture(self.model), "ranges": copy.deepcopy(self.ranges)}
 
     @classmethod
-    def from_state(cls, model: VideoFocalNet, state: dict, source: str = "checkpoint") -> "Int8Model":
+    def from_state(cls, model: VideoFocalNet, state: dict, source: str = "checkpoint", measured: bool = True) -> "Int8Model":
         """The int8 model of `model` (weights loaded) from ``int8_state()``; a state made for another
         variant or format is an error naming both."""
         if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -103,7 +108,7 @@ class Int8Model(nn.Module):
         if mine != theirs:
             raise ValueError(f"{source}: its int8 section was calibrated for a model of {theirs}, but it is being "
                              f"loaded into one of {mine}")
-        return cls(model, state.get("ranges"))
+        return cls(model, state.get("ranges"), measured)
 
 
 def architecture(model: VideoFocalNet) -> dict:
@@ -226,7 +231,7 @@ def calibrate(model: VideoFocalNet, calibration: Iterable, clips: int | None = N
 
 
 def quantize_int8(model: VideoFocalNet, calibration: Iterable, clips: int | None = None,
-                  float_parts=DEFAULT_FLOAT_PARTS) -> Int8Model:
+                  float_parts=DEFAULT_FLOAT_PARTS, measured: bool = True) -> Int8Model:
     """An int8 copy of `model` for CPU inference, calibrated on `calibration`.
 
     Args:
@@ -235,6 +240,7 @@ def quantize_int8(model: VideoFocalNet, calibration: Iterable, clips: int | None
             (or (clips, labels) pairs, as a DataLoader yields); a few hundred clips at most.
         clips: use at most this many clips.
         float_parts: parts (``PARTS``) kept in float.
+        measured: int8 only where measured faster per shape (``Int8Model``); False: always.
     Returns:
         ``Int8Model``: forward(clips) -> logits, as the float model's.
     """
@@ -245,4 +251,4 @@ def quantize_int8(model: VideoFocalNet, calibration: Iterable, clips: int | None
     int8_parts = [p for p in PARTS if p not in set(float_parts)]
     select_parts({"gemms": {}, "temporal_taps": {}}, float_parts)  # names checked before the calibration runs
     float_model = copy.deepcopy(model).eval()
-    return Int8Model(float_model, select_parts(calibrate(float_model, calibration, clips), int8_parts))
+    return Int8Model(float_model, select_parts(calibrate(float_model, calibration, clips), int8_parts), measured)

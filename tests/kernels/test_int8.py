@@ -87,8 +87,10 @@ def test_int8_gemm_is_its_fake_quant_simulation(rows, k, n, epilogue):
     activation = "gelu" if epilogue == "gelu" else "none"
     low, high = -3.0, 4.0
     gemm = cpu_int8.Int8Gemm.build([w], [b], (low, high), rows_hint=rows)
-    got = gemm(x, activation, residual.clone() if residual is not None else None, torch.float32)
+    before = None if residual is None else residual.clone()
+    got = gemm(x, activation, residual, torch.float32)
     assert torch.isfinite(got).all()
+    assert residual is None or torch.equal(residual, before)  # the caller's tensor is read, never written
     scale, zero_point = cpu_int8.activation_params(low, high)
     want = cpu_int8.fake_quant_gemm(x, w, b, scale, zero_point, activation, residual)
     # one input step on every element (the float32 and float64 roundings may differ at ties) bounds the
@@ -152,7 +154,7 @@ def _clips(count: int, seed: int, frames: int = 4) -> list[torch.Tensor]:
 @pytest.mark.parametrize("options", [{}, {"tubelet_size": 2}, {"normalize_modulator": True}, {"focal_levels": [3] * 4}])
 def test_the_int8_model_is_the_fp32_model_within_its_tolerance(options):
     model = _tiny(**options)
-    int8 = quantize_int8(model, _clips(3, 1), float_parts=())
+    int8 = quantize_int8(model, _clips(3, 1), float_parts=(), measured=False)
     # per block: the GEMMs f+f_temporal, h, h_temporal, proj, fc1, fc2 and the temporal taps
     assert len(int8.plan) == sum(len(layer.blocks) for layer in model.layers) * 7
     for x in (_clips(1, 7)[0], _clips(1, 8)[0][:1], torch.randn(1, 1 if not options.get("tubelet_size") else 2, 3, 32, 32)):
@@ -171,10 +173,10 @@ def test_each_part_alone_runs_in_int8_and_the_rest_in_float():
         for part in PARTS:
             selected = select_parts(ranges, [part])
             assert all(part_of(n) == part for kind in selected.values() for n in kind)
-            got = Int8Model(model, selected)(x)
+            got = Int8Model(model, selected, measured=False)(x)
             assert not torch.equal(got, want), part  # the part did run in int8
             assert (got - want).abs().max() <= MODEL_TOLERANCE * want.abs().max(), part
-        assert torch.equal(Int8Model(model, select_parts(ranges, []))(x), want)  # nothing in int8: the float model
+        assert torch.equal(Int8Model(model, select_parts(ranges, []), measured=False)(x), want)  # nothing in int8: the float model
 
 
 def test_calibration_is_deterministic_and_leaves_the_source_model_alone():
@@ -230,13 +232,14 @@ def test_a_checkpoint_of_another_variant_is_an_error_naming_both():
     broken = dict(state, ranges={"gemms": {"layers.0.blocks.0.mlp.fc1": [1.0, float("nan")]}, "temporal_taps": {}})
     with pytest.raises(ValueError, match="fc1: expected a finite"):
         Int8Model.from_state(_tiny(), broken)
-    rebuilt = Int8Model.from_state(_tiny(), state)
+    rebuilt = Int8Model.from_state(_tiny(), state, measured=False)
+    int8 = Int8Model(int8.model, int8.ranges, measured=False)
     x = _clips(1, 3)[0]
     assert torch.equal(rebuilt(x), int8(x))  # the same weights and ranges give the same int8 model
 
 
 def test_grad_modes_and_thread_counts_give_the_same_outputs():
-    int8 = quantize_int8(_tiny(), _clips(2, 9))
+    int8 = quantize_int8(_tiny(), _clips(2, 9))  # measured: each shape's int8-or-float verdict is kept per process
     x = _clips(1, 10)[0]
     threads = torch.get_num_threads()
     try:
@@ -254,7 +257,7 @@ def test_grad_modes_and_thread_counts_give_the_same_outputs():
 
 
 def test_under_torch_compile_the_int8_model_still_runs_in_int8():
-    int8 = quantize_int8(_tiny(), _clips(1, 2))
+    int8 = quantize_int8(_tiny(), _clips(1, 2), measured=False)
     x = _clips(1, 3)[0]
     compiled = torch.compile(int8, backend="eager")(x)
     assert torch.equal(compiled, int8(x)) and not torch.equal(compiled, int8.model(x))
@@ -273,6 +276,22 @@ def test_hooks_on_a_linear_run_it_in_float_and_count_it():
     finally:
         handle.remove()
     assert seen and torch.isfinite(out).all()
+
+
+def test_measured_int8_runs_each_shape_the_way_its_verdict_says(monkeypatch):
+    """With measured=True a GEMM runs in int8 exactly where the shape's stored verdict is "int8"."""
+    from dvfl_kernels import _probe
+
+    model = _tiny()
+    ranges = calibrate(model, _clips(2, 3))
+    x = _clips(1, 4)[0]
+    with torch.inference_mode():
+        always = Int8Model(model, ranges, measured=False)(x)
+        for verdict, want in (("int8", always), ("float", model(x))):
+            monkeypatch.setattr(_probe, "VERDICTS", {})
+            monkeypatch.setattr(_probe, "fastest", lambda key, candidates, *a, **k: verdict if key[0] == "int8 or float"
+                                else next(iter(candidates)))
+            assert torch.equal(Int8Model(model, ranges)(x), want)
 
 
 def test_linear_outside_an_int8_forward_is_unchanged():

@@ -292,6 +292,7 @@ class Calibration:
     def __init__(self, names: dict[int, str]):
         self._names = names
         self.ranges: dict[str, list[float]] = {}  # GEMM name -> [low, high]
+        self.channel_ranges: dict[str, list[torch.Tensor]] = {}  # GEMM name -> [per-column low, high] of its input
         self.tap_ranges: dict[str, list[list[float]]] = {}  # temporal context name -> per level [low, high]
         self.calls: dict[str, int] = {}
 
@@ -305,6 +306,9 @@ class Calibration:
         """Records the range of x2; offers no int8 form (the float GEMM runs)."""
         name = self.name(weights)
         _widen(self.ranges.setdefault(name, [float("inf"), float("-inf")]), x2)
+        low, high = torch.aminmax(x2.float(), dim=0)
+        seen = self.channel_ranges.get(name)
+        self.channel_ranges[name] = [low, high] if seen is None else [torch.minimum(seen[0], low), torch.maximum(seen[1], high)]
         self.calls[name] = self.calls.get(name, 0) + 1
         return None
 
@@ -322,6 +326,25 @@ class Calibration:
                 ctx = torch.nn.functional.gelu(reference.dense_temporal_conv(ctx, weight.float()))
         self.calls[name] = self.calls.get(name, 0) + 1
         return None
+
+
+def smoothing_factors(input_amax: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """SmoothQuant's per-input-channel factors s = amax(x_c)^alpha / amax(W[:, c])^(1 - alpha): x / s and
+    W * s give the same product with the activation's outlier channels moved into the weights
+    (per output channel, where the int8 grid absorbs them). A channel that was all zeros on either
+    side keeps s = 1.
+
+    Args:
+        input_amax: (K,) max |x| per input channel over the calibration clips.
+        weight: (N, K).
+    Returns:
+        float32 (K,) > 0.
+    """
+    w_amax = weight.detach().float().abs().amax(dim=0)
+    x_amax = input_amax.float()
+    s = x_amax.pow(alpha) / w_amax.pow(1.0 - alpha)
+    usable = (x_amax > 0) & (w_amax > 0) & torch.isfinite(s)
+    return torch.where(usable, s, torch.ones_like(s)).clamp(1e-5, 1e5)
 
 
 def _widen(seen: list[float], x: torch.Tensor) -> None:

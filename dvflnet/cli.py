@@ -499,8 +499,8 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--root", help="folder the CSV's paths are relative to (default: the run's data.root)")
     quantize.add_argument("--clips", type=_positive(int), default=64,
                           help="calibration videos, spread evenly over the CSV (centre clip and crop)")
-    quantize.add_argument("--float-parts", nargs="*", default=["proj"], metavar="PART",
-                          help="parts kept in float, of: f h h_temporal proj fc1 fc2 temporal_taps (none: all int8)")
+    quantize.add_argument("--float-parts", nargs="*", default=[], metavar="PART",
+                          help="parts kept in float, of: f h h_temporal proj fc1 fc2 temporal_taps (none: all in int8)")
     quantize.add_argument("-o", "--output", required=True, help="int8 checkpoint to write")
     quantize.set_defaults(func=cmd_quantize)
 

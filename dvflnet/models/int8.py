@@ -30,21 +30,24 @@ FORMAT = 1
 # The parts of a block that can run in int8 (``part_of``): the GEMMs by their layer's name, and the
 # dense taps of the temporal context.
 PARTS = ("f", "h", "h_temporal", "proj", "fc1", "fc2", "temporal_taps")
-# Parts kept in float by default, by measurement (docs/int8.md): proj's input, the modulator
-# q * h(A_s) * h_t(A_t), is a product of three terms with a heavy-tailed range, and one per-tensor
-# scale for it made ~90% of the int8 model's logit error on the demo's students, for ~5% of the nano's
-# int8 clip time.
-DEFAULT_FLOAT_PARTS = ("proj",)
+# Parts kept in float by default.
+DEFAULT_FLOAT_PARTS = ()
+# proj's input, the modulator q * h(A_s) * h_t(A_t), is a product of three terms with outlier channels:
+# quantized per tensor as it is, it made most of the int8 model's logit error on the demo's students
+# (docs/int8.md). Smoothed (SmoothQuant, this alpha), its outliers move into proj's weight columns; 1 / s
+# folds into the q rows of f (and their bias), so the smoothing costs nothing at run time.
+SMOOTHING_ALPHA = 0.5
 
 
 class Int8Model(nn.Module):
     """A dvfl model whose GEMMs run in int8 on CPU (inference only).
 
     Args:
-        model: the float model (kept, in eval mode, on backend "auto"; its weights are the source of the
-            int8 weights and run the float parts).
+        model: the float model (copied: the copy, in eval mode on backend "auto" with the smoothing
+            applied, is the source of the int8 weights and runs the float parts).
         ranges: ``calibrate``'s: {"gemms": GEMM name -> (low, high) of its input over the calibration
-            clips, "temporal_taps": temporal context name -> each level's (low, high)}.
+            clips, "temporal_taps": temporal context name -> each level's (low, high), "smoothing":
+            proj name -> its per-input-channel SmoothQuant factors}.
         measured: each GEMM and temporal context in int8 only where that is measured faster than
             float for its shape on this machine (once per shape; the verdicts are the engine's, see
             docs/kernels.md); False: every one the ranges name in int8.
@@ -54,12 +57,21 @@ class Int8Model(nn.Module):
         super().__init__()
         if not isinstance(model, VideoFocalNet):
             raise TypeError(f"model: expected a dvfl VideoFocalNet, got {type(model).__name__}")
-        self.model = model.eval()
-        if model.backend == "reference":
-            model.set_backend("auto")  # the reference backend runs F.linear, which the int8 plan does not see
         self.ranges = _checked_ranges(ranges)
-        self.measured = bool(measured)
-        self.plan = cpu_int8.Int8Plan(*_plan_inputs(model, self.ranges), measured=self.measured)
+        self.model = _own_copy(model)  # its own: the smoothing below rescales weights
+        if self.model.backend == "reference":
+            self.model.set_backend("auto")  # the reference backend runs F.linear, which the int8 plan does not see
+        _apply_smoothing(self.model, self.ranges["smoothing"])
+        self.plan = cpu_int8.Int8Plan(*_plan_inputs(self.model, self.ranges), measured=bool(measured))
+
+    @property
+    def measured(self) -> bool:
+        """Whether each GEMM runs in int8 only where measured faster for its shape (else always)."""
+        return self.plan.measured
+
+    @measured.setter
+    def measured(self, value: bool) -> None:
+        self.plan.measured = bool(value)
 
     @property
     def num_classes(self) -> int:
@@ -135,13 +147,21 @@ def select_parts(ranges: dict, parts) -> dict:
     if unknown:
         raise ValueError(f"parts: unknown {unknown}; expected some of {list(PARTS)}")
     return {"gemms": {n: r for n, r in ranges["gemms"].items() if part_of(n) in parts},
-            "temporal_taps": {n: r for n, r in ranges["temporal_taps"].items() if part_of(n) in parts}}
+            "temporal_taps": {n: r for n, r in ranges["temporal_taps"].items() if part_of(n) in parts},
+            "smoothing": {n: f for n, f in ranges.get("smoothing", {}).items() if part_of(n) in parts}}
 
 
 def _checked_ranges(ranges) -> dict:
     """The ranges as plain floats; anything else (a damaged checkpoint) is an error naming the entry."""
-    if not isinstance(ranges, dict) or set(ranges) != {"gemms", "temporal_taps"}:
-        raise ValueError("int8 ranges: expected {'gemms': ..., 'temporal_taps': ...} as calibrate() returns them")
+    if not isinstance(ranges, dict) or set(ranges) != {"gemms", "temporal_taps", "smoothing"}:
+        raise ValueError("int8 ranges: expected {'gemms': ..., 'temporal_taps': ..., 'smoothing': ...} as calibrate() "
+                         "returns them")
+
+    def factors(name, values):
+        if not (isinstance(values, (list, tuple)) and values
+                and all(isinstance(v, (int, float)) and 0 < v < float("inf") for v in values)):
+            raise ValueError(f"int8 ranges: smoothing of {name}: expected positive finite factors")
+        return [float(v) for v in values]
 
     def pair(name, r):
         if not (isinstance(r, (list, tuple)) and len(r) == 2 and all(isinstance(v, (int, float)) for v in r)
@@ -151,7 +171,50 @@ def _checked_ranges(ranges) -> dict:
 
     return {"gemms": {name: pair(name, r) for name, r in ranges["gemms"].items()},
             "temporal_taps": {name: [pair(f"{name} level {i}", r) for i, r in enumerate(levels)]
-                              for name, levels in ranges["temporal_taps"].items()}}
+                              for name, levels in ranges["temporal_taps"].items()},
+            "smoothing": {name: factors(name, values) for name, values in ranges["smoothing"].items()}}
+
+
+def _own_copy(model: VideoFocalNet) -> VideoFocalNet:
+    """An eval-mode copy with ordinary tensors, also when made inside torch.inference_mode() or from a
+    model built there: the CPU engine runs its fast paths (int8 included) only on weights that have a
+    version counter, which inference tensors lack."""
+    with torch.inference_mode(False):
+        copied = copy.deepcopy(model).eval()
+        for tensor in (*copied.parameters(), *copied.buffers()):
+            if tensor.is_inference():
+                tensor.data = tensor.data.clone()
+    return copied
+
+
+def _smoothable(model: nn.Module, name: str):
+    """The focal modulation whose proj `name` is, where its input may be smoothed (no LayerNorm between
+    the modulator and proj), else None."""
+    from .video_focalnet import SpatioTemporalFocalModulation
+
+    owner, _, leaf = name.rpartition(".")
+    try:
+        module = model.get_submodule(owner)
+    except AttributeError:
+        return None
+    ok = leaf == "proj" and isinstance(module, SpatioTemporalFocalModulation) and not module.use_postln_in_modulation
+    return module if ok else None
+
+
+def _apply_smoothing(model: nn.Module, smoothing: dict) -> None:
+    """x / s into the q rows of f (weight and bias), W * s into proj's columns: the same function."""
+    for name, values in smoothing.items():
+        module = _smoothable(model, name)
+        if module is None:
+            raise ValueError(f"int8 ranges: smoothing names {name!r}, which is no smoothable proj of this model")
+        s = torch.tensor(values, dtype=torch.float32)
+        if s.numel() != module.dim:
+            raise ValueError(f"int8 ranges: smoothing of {name}: {s.numel()} factors for {module.dim} channels")
+        with torch.no_grad():
+            module.f.weight[: module.dim] /= s[:, None]
+            if module.f.bias is not None:
+                module.f.bias[: module.dim] /= s
+            module.proj.weight *= s[None, :]
 
 
 def _plan_inputs(model: VideoFocalNet, ranges: dict) -> tuple[dict, dict]:
@@ -198,16 +261,19 @@ def calibrate(model: VideoFocalNet, calibration: Iterable, clips: int | None = N
         clips: stop after this many clips (None: all).
     Returns:
         {"gemms": GEMM name -> [low, high], "temporal_taps": temporal context name -> per level
-        [low, high]}, what ``Int8Model`` takes; the same clips give the same ranges.
+        [low, high], "smoothing": proj name -> SmoothQuant factors (its range is the smoothed one)},
+        what ``Int8Model`` takes; the same clips give the same ranges.
     """
     if clips is not None and (isinstance(clips, bool) or not isinstance(clips, int) or clips < 1):
         raise ValueError(f"clips: expected an integer >= 1 or None, got {clips!r}")
-    model = model.eval()
+    if any(p.is_inference() for p in model.parameters()):
+        model = _own_copy(model)  # made inside inference_mode: the engine (and so the recording) needs ordinary weights
     names = {id(p): n.removesuffix(".weight") for n, p in model.named_parameters()}
     recorder = cpu_int8.Calibration(names)
-    backend = model.backend
+    backend, training = model.backend, model.training
     seen = 0
     try:
+        model.eval()
         if backend == "reference":
             model.set_backend("auto")
         with torch.no_grad(), cpu_int8.running(recorder):
@@ -220,6 +286,7 @@ def calibrate(model: VideoFocalNet, calibration: Iterable, clips: int | None = N
                 if clips is not None and seen >= clips:
                     break
     finally:
+        model.train(training)
         if backend == "reference":
             model.set_backend(backend)
     if seen == 0:
@@ -227,7 +294,15 @@ def calibrate(model: VideoFocalNet, calibration: Iterable, clips: int | None = N
     if not recorder.ranges:
         raise ValueError("calibration: the model ran no GEMM through dvfl's CPU engine (hooks on its linears, "
                          "or not on CPU); nothing to quantize")
-    return {"gemms": recorder.ranges, "temporal_taps": recorder.tap_ranges}
+    gemms, smoothing = dict(recorder.ranges), {}
+    for name, (low, high) in recorder.channel_ranges.items():
+        module = _smoothable(model, name)
+        if module is None:
+            continue
+        s = cpu_int8.smoothing_factors(torch.maximum(low.abs(), high.abs()), module.proj.weight, SMOOTHING_ALPHA)
+        smoothing[name] = s.tolist()
+        gemms[name] = [(low / s).min().item(), (high / s).max().item()]  # the smoothed input's range
+    return {"gemms": gemms, "temporal_taps": recorder.tap_ranges, "smoothing": smoothing}
 
 
 def quantize_int8(model: VideoFocalNet, calibration: Iterable, clips: int | None = None,
@@ -250,5 +325,4 @@ def quantize_int8(model: VideoFocalNet, calibration: Iterable, clips: int | None
         raise ValueError("model: expected float32 weights on CPU (call .float().cpu() first)")
     int8_parts = [p for p in PARTS if p not in set(float_parts)]
     select_parts({"gemms": {}, "temporal_taps": {}}, float_parts)  # names checked before the calibration runs
-    float_model = copy.deepcopy(model).eval()
-    return Int8Model(float_model, select_parts(calibrate(float_model, calibration, clips), int8_parts), measured)
+    return Int8Model(model, select_parts(calibrate(model, calibration, clips), int8_parts), measured)

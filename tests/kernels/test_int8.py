@@ -189,7 +189,7 @@ def test_calibration_is_deterministic_and_leaves_the_source_model_alone():
         model.head.weight.add_(1.0)  # the int8 model is a copy
     x = _clips(1, 6)[0]
     assert not torch.equal(int8(x), model(x))
-    assert all(part_of(n) != "proj" for n in int8.ranges["gemms"])  # proj stays float by default
+    assert any(part_of(n) == "proj" for n in int8.ranges["gemms"]) and int8.ranges["smoothing"]  # smoothed proj in int8
     assert calibrate(model, _clips(3, 5), clips=2) == calibrate(model, _clips(1, 5))  # --clips stops early
 
 
@@ -222,18 +222,20 @@ def test_bad_arguments_are_errors_naming_them():
 
 
 def test_a_checkpoint_of_another_variant_is_an_error_naming_both():
-    int8 = quantize_int8(_tiny(), _clips(1, 2))
+    source = _tiny()
+    int8 = quantize_int8(source, _clips(1, 2))
     state = int8.int8_state()
     other = VideoFocalNet(img_size=32, embed_dim=24, depths=[1, 1, 1, 1], num_classes=7, num_frames=4).eval()
     with pytest.raises(ValueError, match=r"calibrated for a model of \{'widths': \[16, .*loaded into one of \{'widths': \[24"):
         Int8Model.from_state(other, state, source="nano-int8.pt")
     with pytest.raises(ValueError, match="format 99"):
         Int8Model.from_state(_tiny(), dict(state, format=99))
-    broken = dict(state, ranges={"gemms": {"layers.0.blocks.0.mlp.fc1": [1.0, float("nan")]}, "temporal_taps": {}})
+    broken = dict(state, ranges={"gemms": {"layers.0.blocks.0.mlp.fc1": [1.0, float("nan")]}, "temporal_taps": {},
+                                 "smoothing": {}})
     with pytest.raises(ValueError, match="fc1: expected a finite"):
         Int8Model.from_state(_tiny(), broken)
     rebuilt = Int8Model.from_state(_tiny(), state, measured=False)
-    int8 = Int8Model(int8.model, int8.ranges, measured=False)
+    int8.measured = False
     x = _clips(1, 3)[0]
     assert torch.equal(rebuilt(x), int8(x))  # the same weights and ranges give the same int8 model
 
@@ -286,8 +288,9 @@ def test_measured_int8_runs_each_shape_the_way_its_verdict_says(monkeypatch):
     ranges = calibrate(model, _clips(2, 3))
     x = _clips(1, 4)[0]
     with torch.inference_mode():
-        always = Int8Model(model, ranges, measured=False)(x)
-        for verdict, want in (("int8", always), ("float", model(x))):
+        always = Int8Model(model, ranges, measured=False)
+        # float: the int8 model's own float copy (proj's smoothing rescales it, so rounding differs from `model`)
+        for verdict, want in (("int8", always(x)), ("float", always.model(x))):
             monkeypatch.setattr(_probe, "VERDICTS", {})
             monkeypatch.setattr(_probe, "fastest", lambda key, candidates, *a, **k: verdict if key[0] == "int8 or float"
                                 else next(iter(candidates)))
@@ -298,3 +301,27 @@ def test_linear_outside_an_int8_forward_is_unchanged():
     x, w, b = torch.randn(5, 8), torch.randn(4, 8), torch.randn(4)
     with torch.no_grad():
         torch.testing.assert_close(dvfl_kernels.linear(x, w, b), F.linear(x, w, b))
+
+
+def test_smoothing_keeps_the_float_function_and_moves_outliers_into_the_weights():
+    model = _tiny()
+    ranges = calibrate(model, _clips(2, 11))
+    assert set(ranges["smoothing"]) == {n for n in ranges["gemms"] if part_of(n) == "proj"}
+    smoothed_only = Int8Model(model, {"gemms": {}, "temporal_taps": {}, "smoothing": ranges["smoothing"]})
+    x = _clips(1, 12)[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(smoothed_only(x), model(x), rtol=1e-4, atol=1e-5)  # x / s into f, W * s into proj
+    s = cpu_int8.smoothing_factors(torch.tensor([4.0, 0.0, 1.0]), torch.tensor([[1.0, 1.0, 0.0], [0.25, 2.0, 0.0]]))
+    assert torch.allclose(s, torch.tensor([2.0, 1.0, 1.0]))  # sqrt(4) / sqrt(1); a zero column or input keeps 1
+    with pytest.raises(ValueError, match="no smoothable proj"):
+        Int8Model(model, {"gemms": {}, "temporal_taps": {}, "smoothing": {"layers.0.blocks.0.mlp.fc1": [1.0] * 16}})
+    with pytest.raises(ValueError, match="16 channels"):
+        Int8Model(model, {"gemms": {}, "temporal_taps": {}, "smoothing": {"layers.0.blocks.0.modulation.proj": [1.0]}})
+
+
+def test_an_int8_model_made_inside_inference_mode_still_runs_in_int8():
+    with torch.inference_mode():
+        model = _tiny()  # its parameters are inference tensors
+        int8 = quantize_int8(model, _clips(1, 2), measured=False)
+        x = _clips(1, 3)[0]
+        assert not torch.equal(int8(x), int8.model(x))

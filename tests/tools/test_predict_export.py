@@ -286,8 +286,8 @@ def test_an_int8_checkpoint_exports_as_onnx_with_qdq_pairs_that_runtimes_run(tra
     assert "MatMuls with int8 QDQ pairs; ONNX Runtime vs the in-process int8 model" in printed
     graph = onnx.load(onnx_path).graph
     kinds = [n.op_type for n in graph.node]
-    # per block: f, f_temporal, h, h_temporal, fc1, fc2 and the two tap levels (proj stays float)
-    assert kinds.count("QuantizeLinear") == 4 * 8 and kinds.count("DequantizeLinear") == 2 * 4 * 8
+    # per block: f, f_temporal, h, h_temporal, proj, fc1, fc2 and the two tap levels
+    assert kinds.count("QuantizeLinear") == 4 * 9 and kinds.count("DequantizeLinear") == 2 * 4 * 9
     assert any(i.data_type == onnx.TensorProto.INT8 for i in graph.initializer)
     model, _, _ = model_from_checkpoint(int8_path)
     clips = torch.randn(3, 4, 3, 32, 32)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..atomic import write_json
 from ..data import VideoCSVDataset, read_class_names
-from ..models import load_checkpoint
+from ..models import Int8Model, load_checkpoint, read_checkpoint
 from .builders import autocast, autocast_dtype, batches, build_model, eval_dataset, make_loader
 from .config import check_config
 from .distributed import DistInfo, ShardSampler, all_gather_objects, init_distributed, shutdown_distributed
@@ -73,14 +73,18 @@ class NonFiniteOutputError(ValueError):
 
 
 def run_evaluation(cfg: dict) -> dict:
-    """Evaluate cfg.eval.checkpoint (default: output/best.pt) with every view setting in cfg.eval.views;
+    """Evaluate cfg.eval.checkpoint (default: output/best.pt; an int8 checkpoint of ``dvflnet quantize``
+    in int8, on CPU) with every view setting in cfg.eval.views;
     writes eval_<clips>x<crops>.json (metrics, per-class accuracy, confusion) to cfg.output."""
     check_config(cfg)
     info = init_distributed(cfg.get("device"))
     try:
         path = cfg["eval"]["checkpoint"] or os.path.join(cfg["output"], "best.pt")
         model = build_model(dict(cfg["model"], pretrained=None), cfg["data"])
-        load_checkpoint(model, path, strict=True)
+        checkpoint = read_checkpoint(path)
+        load_checkpoint(model, checkpoint, strict=True, source=path)
+        if isinstance(checkpoint, dict) and "int8" in checkpoint:  # `dvflnet quantize`'s: evaluated in int8, on CPU
+            model = Int8Model.from_state(model.eval(), checkpoint["int8"], source=path)
         model.to(info.device)
         amp_dtype = autocast_dtype(cfg["train"]["amp"], info.device)
         results = {}

@@ -250,6 +250,10 @@ def test_quantize_writes_an_int8_checkpoint_that_predict_and_the_api_load(traine
     assert main(["predict", "--checkpoint", out, val[0], "--json", "--views", "2x3"]) == 0
     results = json.loads(capsys.readouterr().out)
     assert results[0]["path"] == val[0] and len(results[0]["top5"]) == 4
+    # evaluate scores the int8 checkpoint in int8 (its saved config, the run's val set)
+    run = os.path.dirname(checkpoint)
+    assert main(["evaluate", "--config", os.path.join(run, "config.json"), "--checkpoint", out]) == 0
+    assert "top-1" in capsys.readouterr().out
     # the same calibration gives the same checkpoint content
     again = str(tmp_path / "again.pt")
     assert main(["quantize", "--checkpoint", checkpoint, "--calib", videos.train_csv, "--clips", "5", "-o", again]) == 0

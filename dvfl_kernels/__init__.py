@@ -7,7 +7,7 @@ compute; see ``cpu_threads``.
 """
 from ._checks import MAX_KD_TEMPERATURE
 from ._prepared import clear_prepared_weights
-from .cpu_linear import linear, linears
+from .cpu_linear import linear, linears, mlp
 from .cpu_memory import keep_freed_memory
 from .cpu_threads import apply_process_settings, choose_training_threads, on_cpu_compute, usable_cores
 from .ops import (
@@ -32,6 +32,7 @@ __all__ = [
     "keep_freed_memory",
     "linear",
     "linears",
+    "mlp",
     "modulate",
     "on_cpu_compute",
     "spatial_context",

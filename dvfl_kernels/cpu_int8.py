@@ -167,6 +167,19 @@ class Int8Gemm:
                  dtype: torch.dtype) -> torch.Tensor:
         """x2: (rows, K) float32 / bfloat16 -> (rows, N) in `dtype` = residual + act(x2 @ W.T + b)."""
         q_x = quantize_activation(x2, self.input_scale, self.input_zero_point)
+        return self.from_quantized(q_x, activation, residual, dtype)
+
+    def quantized_out(self, x2: torch.Tensor, activation: str, scale: float, zero_point: int) -> torch.Tensor:
+        """act(x2 @ W.T + b) written as uint8 on the grid (scale, zero_point): the requantizing epilogue
+        that feeds the next int8 GEMM without a float round trip."""
+        q_x = quantize_activation(x2, self.input_scale, self.input_zero_point)
+        return torch.ops.onednn.qlinear_pointwise(
+            q_x, self.input_scale, self.input_zero_point, self.packed, self.weight_scale, self.weight_zero_point,
+            self.bias, scale, zero_point, None, "gelu" if activation == "gelu" else "none", [], "none")
+
+    def from_quantized(self, q_x: torch.Tensor, activation: str, residual: torch.Tensor | None,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """The GEMM of an input already quantized on this GEMM's input grid (uint8 (rows, K))."""
         bias = self.bias if self.bias is None or dtype == torch.float32 else self.bias.to(dtype)
         unary = "gelu" if activation == "gelu" else "none"
         if residual is not None and activation == "none":
@@ -268,6 +281,16 @@ class Int8Plan:
     def __len__(self) -> int:
         return len(self._gemms) + len(self._taps)
 
+    def mlp(self, fc1_weight: torch.Tensor, fc2_weight: torch.Tensor, x2: torch.Tensor, residual: torch.Tensor | None,
+            dtype: torch.dtype) -> Callable[[], torch.Tensor] | None:
+        """residual + fc2(GELU(fc1(x2))) with fc1 writing uint8 on fc2's input grid, or None where the
+        plan lacks either GEMM."""
+        fc1, fc2 = self._gemms.get(gemm_key([fc1_weight])), self._gemms.get(gemm_key([fc2_weight]))
+        if fc1 is None or fc2 is None:
+            return None
+        return lambda: fc2.from_quantized(fc1.quantized_out(x2, "gelu", fc2.input_scale, fc2.input_zero_point), "none",
+                                          residual, dtype)
+
     def temporal(self, z_t: torch.Tensor, g_t: torch.Tensor, weights: Sequence[torch.Tensor], num_frames: int,
                  normalize: bool) -> Callable[[], torch.Tensor] | None:
         """The int8 form of this temporal context call, or None where the plan has none."""
@@ -300,6 +323,10 @@ class Calibration:
         return "+".join(self._names.get(k, f"<unnamed {k}>") for k in gemm_key(weights))
 
     measured = False
+
+    def mlp(self, *args) -> None:
+        """Offers no int8 form: the MLP runs as its two linears, whose calls record their inputs."""
+        return None
 
     def gemm(self, weights: Sequence[torch.Tensor], x2: torch.Tensor, activation: str,
              residual: torch.Tensor | None, dtype: torch.dtype) -> None:

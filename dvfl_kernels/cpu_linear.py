@@ -169,6 +169,53 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out if residual is None else residual + out
 
 
+def mlp(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor | None, fc2_weight: torch.Tensor,
+        fc2_bias: torch.Tensor | None, residual: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
+    """``residual + fc2(GELU(fc1(x)))`` (exact GELU; residual optional): the two ``linear`` calls, or,
+    inside an int8 model's forward whose plan holds both GEMMs, one int8 pair in which fc1 writes
+    uint8 on fc2's input grid (no float hidden tensor, no second quantization pass), where that pair
+    is measured faster than the float MLP for the shape (a unit: the pair or the float MLP)."""
+    _check_backend(backend)
+
+    def separate() -> torch.Tensor:
+        hidden = linear(x, fc1_weight, fc1_bias, activation="gelu", backend=backend)
+        return linear(hidden, fc2_weight, fc2_bias, residual=residual, backend=backend)
+
+    int8 = None if backend == "reference" else _int8_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual)
+    if int8 is None:
+        return separate()
+    run, shape_key, measured = int8
+    with cpu_int8.running(None):  # the float candidate and fallback run without the plan
+        if not cpu_int8.int8_pays(shape_key, run, separate, measured):
+            return separate()
+    return run().reshape(*x.shape[:-1], fc2_weight.shape[0])
+
+
+def _int8_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual):
+    """(the int8 pair's call, its shape key, whether measured) where an int8 plan holds both GEMMs
+    and the engine applies, else None."""
+    handler = cpu_int8.active()
+    if handler is None:
+        return None
+    tensors = [t for t in (fc1_weight, fc1_bias, fc2_weight, fc2_bias) if t is not None]
+    dtype = _compute_dtype(x)
+    if not _engine_applies(x, tensors, dtype) or fc1_weight.dim() != 2 or fc2_weight.dim() != 2:
+        return None
+    (hidden, k), n = fc1_weight.shape, fc2_weight.shape[0]
+    if x.shape[-1] != k or fc2_weight.shape[1] != hidden:
+        return None  # F.linear raises its own shape error
+    if residual is not None and (residual.dtype != dtype or residual.shape != (*x.shape[:-1], n)):
+        return None
+    rows = x.numel() // k
+    x2 = x.reshape(rows, k).to(dtype).contiguous()
+    res2 = None if residual is None else residual.reshape(rows, n).contiguous()
+    run = handler.mlp(fc1_weight, fc2_weight, x2, res2, dtype)
+    if run is None:
+        return None
+    shape_key = ("mlp", 1 << max(rows - 1, 0).bit_length(), k, hidden, n, dtype, residual is not None)
+    return run, shape_key, handler.measured
+
+
 def linears(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
             backend: str = "auto") -> list[torch.Tensor]:
     """``[F.linear(x, w, b) for w, b in layers]``, as one GEMM over the concatenated weights where the

@@ -400,10 +400,9 @@ class VideoFocalNetBlock(nn.Module):
             # the same sums, each residual add fused into the GEMM before it (proj, fc2) and fc1's GELU
             # into fc1, where dvfl_kernels.linear's engine runs them (the reference backend: as above)
             x = self.modulation(self.norm1(x), num_frames, residual=x)
-            backend = self.modulation.backend
-            hidden = dvfl_kernels.linear(self.norm2(x), self.mlp.fc1.weight, self.mlp.fc1.bias, activation="gelu",
-                                         backend=backend)
-            return dvfl_kernels.linear(hidden, self.mlp.fc2.weight, self.mlp.fc2.bias, residual=x, backend=backend)
+            fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+            return dvfl_kernels.mlp(self.norm2(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual=x,
+                                    backend=self.modulation.backend)
         x = x + self.drop_path(self.gamma_1 * self.modulation(self.norm1(x), num_frames))
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 

@@ -325,3 +325,34 @@ def test_an_int8_model_made_inside_inference_mode_still_runs_in_int8():
         int8 = quantize_int8(model, _clips(1, 2), measured=False)
         x = _clips(1, 3)[0]
         assert not torch.equal(int8(x), int8.model(x))
+
+
+@pytest.mark.parametrize("rows,k,hidden,n", [(1, 8, 12, 8), (37, 24, 40, 24), (300, 16, 64, 16)])
+def test_the_int8_mlp_pair_is_its_fake_quant_simulation(rows, k, hidden, n):
+    """fc1 writes uint8 on fc2's grid (the requantizing epilogue): the same as fc1 in int8, its GELU output
+    quantized for fc2, fc2 in int8, within one step of each grid."""
+    gen = torch.Generator().manual_seed(rows + k + hidden)
+    x, residual = torch.randn(rows, k, generator=gen), torch.randn(rows, n, generator=gen)
+    w1, b1 = _weights_with_zero_and_outlier_rows(hidden, k, gen), torch.randn(hidden, generator=gen)
+    w2, b2 = torch.randn(n, hidden, generator=gen) / 4, torch.randn(n, generator=gen)
+    r1, r2 = (-2.5, 3.0), (-0.2, 6.0)
+    plan = cpu_int8.Int8Plan({"fc1": ([w1], [b1], r1), "fc2": ([w2], [b2], r2)}, measured=False)
+    before = residual.clone()
+    with torch.no_grad(), cpu_int8.running(plan):
+        got = dvfl_kernels.mlp(x, w1, b1, w2, b2, residual=residual)
+        separate = dvfl_kernels.linear(dvfl_kernels.linear(x, w1, b1, activation="gelu"), w2, b2, residual=residual)
+    assert torch.equal(residual, before) and torch.isfinite(got).all()
+    (s1, z1), (s2, z2) = cpu_int8.activation_params(*r1), cpu_int8.activation_params(*r2)
+    hidden_want = cpu_int8.fake_quant_gemm(x, w1, b1, s1, z1, "gelu")
+    want = cpu_int8.fake_quant_gemm(hidden_want, w2, b2, s2, z2, residual=residual)
+
+    def l1(w):
+        q_w, s_w = cpu_int8.quantize_weight(w)
+        return (q_w.double().abs() * s_w.double()[:, None]).sum(1).max().item()
+
+    bound = (s2 + 1.13 * s1 * l1(w1)) * l1(w2) + 1e-4
+    assert (got.double() - want).abs().max() <= bound
+    assert (got - separate).abs().max() <= s2 * l1(w2) + 1e-4  # the pair and two int8 calls: one step of fc2's grid
+    with torch.no_grad():
+        torch.testing.assert_close(dvfl_kernels.mlp(x, w1, b1, w2, b2, residual=residual),
+                                   residual + F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2))  # no plan: float

@@ -194,12 +194,12 @@ def mlp(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor | None
 def _int8_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual):
     """(the int8 pair's call, its shape key, whether measured) where an int8 plan holds both GEMMs
     and the engine applies, else None."""
-    handler = cpu_int8.active()
-    if handler is None:
-        return None
     tensors = [t for t in (fc1_weight, fc1_bias, fc2_weight, fc2_bias) if t is not None]
     dtype = _compute_dtype(x)
     if not _engine_applies(x, tensors, dtype) or fc1_weight.dim() != 2 or fc2_weight.dim() != 2:
+        return None  # (first: under torch.compile the handler, a context variable, must not be read)
+    handler = cpu_int8.active()
+    if handler is None:
         return None
     (hidden, k), n = fc1_weight.shape, fc2_weight.shape[0]
     if x.shape[-1] != k or fc2_weight.shape[1] != hidden:

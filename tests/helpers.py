@@ -65,8 +65,9 @@ def kernel_device(backend: str) -> str:
     return "cpu"
 
 
-def golden_modulation_layer(backend: str):
-    """The public code's SpatioTemporalFocalModulation fixture: (layer on `backend`, fixture dict)."""
+def golden_modulation_layer():
+    """The public code's SpatioTemporalFocalModulation fixture: (layer, fixture dict); each call of
+    the layer names its backend (``layer(x, backend=...)``)."""
     from dvflnet.models import SpatioTemporalFocalModulation
 
     fixture = torch.load(GOLDEN_DIR / "focal_modulation_layer.pt", weights_only=True)
@@ -74,7 +75,7 @@ def golden_modulation_layer(backend: str):
     layer = SpatioTemporalFocalModulation(
         cfg["dim"], cfg["focal_window"], cfg["focal_level"], cfg["focal_factor"],
         use_postln_in_modulation=cfg["use_postln_in_modulation"], normalize_modulator=cfg["normalize_modulator"],
-        num_frames=cfg["num_frames"], backend=backend,
+        num_frames=cfg["num_frames"],
     )
     layer.load_state_dict(fixture["state_dict"], strict=True)
     return layer, fixture

@@ -17,10 +17,10 @@ from typing import Callable, Iterator
 import torch
 import torch.utils.checkpoint
 from torch import nn
-from torch.nn.modules import module as torch_module
 
 import dvfl_kernels
 
+from . import fusion
 from .layers import DropPath, Mlp, to_2tuple, trunc_normal_
 
 
@@ -69,6 +69,9 @@ class VideoFocalNet(nn.Module):
             the model is built for; clips of other lengths run too), tubelet_size (> 1: Conv3d stem
             folding tubelet_size frames into one).
         backend: which ``dvfl_kernels`` backend runs the focal modulation ("auto", "reference", ...).
+            Held here only and handed to every block with each call (``set_backend`` changes it).
+            Off the reference backend a block fuses its residual adds into its GEMMs per call where
+            that gives the same sums (models/fusion.py).
     """
 
     def __init__(
@@ -152,7 +155,6 @@ class VideoFocalNet(nn.Module):
                     use_postln_in_modulation=use_postln_in_modulation,
                     normalize_modulator=normalize_modulator,
                     num_frames=self.num_frames,
-                    backend=backend,
                 )
             )
         self.norm = norm_layer(self.num_features)
@@ -197,11 +199,8 @@ class VideoFocalNet(nn.Module):
             layer.use_checkpoint = enable
 
     def set_backend(self, backend: str) -> None:
-        """Run every focal modulation on `backend` ("auto", "reference", "triton", ...)."""
+        """Run every focal modulation on `backend` ("auto", "reference", "triton", ...) from the next call."""
         self.backend = backend
-        for m in self.modules():
-            if isinstance(m, SpatioTemporalFocalModulation):
-                m.backend = backend
 
     # -- forward ------------------------------------------------------------------------------------
     def _check_input(self, x: torch.Tensor, frames_dim: bool) -> int:
@@ -244,7 +243,7 @@ class VideoFocalNet(nn.Module):
             x = x.flatten(0, 1)
         x = self.pos_drop(self.patch_embed(x))  # (N, H, W, C)
         for layer in self.layers:
-            x = layer(x, frames)
+            x = layer(x, frames, self.backend)
         return self.norm(x).mean((1, 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,7 +280,6 @@ class BasicLayer(nn.Module):
         use_postln_in_modulation=False,
         normalize_modulator=False,
         num_frames=8,
-        backend="auto",
     ):
         super().__init__()
         self.dim = dim
@@ -304,7 +302,6 @@ class BasicLayer(nn.Module):
                 use_postln_in_modulation=use_postln_in_modulation,
                 normalize_modulator=normalize_modulator,
                 num_frames=num_frames,
-                backend=backend,
             )
             for i in range(depth)
         )
@@ -322,25 +319,17 @@ class BasicLayer(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, backend: str = "auto") -> torch.Tensor:
         """x: (N, H, W, C) -> (N, H/2, W/2, out_dim) (or unchanged size in the last stage)."""
         for block in self.blocks:
             if self.use_checkpoint and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, num_frames, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(block, x, num_frames, backend, use_reentrant=False)
             else:
-                x = block(x, num_frames)
+                x = block(x, num_frames, backend)
         return self.downsample(x) if self.downsample is not None else x
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
-
-
-def _hooked(*modules: nn.Module) -> bool:
-    """Whether calling these modules would run hooks (theirs or global ones, e.g. thop's FLOP counter,
-    a feature extractor): then forward calls them rather than fusing their work into other GEMMs."""
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 class VideoFocalNetBlock(nn.Module):
@@ -363,7 +352,6 @@ class VideoFocalNetBlock(nn.Module):
         use_postln_in_modulation=False,
         normalize_modulator=False,
         num_frames=8,
-        backend="auto",
     ):
         super().__init__()
         self.dim = dim
@@ -379,7 +367,6 @@ class VideoFocalNetBlock(nn.Module):
             use_postln_in_modulation=use_postln_in_modulation,
             normalize_modulator=normalize_modulator,
             num_frames=num_frames,
-            backend=backend,
         )
         # Stochastic depth drops whole frames (rows of the folded B*T batch), as the public model does.
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
@@ -391,30 +378,15 @@ class VideoFocalNetBlock(nn.Module):
             self.gamma_1 = nn.Parameter(layerscale_value * torch.ones(dim))
             self.gamma_2 = nn.Parameter(layerscale_value * torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """x: (N, H, W, C) with N = clips * num_frames."""
+    def forward(self, x: torch.Tensor, num_frames: int, backend: str = "auto") -> torch.Tensor:
+        """x: (N, H, W, C) with N = clips * num_frames; the focal modulation runs on `backend`."""
         if self.use_postln:
-            x = x + self.drop_path(self.gamma_1 * self.norm1(self.modulation(x, num_frames)))
+            x = x + self.drop_path(self.gamma_1 * self.norm1(self.modulation(x, num_frames, backend)))
             return x + self.drop_path(self.gamma_2 * self.norm2(self.mlp(x)))
-        if self._fuses_residuals():
-            # the same sums, each residual add fused into the GEMM before it (proj, fc2) and fc1's GELU
-            # into fc1, where dvfl_kernels.linear's engine runs them (the reference backend: as above)
-            x = self.modulation(self.norm1(x), num_frames, residual=x)
-            fc1, fc2 = self.mlp.fc1, self.mlp.fc2
-            return dvfl_kernels.mlp(self.norm2(x), fc1.weight, fc1.bias, fc2.weight, fc2.bias, residual=x,
-                                    backend=self.modulation.backend)
-        x = x + self.drop_path(self.gamma_1 * self.modulation(self.norm1(x), num_frames))
+        if fusion.fuses_block(self, backend):  # the same sums, residual adds fused into the GEMMs
+            return fusion.fused_block(self, x, num_frames, backend)
+        x = x + self.drop_path(self.gamma_1 * self.modulation(self.norm1(x), num_frames, backend))
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
-
-    def _fuses_residuals(self) -> bool:
-        """Whether forward may fold the residual adds and fc1's GELU into the GEMMs: not on the
-        reference backend, and only where the unfused sums reduce to x + proj(..) and x + fc2(GELU(fc1(..)))
-        (no layer scale, stochastic depth or dropout at work, the exact GELU)."""
-        mlp = self.mlp
-        inactive = not self.training or (isinstance(self.drop_path, nn.Identity) and mlp.drop.p == 0.0)
-        return (self.modulation.backend != "reference" and inactive and not isinstance(self.gamma_1, nn.Parameter)
-                and type(mlp.act) is nn.GELU and mlp.act.approximate == "none"
-                and not _hooked(mlp, mlp.fc1, mlp.act, mlp.fc2, self.modulation.proj))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, input_resolution={self.input_resolution}, mlp_ratio={self.mlp_ratio}"
@@ -438,7 +410,6 @@ class SpatioTemporalFocalModulation(nn.Module):
         use_postln_in_modulation=False,
         normalize_modulator=False,
         num_frames=8,
-        backend="auto",
     ):
         super().__init__()
         self.dim = dim
@@ -448,7 +419,6 @@ class SpatioTemporalFocalModulation(nn.Module):
         self.use_postln_in_modulation = use_postln_in_modulation
         self.normalize_modulator = normalize_modulator
         self.num_frames = num_frames
-        self.backend = backend
         # Receives (m_s, m_t) when set; see capture_modulators. Not a tensor store.
         self.modulator_sink: Callable[[torch.Tensor, torch.Tensor], None] | None = None
 
@@ -476,22 +446,21 @@ class SpatioTemporalFocalModulation(nn.Module):
         if use_postln_in_modulation:
             self.ln = nn.LayerNorm(dim)
 
-    def forward(self, x: torch.Tensor, num_frames: int | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (N, H, W, C) with N = clips * num_frames (default: the frames the layer was built for);
-        returns residual + the modulation's output when `residual` is given (fused into proj's GEMM
-        where dvfl_kernels.linear's engine runs it)."""
+    def forward(self, x: torch.Tensor, num_frames: int | None = None, backend: str = "auto") -> torch.Tensor:
+        """proj(q * h(A_s) * h_t(A_t)) of x (N, H, W, C), N = clips * num_frames (default: the frames
+        the layer was built for), the focal contexts computed on `backend`."""
+        return self.proj_drop(self.proj(self.modulate(x, num_frames, backend)))
+
+    def modulate(self, x: torch.Tensor, num_frames: int | None = None, backend: str = "auto") -> torch.Tensor:
+        """The modulated query q * h(A_s) * h_t(A_t) (layer-normed where use_postln_in_modulation):
+        proj's input, (N, H, W, C)."""
         num_frames = self.num_frames if num_frames is None else num_frames
         channels, levels = self.dim, self.focal_level
-        if _hooked(self.f, self.f_temporal):
-            f, f_t = self.f(x), self.f_temporal(x)
-        else:  # one GEMM reading x for both where dvfl_kernels.linear's CPU engine runs them
-            f, f_t = dvfl_kernels.linears(
-                x, [(self.f.weight, self.f.bias), (self.f_temporal.weight, self.f_temporal.bias)], backend=self.backend
-            )
+        f, f_t = fusion.projections(self, x, backend)  # f(x), f_temporal(x), one GEMM where it can
         q, z, g = f.split((channels, channels, levels + 1), dim=-1)
         z_t, g_t = f_t.split((channels, levels + 1), dim=-1)
         a_s = dvfl_kernels.spatial_context(
-            z, g, [layer[0].weight for layer in self.focal_layers], self.normalize_modulator, backend=self.backend
+            z, g, [layer[0].weight for layer in self.focal_layers], self.normalize_modulator, backend=backend
         )
         a_t = dvfl_kernels.temporal_context(
             z_t,
@@ -499,20 +468,15 @@ class SpatioTemporalFocalModulation(nn.Module):
             [layer[0].weight for layer in self.focal_layers_temporal],
             num_frames,
             self.normalize_modulator,
-            backend=self.backend,
+            backend=backend,
         )
         # h and h_temporal are 1x1 convolutions: linears over C in the channels-last layout.
-        m_s = dvfl_kernels.linear(a_s, self.h.weight.flatten(1), self.h.bias, backend=self.backend)
-        m_t = dvfl_kernels.linear(a_t, self.h_temporal.weight.flatten(1), self.h_temporal.bias, backend=self.backend)
+        m_s = dvfl_kernels.linear(a_s, self.h.weight.flatten(1), self.h.bias, backend=backend)
+        m_t = dvfl_kernels.linear(a_t, self.h_temporal.weight.flatten(1), self.h_temporal.bias, backend=backend)
         if self.modulator_sink is not None:
             self.modulator_sink(m_s.detach(), m_t.detach())
-        out = dvfl_kernels.modulate(q, m_s, m_t, backend=self.backend)
-        if self.use_postln_in_modulation:
-            out = self.ln(out)
-        if residual is not None and (self.proj_drop.p == 0.0 or not self.training) and not _hooked(self.proj):
-            return dvfl_kernels.linear(out, self.proj.weight, self.proj.bias, residual=residual, backend=self.backend)
-        out = self.proj_drop(self.proj(out))
-        return out if residual is None else residual + out
+        out = dvfl_kernels.modulate(q, m_s, m_t, backend=backend)
+        return self.ln(out) if self.use_postln_in_modulation else out
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, focal_level={self.focal_level}, kernel_sizes={self.kernel_sizes}"

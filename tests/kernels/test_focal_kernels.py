@@ -242,9 +242,9 @@ def test_opcheck(backend):
 
 
 def test_golden_layer_and_model(backend):
-    layer, fixture = golden_modulation_layer(backend)
+    layer, fixture = golden_modulation_layer()
     with torch.no_grad():
-        assert_close(layer(fixture["input"]), fixture["output"], 1e-5, f"modulation layer ({backend})")
+        assert_close(layer(fixture["input"], backend=backend), fixture["output"], 1e-5, f"modulation layer ({backend})")
     fixture = torch.load(GOLDEN_DIR / "video_focalnet_small_config.pt", weights_only=True)
     model = VideoFocalNet(**fixture["config"], backend=backend).eval()
     model.load_state_dict(fixture["state_dict"], strict=True)
@@ -254,15 +254,14 @@ def test_golden_layer_and_model(backend):
 
 def test_compiled_layer_fullgraph(backend):
     """The custom ops trace as single nodes: torch.compile(fullgraph=True) runs forward and backward."""
-    layer, fixture = golden_modulation_layer(backend)
+    layer, fixture = golden_modulation_layer()
     x = fixture["input"][:4].clone().requires_grad_()
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
-    out = compiled(x)
+    out = compiled(x, backend=backend)
     out.sum().backward()
     reference_layer = copy.deepcopy(layer)
-    reference_layer.backend = "reference"
     x_ref = fixture["input"][:4].clone().requires_grad_()
-    ref = reference_layer(x_ref)
+    ref = reference_layer(x_ref, backend="reference")
     ref.sum().backward()
     assert_close(out, ref, 1e-5, "compiled layer")
     assert_close(x.grad, x_ref.grad, 1e-5, "compiled layer dx")
@@ -273,11 +272,11 @@ def test_inductor_compiled_layer_gradients(backend):
     compiled layer, weights included, must match eager and come back in the parameter's layout."""
     if backend == "triton":
         pytest.skip("inductor compiles the C++ kernels' graph here; Triton ones are compiled on a GPU")
-    layer, fixture = golden_modulation_layer(backend)
+    layer, fixture = golden_modulation_layer()
     compiled_layer = copy.deepcopy(layer)
     x = fixture["input"][:4]
-    torch.compile(compiled_layer, fullgraph=True)(x).square().sum().backward()
-    layer(x).square().sum().backward()
+    torch.compile(compiled_layer, fullgraph=True)(x, backend=backend).square().sum().backward()
+    layer(x, backend=backend).square().sum().backward()
     for (name, p), q in zip(layer.named_parameters(), compiled_layer.parameters()):
         assert q.grad.stride() == q.stride(), name
         assert_close(q.grad, p.grad, 1e-5, f"inductor grad {name}")

@@ -20,9 +20,9 @@ TINY = dict(img_size=64, embed_dim=8, depths=[1, 1, 1, 1], num_classes=5, num_fr
 
 
 def test_golden_focal_modulation_layer():
-    layer, fixture = golden_modulation_layer("reference")
+    layer, fixture = golden_modulation_layer()
     with torch.no_grad():
-        out = layer(fixture["input"])
+        out = layer(fixture["input"], backend="reference")
     assert_close(out, fixture["output"], 1e-5, "modulation layer")
 
 
@@ -237,3 +237,39 @@ def test_gradients_come_back_in_the_parameters_layout(backend):
     model(torch.randn(2, 4, 3, 32, 32)).sum().backward()
     wrong = {n: (p.stride(), p.grad.stride()) for n, p in model.named_parameters() if p.grad.stride() != p.stride()}
     assert not wrong
+
+
+def test_the_backend_is_held_by_the_root_and_each_call_names_it():
+    """set_backend changes one attribute; a block handed another backend runs on that one."""
+    model = VideoFocalNet(**TINY).eval()
+    model.set_backend("reference")
+    assert [name for name, m in model.named_modules() if "backend" in vars(m)] == [""]
+    block, x = model.layers[0].blocks[0], torch.randn(4, 16, 16, 8, dtype=torch.float64)
+    block.double()
+    with torch.no_grad():
+        reference = block(x, 4, "reference")
+        assert_close(block(x, 4, "auto"), reference, 1e-12, "a block on auto")
+
+
+def test_a_hook_on_the_modulation_sees_its_own_output():
+    """A hook on a block's modulation module sees proj's output (no residual folded in)."""
+    model = VideoFocalNet(**TINY).eval()
+    seen = []
+    modulation = model.layers[0].blocks[0].modulation
+    handle = modulation.register_forward_hook(lambda m, i, o: seen.append(o))
+    clips = torch.randn(1, 4, 3, 64, 64)
+    with torch.no_grad():
+        model(clips)
+        x = model.layers[0].blocks[0].norm1(model.patch_embed(clips.flatten(0, 1)))
+        expected = modulation(x, 4, "reference")
+    handle.remove()
+    assert_close(seen[0], expected, 1e-5, "hooked modulation output")
+
+
+def test_only_the_fusion_module_reads_torchs_hook_dicts():
+    import pathlib
+
+    package = pathlib.Path(__file__).resolve().parents[2] / "dvflnet"
+    readers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if re.search(r"_forward_(pre_)?hooks", p.read_text()))
+    assert readers == ["models/fusion.py"]

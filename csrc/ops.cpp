@@ -27,13 +27,13 @@ TORCH_LIBRARY(dvfl, m) {
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "spatial_context_backward(Tensor grad, Tensor z, Tensor g, Tensor[] weights, Tensor pre, Tensor mean, "
-      "bool normalize) -> Tensor[]");
+      "bool normalize, bool weights_grad) -> Tensor[]");
   m.def(
       "temporal_context(Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, bool normalize, bool save) "
       "-> (Tensor, Tensor, Tensor)");
   m.def(
       "temporal_context_backward(Tensor grad, Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, "
-      "Tensor pre, Tensor mean, bool normalize) -> Tensor[]");
+      "Tensor pre, Tensor mean, bool normalize, bool weights_grad) -> Tensor[]");
   // Inference only, CPU: the temporal context with each level's tap GEMM in int8
   // (dvfl_kernels/cpu_int8.py): packed[l] is onednn::qlinear_prepack of the int8 taps stacked
   // tap-major, (k * C_out, C_in) (row j * C + o = W[o, :, j]); tap_scales[l] their float32 per-row

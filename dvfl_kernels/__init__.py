@@ -3,7 +3,8 @@
 Every op takes ``backend="auto" | "reference" | "cpu" | "cuda" | "triton"``; see ``ops``. ``linear`` /
 ``linears`` run the model's GEMMs on CPU on the implementation this machine runs fastest; see
 ``cpu_linear``. The process's CPU settings (threads, freed memory kept) are made at its first CPU
-compute; see ``cpu_threads``.
+compute; see ``cpu_threads``. Everything the package keeps between calls (measured choices, prepared
+weights, warnings, the process settings) is one object, ``RUNTIME``; see ``runtime``.
 """
 from ._checks import MAX_KD_TEMPERATURE
 from ._prepared import clear_prepared_weights
@@ -19,10 +20,12 @@ from .ops import (
     spatial_context,
     temporal_context,
 )
+from .runtime import RUNTIME
 
 __all__ = [
     "BACKENDS",
     "MAX_KD_TEMPERATURE",
+    "RUNTIME",
     "BackendUnavailableError",
     "apply_process_settings",
     "available_backends",

@@ -6,9 +6,8 @@ again only if every parameter it came from is the same tensor (storage, shape, s
 version, and holds the same bytes: a digest of every byte (``content_digest``, csrc/weights/) is
 compared on each call. The digest is what sees writes that skip the version counter: ``p.data[i] +=
 ...``, ``p.data.copy_(...)``, writes through ``p.detach().numpy()`` or any other alias, pruning masks
-applied in place, EMA updates through ``.data``. It costs one read of the weights per call: about 5 ms
-per 86 MB (the nano's fp32 weights) on 2 cores (docs/kernels.md, "Prepared weights"), against the cast
-and re-layout it saves. Entries go with their parameters (weak references); ``clear_prepared_weights()``
+applied in place, EMA updates through ``.data``. It costs one read of the weights per call, against
+the cast and re-layout it saves (docs/kernels.md, "Prepared weights", has the timing). Entries go with their parameters (weak references); ``clear_prepared_weights()``
 drops them all. Only where no gradient is needed (``inference_call``): with gradients the ops compute
 from the parameters themselves.
 """
@@ -20,6 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .runtime import RUNTIME
+
 
 @dataclass
 class Prepared:
@@ -30,12 +31,9 @@ class Prepared:
     extra: dict = field(default_factory=dict)  # made later from `tensors` (oneDNN's packed layout)
 
 
-_PREPARED: dict[tuple, Prepared] = {}
-
-
 def clear_prepared_weights() -> None:
     """Drop every prepared (concatenated / cast / re-laid-out / packed) weight; the next call prepares afresh."""
-    _PREPARED.clear()
+    RUNTIME.prepared.clear()
 
 
 def tracing() -> bool:
@@ -79,14 +77,15 @@ def prepare(kind: tuple, tensors: Sequence[torch.Tensor], build: Callable[[], tu
     owners = [_owner(t) for t in tensors]
     key = (kind, tuple(id(o) for o in owners))
     stamp = tuple((o._version, t.data_ptr(), tuple(t.shape), t.stride()) for o, t in zip(owners, tensors))
-    found = _PREPARED.get(key)
+    store = RUNTIME.prepared  # (key -> Prepared) the entry's weak references drop it from
+    found = store.get(key)
     if (found is not None and all(r() is o for r, o in zip(found.owners, owners)) and found.stamp == stamp
             and all(_unchanged(t, d) for t, d in zip(tensors, found.digests))):
         return found
     with torch.no_grad():
         made = build()
         digests = tuple(_digest(t) for t in tensors)
-    drop = (lambda _ref, key=key: _PREPARED.pop(key, None))
+    drop = (lambda _ref, key=key: store.pop(key, None))
     found = Prepared(tuple(weakref.ref(o, drop) for o in owners), stamp, digests, made)
-    _PREPARED[key] = found
+    store[key] = found
     return found

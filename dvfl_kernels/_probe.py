@@ -26,16 +26,12 @@ from typing import Callable
 
 import torch
 
+from .runtime import RUNTIME
+
 # Timed calls per candidate when a shape first comes, alternating so that the machine's drift hits
 # all alike; the fastest minimum wins. 3 rounds: on a shared 2-core machine single calls were up to
 # 1.5x apart, the minimum of three held each verdict across reruns except near-ties.
 PROBE_ROUNDS = 3
-
-# (what, shape...) -> the candidate chosen, in this process
-VERDICTS: dict[tuple, str] = {}
-_STORED: dict[str, dict[str, str]] = {}  # cache file -> this machine's verdicts in it, read once
-_WARNED: set[str] = set()
-
 
 def cache_path() -> str | None:
     path = os.environ.get("DVFL_PROBE_CACHE")
@@ -77,11 +73,12 @@ def _read(path: str) -> dict:
 def _stored(path: str) -> dict[str, str]:
     """This machine's verdicts in the file: entries that are not a name for a name (a hand edit, another
     program's file) are dropped here, so they are measured again and the file is rewritten without them."""
-    if path not in _STORED:
+    stored = RUNTIME.stored_verdicts
+    if path not in stored:
         section = _read(path).get(machine())
         section = section if isinstance(section, dict) else {}
-        _STORED[path] = {k: v for k, v in section.items() if isinstance(k, str) and isinstance(v, str)}
-    return _STORED[path]
+        stored[path] = {k: v for k, v in section.items() if isinstance(k, str) and isinstance(v, str)}
+    return stored[path]
 
 
 def _store(path: str, key: str, verdict: str) -> None:
@@ -107,8 +104,7 @@ def _store(path: str, key: str, verdict: str) -> None:
             os.unlink(temporary)
             raise
     except OSError as err:
-        if path not in _WARNED:
-            _WARNED.add(path)
+        if RUNTIME.warn_once(("probe cache", path)):
             warnings.warn(f"DVFL_PROBE_CACHE: cannot write {path} ({err.strerror or err}); the CPU engine's "
                           f"choices are kept in this process only (set DVFL_PROBE_CACHE to a writable file, or 'off')",
                           stacklevel=3)
@@ -122,13 +118,16 @@ def _seconds(fn: Callable) -> float:
 
 def fastest(key: tuple, candidates: dict[str, Callable], favour: str | None = None, margin: float = 1.0) -> str:
     """The name of the fastest of `candidates` (callables doing the same work) for `key`: this
-    machine's stored verdict, or timed the first time `key` comes (one warm-up call each, then
-    PROBE_ROUNDS alternating rounds) and stored. With `favour`, another candidate wins only if it is
-    at least `margin` times faster than that one."""
-    verdict = VERDICTS.get(key)
+    process's verdict, a run's preset one (``RUNTIME.use_verdicts``), this machine's stored verdict,
+    or timed the first time `key` comes (one warm-up call each, then PROBE_ROUNDS alternating rounds)
+    and stored. With `favour`, another candidate wins only if it is at least `margin` times faster
+    than that one. A preset or stored verdict naming no candidate is measured again."""
+    verdict = RUNTIME.verdicts.get(key)
     if verdict is None:
         path = cache_path()
-        verdict = _stored(path).get(repr(key)) if path else None
+        verdict = RUNTIME.preset_verdicts.get(repr(key))
+        if verdict not in candidates and path:
+            verdict = _stored(path).get(repr(key))
         if not isinstance(verdict, str) or verdict not in candidates:
             times: dict[str, list[float]] = {name: [] for name in candidates}
             for fn in candidates.values():
@@ -141,5 +140,5 @@ def fastest(key: tuple, candidates: dict[str, Callable], favour: str | None = No
                 verdict = favour
             if path:
                 _store(path, repr(key), verdict)
-        VERDICTS[key] = verdict
+        RUNTIME.verdicts[key] = verdict
     return verdict

@@ -38,9 +38,6 @@ ACTIVATIONS = ("none", "gelu")
 IMPLEMENTATIONS = ("aten", "onednn")
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-# ("linear", rows rounded up to a power of 2, K, Ns, dtype, epilogue, residual, threads) -> the choice
-VERDICTS = _probe.VERDICTS
-
 
 def implementation_override() -> str | None:
     mode = os.environ.get("DVFL_CPU_GEMM", "measure")
@@ -153,9 +150,19 @@ def _check_backend(backend: str) -> None:
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, activation: str = "none",
            residual: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """``residual + act(F.linear(x, weight, bias))`` (act: "none" or exact "gelu"; residual optional).
-    `weight` may carry trailing 1-sized dims (a 1x1 convolution's weight). backend "reference" runs
-    those ATen ops as written; any other runs the engine where it applies (module docstring)."""
+    """``residual + act(F.linear(x, weight, bias))``, on the implementation this machine runs fastest.
+
+    Args:
+        x: (..., K) float32 / bfloat16 (CPU autocast's dtype rules apply) or any dtype F.linear takes.
+        weight: (N, K), or (N, K, 1, ...) (a 1x1 convolution's weight).
+        bias: (N,) or None.
+        activation: "none" or "gelu" (exact), applied before the residual.
+        residual: (..., N) added last, or None; never written to.
+        backend: "reference" runs the ATen ops as written; any other runs the engine where it
+            applies (module docstring): CPU, no gradient needed, not traced.
+    Returns:
+        (..., N). With a gradient needed it is exactly ATen's ops (autograd saves what they save).
+    """
     _check_backend(backend)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
@@ -171,10 +178,20 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def mlp(x: torch.Tensor, fc1_weight: torch.Tensor, fc1_bias: torch.Tensor | None, fc2_weight: torch.Tensor,
         fc2_bias: torch.Tensor | None, residual: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
-    """``residual + fc2(GELU(fc1(x)))`` (exact GELU; residual optional): the two ``linear`` calls, or,
-    inside an int8 model's forward whose plan holds both GEMMs, one int8 pair in which fc1 writes
-    uint8 on fc2's input grid (no float hidden tensor, no second quantization pass), where that pair
-    is measured faster than the float MLP for the shape (a unit: the pair or the float MLP)."""
+    """``residual + fc2(GELU(fc1(x)))`` (exact GELU).
+
+    Args:
+        x: (..., C).
+        fc1_weight, fc1_bias: (H, C), (H,) or None.
+        fc2_weight, fc2_bias: (C, H), (C,) or None.
+        residual: (..., C) added last, or None; never written to.
+        backend: as for ``linear``.
+    Returns:
+        (..., C): the two ``linear`` calls (GELU fused into fc1, the residual into fc2), or, inside an
+        int8 model's forward whose plan holds both GEMMs, one int8 pair in which fc1 writes uint8 on
+        fc2's input grid (no float hidden tensor, no second quantization pass), where that pair is
+        measured faster than the float MLP for the shape (a unit: the pair or the float MLP).
+    """
     _check_backend(backend)
 
     def separate() -> torch.Tensor:
@@ -218,8 +235,17 @@ def _int8_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual):
 
 def linears(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
             backend: str = "auto") -> list[torch.Tensor]:
-    """``[F.linear(x, w, b) for w, b in layers]``, as one GEMM over the concatenated weights where the
-    engine applies (the outputs are then column slices of one tensor)."""
+    """``[F.linear(x, w, b) for w, b in layers]``, reading x once.
+
+    Args:
+        x: (..., K).
+        layers: [(weight (N_i, K), bias (N_i,) or None), ...].
+        backend: as for ``linear``.
+    Returns:
+        [(..., N_i), ...]: where the engine applies, column slices of one (..., sum N_i) output of one
+        GEMM over the concatenated weights (prepared once per weight state); otherwise separate
+        tensors from F.linear.
+    """
     _check_backend(backend)
     weights, biases = [w for w, _ in layers], [b for _, b in layers]
     out = None if backend == "reference" else _gemm(x, weights, biases, "none", None)

@@ -32,6 +32,7 @@ import torch
 from . import _probe
 from ._prepared import tracing
 from .cpu_memory import keep_freed_memory
+from .runtime import RUNTIME
 
 # More threads are chosen for a training run only if its step is at least this much faster with them:
 # one thread frees a core for other work (the demo's second student, decoding) and keeps its speed
@@ -39,8 +40,6 @@ from .cpu_memory import keep_freed_memory
 THREADS_MUST_PAY = 1.15
 
 _lock = threading.Lock()
-_applied: dict | None = None
-_pinned: int | None = None
 # torch's thread count when this module was imported: a different count later is the user's choice
 _THREADS_AT_IMPORT = torch.get_num_threads()
 
@@ -118,22 +117,21 @@ def usable_cores(cgroup_root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/
 def pinned(threads: int):
     """Within the block, `threads` is the count, as if the user had chosen it (the demo runs its
     teacher and its scratch student side by side, one core each)."""
-    global _pinned
-    previous, before = _pinned, torch.get_num_threads()
-    _pinned = threads
+    previous, before = RUNTIME.pinned_threads, torch.get_num_threads()
+    RUNTIME.pinned_threads = threads
     torch.set_num_threads(threads)
     try:
         yield
     finally:
-        _pinned = previous
+        RUNTIME.pinned_threads = previous
         torch.set_num_threads(before)
 
 
 def user_threads() -> int | None:
     """The thread count the user chose, or None: a ``pinned`` block, DVFL_THREADS, OMP_NUM_THREADS,
     then a torch.set_num_threads call made since dvfl_kernels was imported."""
-    if _pinned is not None:
-        return _pinned
+    if RUNTIME.pinned_threads is not None:
+        return RUNTIME.pinned_threads
     for name in ("DVFL_THREADS", "OMP_NUM_THREADS"):
         text = os.environ.get(name, "").strip()
         if text:
@@ -145,8 +143,8 @@ def user_threads() -> int | None:
                 raise ValueError(f"{name}: expected a positive integer, got {text!r}")
             return value
     current = torch.get_num_threads()
-    applied = (_applied or {}).get("threads")
-    return current if current not in (_THREADS_AT_IMPORT, applied, _guard_threads) else None
+    applied = (RUNTIME.process_settings or {}).get("threads")
+    return current if current not in (_THREADS_AT_IMPORT, applied, RUNTIME.guard.guard_threads) else None
 
 
 def apply_process_settings() -> dict:
@@ -157,25 +155,25 @@ def apply_process_settings() -> dict:
         {"threads": the intra-op thread count now, "threads_from": "user" | "usable cores",
          "usable_cores": int, "keep_freed_memory": which mallopt calls took effect}.
     """
-    global _applied
-    if _applied is not None:
-        return _applied
+    if RUNTIME.process_settings is not None:
+        return RUNTIME.process_settings
     with _lock:
-        if _applied is None:
+        if RUNTIME.process_settings is None:
             chosen = user_threads()
             cores = usable_cores()
             threads = chosen if chosen is not None else min(torch.get_num_threads(), cores)
             if torch.get_num_threads() != threads:
                 torch.set_num_threads(threads)
-            _applied = {"threads": threads, "threads_from": "user" if chosen is not None else "usable cores",
-                        "usable_cores": cores, "keep_freed_memory": keep_freed_memory()}
-    return _applied
+            RUNTIME.process_settings = {"threads": threads,
+                                        "threads_from": "user" if chosen is not None else "usable cores",
+                                        "usable_cores": cores, "keep_freed_memory": keep_freed_memory()}
+    return RUNTIME.process_settings
 
 
 def on_cpu_compute(x: torch.Tensor) -> None:
     """Called where CPU compute starts (the model's forward): the process settings, the first time,
     in eager mode (never while torch.compile, export or the JIT traces)."""
-    if _applied is None and x.device.type == "cpu" and not tracing():
+    if RUNTIME.process_settings is None and x.device.type == "cpu" and not tracing():
         apply_process_settings()
 
 
@@ -208,8 +206,7 @@ def choose_training_threads(key: tuple, step: Callable[[], None]) -> int:
                              {"1": at(1), str(most): at(most)}, favour="1", margin=THREADS_MUST_PAY)
     threads = int(verdict)
     torch.set_num_threads(threads)
-    global _applied
-    _applied = {**settings, "threads": threads, "threads_from": "measured for training"}
+    RUNTIME.process_settings = {**settings, "threads": threads, "threads_from": "measured for training"}
     return threads
 
 
@@ -226,17 +223,9 @@ MAX_ONE_THREAD_FOR = 256
 # Shorter calls are not judged: the clocks' granularity and the reads' own cost dominate them.
 MIN_JUDGED_S = 0.02
 
-_one_thread_left = 0
-_one_thread_for = ONE_THREAD_FOR  # the next one-thread period
-_one_thread_calls = 0  # calls run on one thread so far, for runs to log
-_inside = False  # a guarded call is running (a teacher's forward inside a training step is not judged again)
-_threads_before = 1  # the count to go back to after the one-thread calls
-_guard_threads: int | None = None  # 1 while the guard has the process on one thread
-
-
 def one_thread_calls() -> int:
     """How many guarded calls of this process ran on one thread because its cores were shared."""
-    return _one_thread_calls
+    return RUNTIME.guard.one_thread_calls
 
 
 def run_queue_wait_s() -> float | None:
@@ -270,22 +259,22 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
     delay; a guarded call inside another is not judged again. A training run that switches rounds
     differently from one that does not (its log counts the one-thread steps); DVFL_THREADS fixes the
     count."""
-    global _one_thread_left, _one_thread_for, _one_thread_calls, _inside, _threads_before
-    if (_inside or tracing() or (torch.is_grad_enabled() and not training) or x.device.type != "cpu"
-            or _applied is None or threading.current_thread() is not threading.main_thread()
+    guard = RUNTIME.guard
+    if (guard.inside or tracing() or (torch.is_grad_enabled() and not training) or x.device.type != "cpu"
+            or RUNTIME.process_settings is None or threading.current_thread() is not threading.main_thread()
             or user_threads() is not None):
         yield
         return
-    _inside = True
+    guard.inside = True
     try:
-        if _one_thread_left > 0:  # the process is on one thread since a contended call
-            _one_thread_left -= 1
-            _one_thread_calls += 1
+        if guard.one_thread_left > 0:  # the process is on one thread since a contended call
+            guard.one_thread_left -= 1
+            guard.one_thread_calls += 1
             try:
                 yield
             finally:
-                if _one_thread_left == 0:  # the next call tries all cores again
-                    _set_guard_threads(_threads_before)
+                if guard.one_thread_left == 0:  # the next call tries all cores again
+                    _set_guard_threads(guard.threads_before)
             return
         threads = torch.get_num_threads()
         if threads == 1:
@@ -298,18 +287,18 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
         wall, waited = time.perf_counter() - wall, run_queue_wait_s() - waited
         if wall < MIN_JUDGED_S:
             return
+        period = guard.one_thread_for or ONE_THREAD_FOR
         if waited > CONTENDED_WAIT * wall * threads:
-            _one_thread_left, _threads_before = _one_thread_for, threads
-            _one_thread_for = min(2 * _one_thread_for, MAX_ONE_THREAD_FOR)
+            guard.one_thread_left, guard.threads_before = period, threads
+            guard.one_thread_for = min(2 * period, MAX_ONE_THREAD_FOR)
             _set_guard_threads(1)
         else:
-            _one_thread_for = ONE_THREAD_FOR
+            guard.one_thread_for = ONE_THREAD_FOR
     finally:
-        _inside = False
+        guard.inside = False
 
 
 def _set_guard_threads(threads: int) -> None:
     """The guard's own switch: not a user's choice (user_threads ignores it)."""
-    global _guard_threads
-    _guard_threads = threads if threads == 1 else None
+    RUNTIME.guard.guard_threads = threads if threads == 1 else None
     torch.set_num_threads(threads)

@@ -20,11 +20,11 @@ OPS = ("spatial_context", "temporal_context", "modulate")
 TRITON_SCHEMAS = {
     "spatial_context": "(Tensor z, Tensor g, Tensor[] weights, bool normalize, bool save) -> (Tensor, Tensor, Tensor)",
     "spatial_context_backward": "(Tensor grad, Tensor z, Tensor g, Tensor[] weights, Tensor pre, Tensor mean, "
-                                "bool normalize) -> Tensor[]",
+                                "bool normalize, bool weights_grad) -> Tensor[]",
     "temporal_context": "(Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, bool normalize, bool save) "
                         "-> (Tensor, Tensor, Tensor)",
     "temporal_context_backward": "(Tensor grad, Tensor z_t, Tensor g_t, Tensor[] weights, int num_frames, Tensor pre, "
-                                 "Tensor mean, bool normalize) -> Tensor[]",
+                                 "Tensor mean, bool normalize, bool weights_grad) -> Tensor[]",
     "modulate": "(Tensor q, Tensor m_s, Tensor m_t) -> Tensor",
     "modulate_backward": "(Tensor grad, Tensor q, Tensor m_s, Tensor m_t) -> Tensor[]",
 }
@@ -59,7 +59,8 @@ def _fake_temporal(z_t, g_t, weights, num_frames, normalize, save):
 
 
 def _fake_context_backward(grad, z, g, weights, *rest):
-    return [z.new_empty(z.shape), g.new_empty(g.shape), *(w.new_empty(w.shape) for w in weights)]
+    weights_grad = rest[-1]  # the weights' gradients only where asked (frozen weights: [dz, dg])
+    return [z.new_empty(z.shape), g.new_empty(g.shape), *(w.new_empty(w.shape) for w in weights if weights_grad)]
 
 
 def _fake_modulate(q, m_s, m_t):
@@ -102,8 +103,10 @@ def _autograd(op: str, backward_op):
             raise RuntimeError(f"dvfl::{op}: {_BACKWARD_NOTE}")
         z, g, pre, mean, *weights = ctx.saved_tensors
         frames = () if spatial else (ctx.num_frames,)
-        dz, dg, *dweights = backward_op(grad, z, g, weights, *frames, pre, mean, ctx.normalize)
-        return (dz, dg, dweights, *([None] * (2 if spatial else 3)))
+        # extension-cpp's needs_input_grad: frozen weights (a frozen stage, a teacher) cost no weight-gradient work
+        weights_grad = any(ctx.needs_input_grad[2])  # one bool per weight (torch.library unflattens the list)
+        dz, dg, *dweights = backward_op(grad, z, g, weights, *frames, pre, mean, ctx.normalize, weights_grad)
+        return (dz, dg, dweights if weights_grad else [None] * len(weights), *([None] * (2 if spatial else 3)))
 
     return setup, backward
 
@@ -131,12 +134,12 @@ def declare_triton(triton: ModuleType) -> None:
     kernels = {
         "spatial_context": lambda z, g, w, normalize, save: _as_contract(
             *triton.spatial_context_forward(z, g, w, normalize, save), z),
-        "spatial_context_backward": lambda grad, z, g, w, pre, mean, normalize: _flat(
-            triton.spatial_context_backward(grad, z, g, w, pre.float(), mean.float(), normalize)),
+        "spatial_context_backward": lambda grad, z, g, w, pre, mean, normalize, weights_grad: _flat(
+            triton.spatial_context_backward(grad, z, g, w, pre.float(), mean.float(), normalize), weights_grad),
         "temporal_context": lambda z, g, w, frames, normalize, save: _as_contract(
             *triton.temporal_context_forward(z, g, w, frames, normalize, save), z),
-        "temporal_context_backward": lambda grad, z, g, w, frames, pre, mean, normalize: _flat(
-            triton.temporal_context_backward(grad, z, g, w, frames, pre.float(), mean.float(), normalize)),
+        "temporal_context_backward": lambda grad, z, g, w, frames, pre, mean, normalize, weights_grad: _flat(
+            triton.temporal_context_backward(grad, z, g, w, frames, pre.float(), mean.float(), normalize), weights_grad),
         "modulate": triton.modulate_forward,
         "modulate_backward": lambda grad, q, m_s, m_t: list(triton.modulate_backward(grad, q, m_s, m_t)),
     }
@@ -149,9 +152,11 @@ def declare_triton(triton: ModuleType) -> None:
     register_family("triton")
 
 
-def _flat(grads) -> list:
+def _flat(grads, weights_grad: bool) -> list:
+    """The backward op's list: [dz, dg, *dweights], the weights' gradients only where asked (the Triton
+    kernels compute them either way), contiguous as the fake kernel promises (the weight's own layout)."""
     dz, dg, dweights = grads
-    return [dz, dg, *dweights]
+    return [dz, dg, *(w.contiguous() for w in dweights if weights_grad)]
 
 
 def implementations(family: str) -> dict:

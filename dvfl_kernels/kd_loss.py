@@ -45,18 +45,22 @@ def _fused_kd_ce_loss(op):
     return run
 
 
-def register_cpp(register_backend) -> None:
-    """The C++ kernels (the extension has loaded)."""
-    torch.library.register_fake("dvfl::kd_ce_loss_rows")(_fake_kd_ce_loss_rows)
-    torch.library.register_autograd("dvfl::kd_ce_loss_rows", _kd_backward, setup_context=_kd_setup_context)
-    register_backend("kd_ce_loss", "cpu", _fused_kd_ce_loss(torch.ops.dvfl.kd_ce_loss_rows))
-    if torch._C._dispatch_has_kernel_for_dispatch_key("dvfl::kd_ce_loss_rows", "CUDA"):
-        register_backend("kd_ce_loss", "cuda", _fused_kd_ce_loss(torch.ops.dvfl.kd_ce_loss_rows))
+def _register_fake_and_autograd(qualname: str) -> None:
+    torch.library.register_fake(qualname)(_fake_kd_ce_loss_rows)
+    torch.library.register_autograd(qualname, _kd_backward, setup_context=_kd_setup_context)
 
 
-def register_triton(register_backend, triton_kd_loss) -> None:
-    # An opaque custom op (like the C++ one) with the same fake kernel: torch.compile treats the launch
-    # as one node, and tracing also works when the kernel runs in Triton's interpreter (CPU tensors).
+def register_family_cpp() -> None:
+    """Fake kernel and autograd of the C++ op (the extension has loaded)."""
+    _register_fake_and_autograd("dvfl::kd_ce_loss_rows")
+
+
+def declare_triton(triton_kd_loss) -> None:
+    """Declare the Triton op with the kernel of `triton_kd_loss` (dvfl_kernels.triton.kd_loss), its
+    fake and autograd. An opaque custom op (like the C++ one) with the same fake kernel: torch.compile
+    treats the launch as one node, and tracing also works when the kernel runs in Triton's interpreter
+    (CPU tensors)."""
+
     @torch.library.custom_op("dvfl::kd_ce_loss_rows_triton", mutates_args=())
     def kd_ce_loss_rows_triton(
         student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor,
@@ -66,6 +70,10 @@ def register_triton(register_backend, triton_kd_loss) -> None:
         student, teacher, target = (x if x.stride(-1) == 1 else x.contiguous() for x in (student, teacher, target))
         return triton_kd_loss.kd_ce_rows(student, teacher, target, alpha, temperature, label_smoothing, compute_grad)
 
-    kd_ce_loss_rows_triton.register_fake(_fake_kd_ce_loss_rows)
-    torch.library.register_autograd("dvfl::kd_ce_loss_rows_triton", _kd_backward, setup_context=_kd_setup_context)
-    register_backend("kd_ce_loss", "triton", _fused_kd_ce_loss(torch.ops.dvfl.kd_ce_loss_rows_triton))
+    _register_fake_and_autograd("dvfl::kd_ce_loss_rows_triton")
+
+
+def implementations(family: str) -> dict:
+    """kd_ce_loss on one family's op ("cpp" or "triton"), for backends.register."""
+    op = torch.ops.dvfl.kd_ce_loss_rows_triton if family == "triton" else torch.ops.dvfl.kd_ce_loss_rows
+    return {"kd_ce_loss": _fused_kd_ce_loss(op)}

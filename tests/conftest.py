@@ -21,7 +21,9 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("DVFL_THREADS", str(torch.get_num_threads()))
 
 
-_GPU_BACKENDS = {"cuda", "triton"}
+from dvfl_kernels.backends import REGISTRY  # noqa: E402  (after TRITON_INTERPRET is chosen)
+
+_GPU_BACKENDS = {name for name, backend in REGISTRY.items() if backend.gpu}
 
 
 def pytest_collection_modifyitems(items):

@@ -245,11 +245,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_kernels(const at:
 
 std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad_in, const at::Tensor& z_in,
                                                      const at::Tensor& g_in, const std::vector<at::Tensor>& weights,
-                                                     const at::Tensor& pre, const at::Tensor& mean, bool normalize) {
+                                                     const at::Tensor& pre, const at::Tensor& mean, bool normalize,
+                                                     bool weights_grad) {
   const BelowAutograd guard;
   if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
     auto f = to_float({grad_in, z_in, g_in});
-    auto grads = spatial_context_backward_kernels(f[0], f[1], f[2], weights, pre, mean, normalize);
+    auto grads = spatial_context_backward_kernels(f[0], f[1], f[2], weights, pre, mean, normalize, weights_grad);
     grads[0] = grads[0].to(at::kHalf), grads[1] = grads[1].to(at::kHalf);
     return grads;
   }
@@ -283,21 +284,24 @@ std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad_
     if (level < L) {
       const int64_t k = weights[level].size(-1);
       w = weights[level].to(acc_type(z)).reshape({C, k * k}).t().contiguous();
-      part = at::empty({N * H, k * k, C}, acc_opts);
-      a.k = k, a.weight = w.const_data_ptr(), a.weight_part = part.mutable_data_ptr();
+      a.k = k, a.weight = w.const_data_ptr();
+      if (weights_grad) {  // frozen weights (weights_grad false): no weight-gradient terms at all
+        part = at::empty({N * H, k * k, C}, acc_opts);
+        a.weight_part = part.mutable_data_ptr();
+      }
       a.dpre_next = dpre[(level + 1) % 2].const_data_ptr();
     }
     a.dpre_out = level >= 1 ? dpre[level % 2].mutable_data_ptr() : nullptr;
     run(z, kernels().spatial_backward_level, DVFL_CUDA_KERNEL(spatial_backward_level), a, N * H,
         grain_for(W * C * std::max<int64_t>(a.k * a.k, 1)));
-    if (level < L) {
+    if (level < L && weights_grad) {
       const int64_t k = a.k;
       // contiguous (C, 1, k, k), the weight's own layout (and the strides the fake kernel promises)
       dweights[level] = sum_row_groups(part, 1, N * H).view({k * k, C}).t().to(weights[level].scalar_type()).contiguous().view({C, 1, k, k});
     }
   }
   std::vector<at::Tensor> result{dz, dg};
-  result.insert(result.end(), dweights.begin(), dweights.end());
+  if (weights_grad) result.insert(result.end(), dweights.begin(), dweights.end());
   return result;
 }
 
@@ -409,11 +413,11 @@ at::Tensor temporal_context_int8(const at::Tensor& z_in, const at::Tensor& g_in,
 std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad_in, const at::Tensor& z_in,
                                                       const at::Tensor& g_in, const std::vector<at::Tensor>& weights,
                                                       int64_t T, const at::Tensor& pre, const at::Tensor& mean,
-                                                      bool normalize) {
+                                                      bool normalize, bool weights_grad) {
   const BelowAutograd guard;
   if (z_in.scalar_type() == at::kHalf && !z_in.is_cuda()) {
     auto f = to_float({grad_in, z_in, g_in});
-    auto grads = temporal_context_backward_kernels(f[0], f[1], f[2], weights, T, pre, mean, normalize);
+    auto grads = temporal_context_backward_kernels(f[0], f[1], f[2], weights, T, pre, mean, normalize, weights_grad);
     grads[0] = grads[0].to(at::kHalf), grads[1] = grads[1].to(at::kHalf);
     return grads;
   }
@@ -446,6 +450,7 @@ std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad
     a.dp_out = level >= 1 ? dp[(level - 1) % 2].mutable_data_ptr() : nullptr;
     a.dz_out = level == 0 ? dz.mutable_data_ptr() : nullptr;
     run(z, kernels().temporal_backward_level, DVFL_CUDA_KERNEL(temporal_backward_level), a, positions, grain_for(T * C * k));
+    if (!weights_grad) continue;  // frozen weights: none of the tap GEMMs below
     // d W[:, :, j] = sum over clips b and frames t of dpre(b, t)^T z_level(b, t + j - pad): one batched
     // GEMM per tap over the clips' row blocks (strided views of (B, T*HW, C), no copy), then the sum
     // over clips in the accumulation type. One call per tap, not per tap and clip: at the demo's
@@ -467,7 +472,7 @@ std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad
     dweights[level] = at::stack(taps, -1).to(weights[level].scalar_type());
   }
   std::vector<at::Tensor> result{dz, dg};
-  result.insert(result.end(), dweights.begin(), dweights.end());
+  if (weights_grad) result.insert(result.end(), dweights.begin(), dweights.end());
   return result;
 }
 
@@ -517,8 +522,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_op(const at::Tensor& z, c
 }
 std::vector<at::Tensor> spatial_backward_op(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g,
                                             at::TensorList weights, const at::Tensor& pre, const at::Tensor& mean,
-                                            bool normalize) {
-  return spatial_context_backward_kernels(grad, z, g, weights.vec(), pre, mean, normalize);
+                                            bool normalize, bool weights_grad) {
+  return spatial_context_backward_kernels(grad, z, g, weights.vec(), pre, mean, normalize, weights_grad);
 }
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_op(const at::Tensor& z_t, const at::Tensor& g_t,
                                                            at::TensorList weights, int64_t num_frames, bool normalize,
@@ -527,8 +532,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_op(const at::Tensor& z_t
 }
 std::vector<at::Tensor> temporal_backward_op(const at::Tensor& grad, const at::Tensor& z_t, const at::Tensor& g_t,
                                              at::TensorList weights, int64_t num_frames, const at::Tensor& pre,
-                                             const at::Tensor& mean, bool normalize) {
-  return temporal_context_backward_kernels(grad, z_t, g_t, weights.vec(), num_frames, pre, mean, normalize);
+                                             const at::Tensor& mean, bool normalize, bool weights_grad) {
+  return temporal_context_backward_kernels(grad, z_t, g_t, weights.vec(), num_frames, pre, mean, normalize,
+                                           weights_grad);
 }
 
 void register_focal(torch::Library& m) {

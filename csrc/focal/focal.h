@@ -14,7 +14,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_context_kernels(const at:
                                                                    bool normalize, bool save);
 std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g,
                                                      const std::vector<at::Tensor>& weights, const at::Tensor& pre,
-                                                     const at::Tensor& mean, bool normalize);
+                                                     const at::Tensor& mean, bool normalize, bool weights_grad);
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_context_kernels(const at::Tensor& z_t, const at::Tensor& g_t,
                                                                     const std::vector<at::Tensor>& weights,
                                                                     int64_t num_frames, bool normalize, bool save);
@@ -25,7 +25,7 @@ at::Tensor temporal_context_int8(const at::Tensor& z_t, const at::Tensor& g_t, a
 std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad, const at::Tensor& z_t,
                                                       const at::Tensor& g_t, const std::vector<at::Tensor>& weights,
                                                       int64_t num_frames, const at::Tensor& pre,
-                                                      const at::Tensor& mean, bool normalize);
+                                                      const at::Tensor& mean, bool normalize, bool weights_grad);
 at::Tensor modulate_kernels(const at::Tensor& q, const at::Tensor& m_s, const at::Tensor& m_t);
 std::vector<at::Tensor> modulate_backward_kernels(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& m_s,
                                               const at::Tensor& m_t);

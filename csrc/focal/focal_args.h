@@ -51,7 +51,8 @@ struct SpatialFinish {
 //   level >= 1: dz = scale*dA*g[level-1] + (level == L ? dmean : dwconv_level^T(dpre_next));
 //               dg[..., level-1] = sum_c scale*dA*z_level; dpre_out = dz * GELU'(pre[level-1]);
 //   level == 0: dz_out = dwconv_0^T(dpre_next);
-//   level < L:  weight_part[row] += the row's share of d loss / d weight_level.
+//   level < L:  weight_part[row] += the row's share of d loss / d weight_level (where the weights need
+//               a gradient; weight_part is null for frozen weights, and nothing of it is computed).
 struct SpatialBackward {
   Dtype dtype;
   int64_t N, H, W, C, num_levels, level, k;
@@ -66,7 +67,7 @@ struct SpatialBackward {
   void* dz_out;            // d loss / d z, dtype NHWC (level == 0)
   void* dg;                // dtype (N, H, W, L + 1)
   void* row_part;          // global pass: (N * H, C) acc
-  void* weight_part;       // (N * H, k * k, C) acc (level < L)
+  void* weight_part;       // (N * H, k * k, C) acc (level < L), or null: frozen weights
   void* gate_part;         // CUDA, level >= 1: (ceil(C / 32), N * H * W) acc, dg's per-channel-block sums
 };
 

@@ -84,6 +84,23 @@ inline void dwconv_block(const src_t* src, int64_t sh, int64_t sw, int64_t H, in
   depthwise_window<kLanes>(src + h * sh + w * sw + c0, sh, sw, pad, dy0, dy1, dx0, dx1, weight + c0, k, C, width, out);
 }
 
+// The store epilogue of one channel block of a level (spatial or temporal): z for the next level in
+// its storage type, the pre-activation for the backward, z summed for the global mean; each only
+// where the caller asked for it (a null pointer: not needed).
+template <typename z_t, typename acc_t, typename Width>
+inline void store_level_outputs(const acc_t* z, const acc_t* pre, Width width, z_t* z_out, acc_t* pre_out,
+                                acc_t* sums) {
+  if (z_out) {
+    for (int64_t i = 0; i < width; ++i) store(z_out + i, z[i]);
+  }
+  if (pre_out) {
+    for (int64_t i = 0; i < width; ++i) pre_out[i] = pre[i];
+  }
+  if (sums) {
+    for (int64_t i = 0; i < width; ++i) sums[i] += z[i];
+  }
+}
+
 // One channel block of a spatial level at pixel (n, h, w): pre-activation, GELU, gated accumulation
 // into acc (level 0 starts it), and what the next level, the backward and the global mean need.
 template <typename in_t, typename acc_t, typename Width>
@@ -99,15 +116,7 @@ inline void spatial_level_block(const SpatialLevel& a, int64_t n, int64_t h, int
     dwconv_block(src, W * C, C, H, W, h, w, a.k, weight, C, c0, width, pre);
   }
   gelu_gate_accumulate(pre, gate, a.level == 0 ? nullptr : acc, width, z, acc);
-  if (z_out) {
-    for (int64_t i = 0; i < width; ++i) z_out[i] = z[i];
-  }
-  if (pre_out) {
-    for (int64_t i = 0; i < width; ++i) pre_out[i] = pre[i];
-  }
-  if (sums) {
-    for (int64_t i = 0; i < width; ++i) sums[i] += z[i];
-  }
+  store_level_outputs(z, pre, width, z_out, pre_out, sums);
 }
 
 template <typename in_t>
@@ -190,7 +199,7 @@ void spatial_backward_level_impl(const SpatialBackward& a, int64_t row_begin, in
     const int64_t n = row / H, h = row % H;
     const acc_t* pre = level >= 1 ? static_cast<const acc_t*>(a.pre) + (level - 1) * a.N * plane + row * W * C : nullptr;
     const acc_t* dpre_next = level < L ? static_cast<const acc_t*>(a.dpre_next) + n * plane : nullptr;
-    acc_t* wpart = level < L ? static_cast<acc_t*>(a.weight_part) + row * k * k * C : nullptr;
+    acc_t* wpart = level < L && a.weight_part ? static_cast<acc_t*>(a.weight_part) + row * k * k * C : nullptr;
     if (wpart) std::memset(wpart, 0, k * k * C * sizeof(acc_t));
     const int64_t dy0 = imax(0, h + pad - H + 1), dy1 = imin(k, h + pad + 1);
     for (int64_t w = 0; w < W; ++w) {
@@ -213,11 +222,16 @@ void spatial_backward_level_impl(const SpatialBackward& a, int64_t row_begin, in
             for (int64_t dx = dx0; dx < dx1; ++dx) {
               const acc_t* d = dpre_next + ((h - dy + pad) * W + (w - dx + pad)) * C + c0;
               const acc_t* wv = weight + (dy * k + dx) * C + c0;
-              acc_t* wp = wpart + (dy * k + dx) * C + c0;
+              if (wpart) {
+                acc_t* wp = wpart + (dy * k + dx) * C + c0;
 #pragma omp simd
-              for (int64_t i = 0; i < width; ++i) {
-                dz[i] += wv[i] * d[i];
-                wp[i] += d[i] * z[i];
+                for (int64_t i = 0; i < width; ++i) {
+                  dz[i] += wv[i] * d[i];
+                  wp[i] += d[i] * z[i];
+                }
+              } else {  // frozen weights: no weight-gradient terms
+#pragma omp simd
+                for (int64_t i = 0; i < width; ++i) dz[i] += wv[i] * d[i];
               }
             }
           }
@@ -257,15 +271,7 @@ inline void temporal_forward_block(const in_t* taps, int64_t step, int64_t num_t
   acc_t pre[kLanes], z[kLanes];
   sum_taps<kLanes>(taps, step, num_taps, width, pre);
   gelu_gate_accumulate(pre, gate, acc_in, width, z, value);
-  if (z_out) {
-    for (int64_t i = 0; i < width; ++i) store(z_out + i, z[i]);
-  }
-  if (pre_out) {
-    for (int64_t i = 0; i < width; ++i) pre_out[i] = pre[i];
-  }
-  if (sums) {
-    for (int64_t i = 0; i < width; ++i) sums[i] += z[i];
-  }
+  store_level_outputs(z, pre, width, z_out, pre_out, sums);
 }
 
 template <typename in_t>

@@ -231,7 +231,7 @@ __global__ void spatial_backward_level_kernel(SpatialBackward a) {
       if (lane == 0) static_cast<acc_t*>(a.gate_part)[blockIdx.y * a.N * H * W + row * W + w] = dgate;
     }
   }
-  if (level == L) return;
+  if (level == L || a.weight_part == nullptr) return;  // the top level, or frozen weights: no weight gradient
   __syncthreads();  // zrow complete
   // weight gradient: tap (dy, dx) gets sum_w dpre_next(h - dy + pad, w - dx + pad) * z(h, w)
   acc_t* wpart = static_cast<acc_t*>(a.weight_part) + row * k * k * C;

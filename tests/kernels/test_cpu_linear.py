@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import dvfl_kernels
-from dvfl_kernels import _prepared, cpu_linear
+from dvfl_kernels import cpu_linear
+from dvfl_kernels.runtime import RUNTIME
 from dvflnet.models import VideoFocalNet
 from helpers import (WEIGHT_UPDATES, assert_close, swap_two_values_through_data, update_one_element_through_data,
                      update_through_numpy)
@@ -25,7 +26,7 @@ TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 def fresh_engine(monkeypatch):
     monkeypatch.delenv("DVFL_CPU_GEMM", raising=False)
     dvfl_kernels.clear_prepared_weights()
-    cpu_linear.VERDICTS.clear()
+    RUNTIME.verdicts.clear()
     yield
     dvfl_kernels.clear_prepared_weights()
 
@@ -127,8 +128,8 @@ def test_choice_is_measured_per_shape_and_thread_count():
             single = dvfl_kernels.linear(x, weight, bias)
         finally:
             torch.set_num_threads(threads)
-    keys = list(cpu_linear.VERDICTS)
-    assert {key[-1] for key in keys} == {threads, 1} and all(v in IMPLS for v in cpu_linear.VERDICTS.values())
+    keys = list(RUNTIME.verdicts)
+    assert {key[-1] for key in keys} == {threads, 1} and all(v in IMPLS for v in RUNTIME.verdicts.values())
     assert_close(first, single, 1e-6, "1 thread vs many")  # thread-count independent results
     assert_close(first, _reference(x, weight, bias), 1e-5, "measured choice")
 
@@ -172,9 +173,9 @@ def test_prepared_weights_go_with_their_parameters(monkeypatch):
     layer = nn.Linear(8, 4)
     with torch.no_grad():
         dvfl_kernels.linear(torch.randn(3, 8), layer.weight, layer.bias)
-    assert len(_prepared._PREPARED) == 1
+    assert len(RUNTIME.prepared) == 1
     del layer
-    assert len(_prepared._PREPARED) == 0
+    assert len(RUNTIME.prepared) == 0
 
 
 def test_outside_the_engine_the_reference_ops_run(monkeypatch):
@@ -184,7 +185,7 @@ def test_outside_the_engine_the_reference_ops_run(monkeypatch):
         dvfl_kernels.linear(x, weight, bias)
         dvfl_kernels.linear(x.float(), weight.float(), bias.float(), backend="reference")
     dvfl_kernels.linear(x.float(), weight.float().requires_grad_(), bias.float())
-    assert not _prepared._PREPARED and not cpu_linear.VERDICTS
+    assert not RUNTIME.prepared and not RUNTIME.verdicts
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -310,7 +311,7 @@ def test_without_the_extension_a_changed_weight_is_still_never_served_stale(monk
             out = dvfl_kernels.linear(x, layer.weight, layer.bias)
         assert_close(out, _reference(x, layer.weight.detach(), layer.bias.detach(), None), 1e-5, when)
         update(layer)
-    assert any(isinstance(d, torch.Tensor) for e in _prepared._PREPARED.values() for d in e.digests)
+    assert any(isinstance(d, torch.Tensor) for e in RUNTIME.prepared.values() for d in e.digests)
 
 
 def test_the_content_digest_sees_any_one_byte_a_swap_and_the_size():

@@ -16,6 +16,7 @@ import torch
 
 import dvfl_kernels
 from dvfl_kernels import _probe, cpu_threads
+from dvfl_kernels.runtime import RUNTIME
 
 
 def _cgroup_v2(tmp_path, levels: dict[str, str]) -> tuple[str, str]:
@@ -76,13 +77,13 @@ _SETTINGS_SCRIPT = textwrap.dedent("""
     {before}
     from dvflnet.models import create_model
     import dvfl_kernels
-    from dvfl_kernels import cpu_threads
+    from dvfl_kernels.runtime import RUNTIME
     {after}
-    assert cpu_threads._applied is None  # nothing made at import
+    assert RUNTIME.process_settings is None  # nothing made at import
     model = create_model("vfl_net_nano", num_classes=3, backend="auto").eval()
     with torch.inference_mode():
         model(torch.randn(1, 2, 3, 64, 64))
-    print(json.dumps({{**cpu_threads._applied, "torch_threads": torch.get_num_threads()}}))
+    print(json.dumps({{**RUNTIME.process_settings, "torch_threads": torch.get_num_threads()}}))
 """)
 
 
@@ -123,8 +124,8 @@ def test_commands_that_do_not_compute_make_no_process_settings(tmp_path):
     train, val = tmp_path / "train.csv", tmp_path / "val.csv"
     train.write_text("a/v_A_g01_c01.avi,0\n")
     val.write_text("a/v_A_g02_c01.avi,0\n")
-    code = ("import sys; from dvflnet.cli import main; from dvfl_kernels import cpu_threads; "
-            f"code = main(['check-split', {str(train)!r}, {str(val)!r}]); print('APPLIED', cpu_threads._applied); sys.exit(code)")
+    code = ("import sys; from dvflnet.cli import main; from dvfl_kernels.runtime import RUNTIME; "
+            f"code = main(['check-split', {str(train)!r}, {str(val)!r}]); print('APPLIED', RUNTIME.process_settings); sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0 and "APPLIED None" in result.stdout, result.stdout + result.stderr
 
@@ -133,10 +134,10 @@ def test_a_training_runs_threads_are_measured_once_then_read(tmp_path, monkeypat
     monkeypatch.setenv("DVFL_PROBE_CACHE", str(tmp_path / "probe.json"))
     monkeypatch.delenv("DVFL_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    saved_verdicts, saved_threads = dict(_probe.VERDICTS), torch.get_num_threads()
-    _probe.VERDICTS.clear()
-    _probe._STORED.clear()
-    monkeypatch.setattr(cpu_threads, "_applied", None)
+    saved_verdicts, saved_threads = dict(RUNTIME.verdicts), torch.get_num_threads()
+    RUNTIME.verdicts.clear()
+    RUNTIME.stored_verdicts.clear()
+    monkeypatch.setattr(RUNTIME, "process_settings", None)
     monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", torch.get_num_threads())
     monkeypatch.setattr(cpu_threads, "usable_cores", lambda *a: 2)
     seen = []
@@ -149,16 +150,16 @@ def test_a_training_runs_threads_are_measured_once_then_read(tmp_path, monkeypat
         assert sorted(set(seen)) == [1, 2] and len(seen) == 2 * (1 + _probe.PROBE_ROUNDS)
         # a step that costs the same either way: one thread, favoured on a near-tie
         assert threads == 1 == torch.get_num_threads()
-        assert cpu_threads._applied["threads_from"] == "measured for training"
+        assert RUNTIME.process_settings["threads_from"] == "measured for training"
         stored = json.loads((tmp_path / "probe.json").read_text())[_probe.machine()]
         assert stored == {repr(("training threads", "test", 1, 2)): "1"}
-        _probe.VERDICTS.clear()
-        _probe._STORED.clear()
+        RUNTIME.verdicts.clear()
+        RUNTIME.stored_verdicts.clear()
         seen.clear()
         assert dvfl_kernels.choose_training_threads(("test", 1), lambda: seen.append(1)) == 1 and seen == []  # read
     finally:
-        _probe.VERDICTS.clear()
-        _probe.VERDICTS.update(saved_verdicts)
+        RUNTIME.verdicts.clear()
+        RUNTIME.verdicts.update(saved_verdicts)
         torch.set_num_threads(saved_threads)
 
 
@@ -167,14 +168,14 @@ def test_more_threads_are_chosen_where_they_pay(monkeypatch, tmp_path):
     monkeypatch.delenv("DVFL_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     saved_threads = torch.get_num_threads()
-    monkeypatch.setattr(cpu_threads, "_applied", None)
+    monkeypatch.setattr(RUNTIME, "process_settings", None)
     monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", torch.get_num_threads())
     monkeypatch.setattr(cpu_threads, "usable_cores", lambda *a: 2)
     try:  # a step twice as slow on one thread
         step = lambda: time.sleep(0.02 if torch.get_num_threads() == 1 else 0.01)  # noqa: E731
         assert dvfl_kernels.choose_training_threads(("test-pays", 1), step) == 2
     finally:
-        _probe.VERDICTS.pop(("training threads", "test-pays", 1, 2), None)
+        RUNTIME.verdicts.pop(("training threads", "test-pays", 1, 2), None)
         torch.set_num_threads(saved_threads)
 
 
@@ -187,9 +188,9 @@ def two_threads_judged(monkeypatch):
     saved = torch.get_num_threads()
     torch.set_num_threads(2)
     monkeypatch.setattr(cpu_threads, "_THREADS_AT_IMPORT", 2)
-    monkeypatch.setattr(cpu_threads, "_applied", {"threads": 2, "threads_from": "usable cores", "usable_cores": 2,
+    monkeypatch.setattr(RUNTIME, "process_settings", {"threads": 2, "threads_from": "usable cores", "usable_cores": 2,
                                                   "keep_freed_memory": {}})
-    monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
+    monkeypatch.setattr(RUNTIME.guard, "one_thread_left", 0)
     monkeypatch.setattr(cpu_threads, "MIN_JUDGED_S", 0.0)
     yield saved
     cpu_threads._set_guard_threads(saved)
@@ -203,7 +204,7 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
 
     saved = two_threads_judged
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 2)
-    monkeypatch.setattr(cpu_threads, "_one_thread_for", 2)
+    monkeypatch.setattr(RUNTIME.guard, "one_thread_for", 2)
     torch.manual_seed(0)
     model = create_model("vfl_net_nano", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], backend="auto").eval()
     reference = create_model("vfl_net_nano", num_classes=3, embed_dim=16, depths=[1, 1, 1, 1], backend="reference").eval()
@@ -226,13 +227,13 @@ def test_inference_drops_to_one_thread_while_the_cores_are_shared_then_tries_aga
             contended[0] = False
             outputs += [model(clip) for _ in range(2)]
         # judged contended at 1 and 4: one thread for the next two, then (still shared at the retry) four
-        assert seen == [2, 1, 1, 2, 1, 1] and cpu_threads._one_thread_left == 2
+        assert seen == [2, 1, 1, 2, 1, 1] and RUNTIME.guard.one_thread_left == 2
         with torch.no_grad():
             outputs += [model(clip) for _ in range(2)]
         assert seen[6:] == [1, 1] and torch.get_num_threads() == 2  # all cores again after the last one
         with torch.no_grad():
             outputs.append(model(clip))  # free: judged, no switch, and the period back to its start
-        assert seen[8] == 2 and cpu_threads._one_thread_for == cpu_threads.ONE_THREAD_FOR
+        assert seen[8] == 2 and RUNTIME.guard.one_thread_for == cpu_threads.ONE_THREAD_FOR
         assert cpu_threads.one_thread_calls() >= 6
         for out in outputs:
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
@@ -248,7 +249,7 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
     saved = two_threads_judged
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 1)
     monkeypatch.setattr(cpu_threads, "MAX_ONE_THREAD_FOR", 1)
-    monkeypatch.setattr(cpu_threads, "_one_thread_for", 1)
+    monkeypatch.setattr(RUNTIME.guard, "one_thread_for", 1)
     waited = [0.0]
 
     def fake_wait() -> float:
@@ -271,7 +272,7 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
         assert seen[-1] == 2
     finally:
         cpu_threads._set_guard_threads(saved)
-        monkeypatch.setattr(cpu_threads, "_one_thread_left", 0)
+        monkeypatch.setattr(RUNTIME.guard, "one_thread_left", 0)
 
 
 def test_the_run_queue_wait_is_read_and_grows_beside_busy_processes():

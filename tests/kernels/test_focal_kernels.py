@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import dvfl_kernels
 from dvfl_kernels import ops, reference
+from dvfl_kernels.runtime import RUNTIME
 from dvflnet.models import VideoFocalNet
 from helpers import GOLDEN_DIR, WEIGHT_UPDATES, assert_close, update_bias_in_place, golden_modulation_layer, kernel_device, strided_view as _strided_view
 
@@ -29,8 +30,7 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 def _available(backend: str) -> bool:
     """Built here, and with a device to run on (the CUDA C++ kernels need a GPU)."""
-    built = "spatial_context" in ops._IMPLEMENTATIONS and backend in ops.available_backends("spatial_context")
-    return built and (backend != "cuda" or torch.cuda.is_available())
+    return backend in ops.available_backends("spatial_context")
 
 
 @pytest.fixture(params=["cpu", "triton", "cuda"])
@@ -191,6 +191,41 @@ def test_weight_gradients_are_deterministic(backend, kind):
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
+@pytest.mark.parametrize("kind", ["spatial", "temporal"])
+def test_frozen_weights_get_no_gradient_and_the_inputs_the_same_one(backend, kind):
+    """Weights that need no gradient (a frozen stage): the backward op is asked for none (its list is
+    [dz, dg]) and the inputs' gradients equal those of a run whose weights train, and the float64
+    reference's."""
+    from dvfl_kernels.focal import op_name
+
+    device = kernel_device(backend)
+    generator = torch.Generator().manual_seed(6)
+    z, g, weights = _inputs(4, 5, 7, 9, 2, kind, torch.float32, generator)
+    upstream = torch.randn(z.shape, dtype=torch.float64, generator=generator)
+    grads = {}
+    for which, train_weights, dtype in ((backend, True, torch.float32), (backend, False, torch.float32),
+                                        ("reference", False, torch.float64)):
+        zz, gg = (t.to(kernel_device(which), dtype).requires_grad_() for t in (z, g))
+        ws = [wt.to(kernel_device(which), dtype).requires_grad_(train_weights) for wt in weights]
+        out = (dvfl_kernels.spatial_context(zz, gg, ws, backend=which) if kind == "spatial"
+               else dvfl_kernels.temporal_context(zz, gg, ws, 2, backend=which))
+        out.backward(upstream.to(out.device, out.dtype))
+        grads[which, train_weights] = (zz.grad, gg.grad, [wt.grad for wt in ws])
+    trained, frozen, reference_grads = grads[backend, True], grads[backend, False], grads["reference", False]
+    assert all(wt is None for wt in frozen[2]) and all(wt is not None for wt in trained[2])
+    for name, a, b, ref in zip(("dz", "dg"), frozen, trained, reference_grads):
+        assert_close(a, b, 1e-6, f"{name}, frozen against trained weights")
+        assert_close(a, ref, 1e-5, f"{name}, frozen weights against the reference")
+    family = "triton" if backend == "triton" else "cpp"
+    forward = getattr(torch.ops.dvfl, op_name(f"{kind}_context", family))
+    backward = getattr(torch.ops.dvfl, op_name(f"{kind}_context", family, backward=True))
+    args = [t.float().to(device) for t in (z, g)] + [[wt.float().to(device) for wt in weights]] + ([2] if kind == "temporal" else [])
+    _, pre, mean = forward(*args, False, True)
+    for weights_grad, count in ((False, 2), (True, 2 + len(weights))):
+        assert len(backward(upstream.float().to(device), *args, pre, mean, False, weights_grad)) == count
+        torch.library.opcheck(backward.default, (upstream.float().to(device), *args, pre, mean, False, weights_grad))
+
+
 @pytest.mark.parametrize("kind", ["spatial", "temporal", "modulate"])
 def test_gradient_of_a_sum_and_permuted_inputs(backend, kind):
     """The upstream gradient of out.sum() has stride 0 everywhere; a permuted input has channel
@@ -327,7 +362,7 @@ def test_cpu_baseline_build_matches(kind):
     """The baseline (non-AVX-512) build of the kernels, forced in a child process, passes the same check."""
     code = (
         "import sys; sys.path[:0] = ['tests', 'tests/kernels']; import test_focal_kernels as t; from dvfl_kernels import ops;"
-        "assert ops._EXTENSION.focal_cpu_capability() == 'base';"
+        "from dvfl_kernels import _C; assert _C.focal_cpu_capability() == 'base';"
         f"t._check_context('cpu', '{kind}', 4, 5, 7, 21, 2, False, num_frames=2);"
         f"t._check_context('cpu', '{kind}', 4, 5, 7, 21, 2, True, num_frames=2, dtype=t.torch.bfloat16)"
     )
@@ -411,9 +446,9 @@ def test_cpu_bf16_model_logits_follow_fp32(cast):
 
 @cpu_only
 def test_auto_runs_the_cpu_kernels_on_cpu():
-    assert ops.select_backend("spatial_context", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["spatial_context"]["cpu"]
-    assert ops.select_backend("temporal_context", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["temporal_context"]["cpu"]
-    assert ops.select_backend("modulate", "auto", torch.device("cpu")) is ops._IMPLEMENTATIONS["modulate"]["cpu"]
+    assert ops.select_backend("spatial_context", "auto", torch.device("cpu")) == ("cpu", ops.IMPLEMENTATIONS["spatial_context"]["cpu"])
+    assert ops.select_backend("temporal_context", "auto", torch.device("cpu")) == ("cpu", ops.IMPLEMENTATIONS["temporal_context"]["cpu"])
+    assert ops.select_backend("modulate", "auto", torch.device("cpu")) == ("cpu", ops.IMPLEMENTATIONS["modulate"]["cpu"])
 
 
 @cpu_only
@@ -424,23 +459,21 @@ def test_auto_runs_the_cpu_kernels_on_cpu():
     ((9, 8), torch.float32, False, False),
 ])
 def test_auto_temporal_runs_the_measured_choice(hw, dtype, grad, probed):
-    from dvfl_kernels import _probe
-
     gen = torch.Generator().manual_seed(5)
     z = torch.randn(4, *hw, 8, generator=gen).to(dtype).requires_grad_(grad)
     g = torch.randn(4, *hw, 3, generator=gen).to(dtype)
     weights = [torch.randn(8, 8, k, generator=gen).to(dtype) for k in (3, 5)]
-    _probe.VERDICTS.clear()
+    RUNTIME.verdicts.clear()
     out = ops.temporal_context(z, g, weights, 2)
-    keys = [k for k in _probe.VERDICTS if k[0] == "temporal_context"]
+    keys = [k for k in RUNTIME.verdicts if k[0] == "temporal_context"]
     assert len(keys) == (1 if probed else 0)
-    expected = "reference" if probed and _probe.VERDICTS[keys[0]] == "reference" else "cpu"
+    expected = "reference" if probed and RUNTIME.verdicts[keys[0]] == "reference" else "cpu"
     same = ops.temporal_context(z, g, weights, 2, backend=expected)
     other = ops.temporal_context(z, g, weights, 2, backend="cpu" if expected == "reference" else "reference")
     assert torch.equal(out, same)
     assert not torch.equal(out, other)  # the two paths round differently, so the test tells them apart
     for verdict, backend in (("reference", "reference"), ("kernel", "cpu")) if probed else ():
-        _probe.VERDICTS[keys[0]] = verdict  # a recorded verdict is what runs
+        RUNTIME.verdicts[keys[0]] = verdict  # a recorded verdict is what runs
         assert torch.equal(ops.temporal_context(z, g, weights, 2), ops.temporal_context(z, g, weights, 2, backend=backend))
 
 
@@ -453,8 +486,6 @@ def test_cpu_temporal_inference_on_prepared_taps(case, dtype, weight_dtype, mode
     """Without gradients the taps are prepared once per weight (cast, laid out as (k, C_out, C_in)):
     the same bits as the op on the weights themselves, on strided NaN-padded views, and the float64
     reference within the dtype's tolerance."""
-    from dvfl_kernels import _prepared
-
     clips, frames, h, w, c, levels = case
     generator = torch.Generator().manual_seed(sum(case))
     z, g, weights = _inputs(clips * frames, h, w, c, levels, "temporal", dtype, generator)
@@ -464,7 +495,7 @@ def test_cpu_temporal_inference_on_prepared_taps(case, dtype, weight_dtype, mode
     with getattr(torch, mode)():
         out = dvfl_kernels.temporal_context(z_fast, g_fast, w_fast, frames, backend="cpu")
         own = torch.ops.dvfl.temporal_context(z_fast, g_fast, w_fast, frames, False, False)[0]
-    assert len(_prepared._PREPARED) == levels
+    assert len(RUNTIME.prepared) == levels
     assert torch.equal(out, own)
     assert_close(out, reference.temporal_context(z, g, weights, frames), TOLERANCE.get(dtype, 1e-12), f"{case} {dtype}")
     dvfl_kernels.clear_prepared_weights()

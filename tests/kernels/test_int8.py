@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import dvfl_kernels
 from dvfl_kernels import cpu_int8
 from dvfl_kernels.ops import HAS_EXTENSION
+from dvfl_kernels.runtime import RUNTIME
 
 from dvflnet.models import Int8Model, VideoFocalNet, calibrate, quantize_int8
 from dvflnet.models.int8 import PARTS, part_of, select_parts
@@ -291,7 +292,7 @@ def test_measured_int8_runs_each_shape_the_way_its_verdict_says(monkeypatch):
         always = Int8Model(model, ranges, measured=False)
         # float: the int8 model's own float copy (proj's smoothing rescales it, so rounding differs from `model`)
         for verdict, want in (("int8", always(x)), ("float", always.model(x))):
-            monkeypatch.setattr(_probe, "VERDICTS", {})
+            monkeypatch.setattr(RUNTIME, "verdicts", {})
             monkeypatch.setattr(_probe, "fastest", lambda key, candidates, *a, **k: verdict if key[0] == "int8 or float"
                                 else next(iter(candidates)))
             assert torch.equal(Int8Model(model, ranges)(x), want)

@@ -13,24 +13,25 @@ import pytest
 import torch
 
 from dvfl_kernels import _probe, cpu_linear
+from dvfl_kernels.runtime import RUNTIME
 
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     path = tmp_path / "probe" / "cpu-probe.json"
     monkeypatch.setenv("DVFL_PROBE_CACHE", str(path))
-    saved = dict(_probe.VERDICTS)
+    saved = dict(RUNTIME.verdicts)
     _new_process()
     yield path
     _new_process()
-    _probe.VERDICTS.update(saved)
+    RUNTIME.verdicts.update(saved)
 
 
 def _new_process():
     """What a new process starts with: no verdicts in memory, the file not read yet."""
-    _probe.VERDICTS.clear()
-    _probe._STORED.clear()
-    _probe._WARNED.clear()
+    RUNTIME.verdicts.clear()
+    RUNTIME.stored_verdicts.clear()
+    RUNTIME.warned.clear()
 
 
 def _candidates(calls: list, slow: str):
@@ -133,13 +134,13 @@ def test_two_processes_run_the_engine_to_the_same_bits(cache):
     cache file: the second reads every choice the first timed, and gives the same bits."""
     code = (
         "import sys, torch\n"
-        "from dvfl_kernels import _probe\n"
+        "from dvfl_kernels.runtime import RUNTIME\n"
         "from dvflnet.models import create_model\n"
         "torch.manual_seed(0)\n"
         "m = create_model('vfl_net_nano', num_classes=4, img_size=32, num_frames=4, embed_dim=16, depths=[1, 1, 1, 1]).eval()\n"
         "with torch.no_grad():\n"
         "    out = m(torch.randn(3, 4, 3, 32, 32))\n"
-        "torch.save({'out': out, 'verdicts': {repr(k): v for k, v in _probe.VERDICTS.items()}}, sys.argv[1])\n"
+        "torch.save({'out': out, 'verdicts': {repr(k): v for k, v in RUNTIME.verdicts.items()}}, sys.argv[1])\n"
     )
     env = {**os.environ, "DVFL_PROBE_CACHE": str(cache)}
     runs = []

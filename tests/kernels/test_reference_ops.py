@@ -270,8 +270,8 @@ def test_backend_selection_errors_and_fallback_warning(monkeypatch):
             assert torch.equal(dvfl_kernels.spatial_context(z, g, w), dvfl_kernels.spatial_context(z, g, w, backend="cpu"))
     # A preferred backend that is missing (here: the CPU loss kernel) warns once, then runs the reference.
     s, t, y = torch.randn(3, 5), torch.randn(3, 5), torch.tensor([0, 1, 4])
-    monkeypatch.setitem(ops._IMPLEMENTATIONS, "kd_ce_loss", {"reference": reference.kd_ce_loss})
-    monkeypatch.setattr(ops, "_WARNED", set())
+    monkeypatch.setitem(ops.IMPLEMENTATIONS, "kd_ce_loss", {"reference": reference.kd_ce_loss})
+    monkeypatch.setattr(ops.RUNTIME, "warned", set())
     with pytest.warns(UserWarning, match="kd_ce_loss: backend 'auto' wanted 'cpu'.*using the plain-PyTorch reference"):
         got = dvfl_kernels.kd_ce_loss(s, t, y, 0.3, 10.0)
     assert torch.equal(got[0], reference.kd_ce_loss(s, t, y, 0.3, 10.0)[0])

@@ -66,6 +66,7 @@ def nncf_int8(model, data: dict, calibration: list[torch.Tensor]):
 
 def run_one(run: str) -> dict:
     from dvflnet.engine.builders import eval_dataset
+    from dvflnet.engine.schema import RunConfig
     from dvflnet.models import Int8Model, calibrate
     from dvflnet.models.int8 import DEFAULT_FLOAT_PARTS, PARTS, select_parts
     from dvflnet.tools.predict import model_from_checkpoint
@@ -79,7 +80,7 @@ def run_one(run: str) -> dict:
     # measured=False: every GEMM in int8, whatever this machine's timings (the accuracy of the worst case)
     int8 = Int8Model(model, select_parts(ranges, [p for p in PARTS if p not in DEFAULT_FLOAT_PARTS]), measured=False)
     seconds = time.perf_counter() - start
-    dataset = eval_dataset({"data": data}, 1, 1)
+    dataset = eval_dataset(RunConfig.from_dict({"data": data}), 1, 1)
     fp32_top1, reference = score(model, dataset)
     int8_top1, logits = score(int8, dataset)
     row = {"run": run, "fp32": fp32_top1, "dvfl int8": int8_top1, "dvfl error": relative_error(logits, reference),

@@ -14,7 +14,7 @@ import os
 import pytest
 import torch
 
-from dvflnet.engine.run_state import save_atomic
+from dvflnet.atomic import save_torch
 from dvflnet.engine.teacher_cache import CHUNK_BATCHES, compress, expand
 from dvflnet.losses import DistillationLoss
 from dvflnet.models import create_model
@@ -48,7 +48,7 @@ def test_kd_step(benchmark, device, tmp_path, pair, mode, source):
                 return teacher(clips).float()
     else:
         chunk = os.path.join(tmp_path, "chunk.pt")
-        save_atomic({"indices": torch.zeros(CHUNK_BATCHES, batch, dtype=torch.long),
+        save_torch({"indices": torch.zeros(CHUNK_BATCHES, batch, dtype=torch.long),
                      **compress(torch.randn(CHUNK_BATCHES, batch, classes), None)}, chunk)
 
         def teacher_logits() -> torch.Tensor:

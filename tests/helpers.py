@@ -146,3 +146,26 @@ def optimizer_step(layer):
 WEIGHT_UPDATES = [update_in_place, update_one_element, update_bias_in_place, update_through_data,
                   update_one_element_through_data, update_through_numpy, ema_through_data, prune_through_data,
                   swap_two_values_through_data, load_random_state_dict, replace_weight, optimizer_step]
+
+
+TINY_MODEL = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
+
+
+def tiny_run_config(videos, output, classes: int, *, data: dict | None = None, model: dict | None = None,
+                    train: dict | None = None, eval: dict | None = None, **top) -> dict:
+    """A run config for a tiny model on generated `videos` (dvflnet.data.synthetic): DEFAULTS with the
+    data at `videos`, 32-pixel frames, on CPU, no loader workers, no progress bar, no stochastic
+    depth; then each section's own values and the top-level ones (seed, resume, ...)."""
+    import copy
+
+    from dvflnet.engine import DEFAULTS
+
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update({"output": str(output), "resume": None, "device": "cpu", **top})
+    cfg["data"].update({"root": videos.root, "train_csv": videos.train_csv, "val_csv": videos.val_csv,
+                        "num_classes": classes, "frame_interval": 1, "size": 32, "short_side": 32,
+                        "test_short_side": 32, "num_workers": 0, **(data or {})})
+    cfg["model"].update({"kwargs": dict(TINY_MODEL), "drop_path_rate": 0.0, **(model or {})})
+    cfg["train"].update({"progress": False, **(train or {})})
+    cfg["eval"].update(eval or {})
+    return cfg

@@ -1,4 +1,5 @@
-"""The training engine, a few plain modules read in one sitting each: `config` (run configs as data),
+"""The training engine, a few plain modules read in one sitting each: `schema` (every setting, once:
+its type, default, range and doc; the frozen `RunConfig`), `config` (loading YAML and --opts into it),
 `builders` (model, teacher, datasets, loaders, the training stream), `training` (the loop),
 `evaluation`, `run_state` (checkpoints, resume, lock, log), `teacher_cache`, and the plumbing
 (`distributed`, `optim`, `schedule`)."""
@@ -7,11 +8,13 @@ from .config import DEFAULTS, ConfigError, check_config, load_config
 from .distributed import DistInfo, ShardSampler, TrainSampler, init_distributed
 from .evaluation import classification_report, evaluate, run_evaluation
 from .optim import build_optimizer, scaled_lr
-from .run_state import CheckpointManager, capture_rng_state, restore_rng_state, save_atomic
+from .run_state import CheckpointManager, capture_rng_state, restore_rng_state
 from .schedule import WarmupCosine
+from .schema import RunConfig
 from .training import run_training
 
 __all__ = [
+    "RunConfig",
     "DEFAULTS",
     "CheckpointManager",
     "ConfigError",
@@ -30,6 +33,5 @@ __all__ = [
     "restore_rng_state",
     "run_evaluation",
     "run_training",
-    "save_atomic",
     "scaled_lr",
 ]

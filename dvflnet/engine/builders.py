@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 
 from ..data import AnnotationError, VideoCSVDataset, VideoReadError, mixup_cutmix, smooth_one_hot
 from ..models import CheckpointError, create_model, load_checkpoint
-from .config import ConfigError
 from .distributed import DistInfo, TrainSampler
+from .schema import ConfigError, DataConfig, ModelConfig, RunConfig
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -26,43 +26,47 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def build_model(model_cfg: dict, data_cfg: dict) -> nn.Module:
-    kwargs = dict(model_cfg.get("kwargs") or {})
-    if model_cfg.get("drop_path_rate") is not None:
-        kwargs["drop_path_rate"] = model_cfg["drop_path_rate"]
-    model = create_model(
-        model_cfg["name"], num_classes=data_cfg["num_classes"], num_frames=data_cfg["num_frames"],
-        img_size=data_cfg["size"], backend=model_cfg.get("backend", "auto"), **kwargs,
-    )
-    if model_cfg.get("pretrained"):
+def build_model(model: ModelConfig, data: DataConfig, pretrained: bool = True) -> nn.Module:
+    """The model a run's config describes; `pretrained` False leaves model.pretrained unloaded (a
+    checkpoint's weights come next)."""
+    kwargs = dict(model.kwargs)
+    if model.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = model.drop_path_rate
+    net = create_model(model.name, num_classes=data.num_classes, num_frames=data.num_frames, img_size=data.size,
+                       backend=model.backend, **kwargs)
+    if pretrained and model.pretrained:
         # a video checkpoint of another dataset keeps our fresh head; a 2D one seeds the spatial parts
-        print(load_checkpoint(model, model_cfg["pretrained"], reset_head=True))
-    return model
+        print(load_checkpoint(net, model.pretrained, reset_head=True))
+    return net
 
 
-def build_teacher(cfg: dict, device: torch.device) -> nn.Module:
+def teacher_model_config(cfg: RunConfig) -> ModelConfig:
+    """The teacher as a model config: its variant and arguments, the student's backend."""
+    return ModelConfig(name=cfg.teacher.name, kwargs=cfg.teacher.kwargs, backend=cfg.model.backend)
+
+
+def build_teacher(cfg: RunConfig, device: torch.device) -> nn.Module:
     """The trained teacher, whole: backbone and head from its checkpoint (strict), frozen, eval mode."""
-    teacher_cfg = dict(cfg["teacher"], drop_path_rate=None, pretrained=None, backend=cfg["model"]["backend"])
-    teacher = build_model(teacher_cfg, cfg["data"])
-    load_checkpoint(teacher, cfg["teacher"]["checkpoint"], strict=True)
+    teacher = build_model(teacher_model_config(cfg), cfg.data)
+    load_checkpoint(teacher, cfg.teacher.checkpoint, strict=True)
     return teacher.requires_grad_(False).eval().to(device)
 
 
-def train_dataset(cfg: dict) -> VideoCSVDataset:
-    data = cfg["data"]
+def train_dataset(cfg: RunConfig) -> VideoCSVDataset:
+    data = cfg.data
     return VideoCSVDataset(
-        data["root"], data["train_csv"], data["num_frames"], data["frame_interval"], "train", size=data["size"],
-        short_side=data["short_side"], flip=data["flip"], num_classes=data["num_classes"], bad_video=data["bad_video"],
-        seed=cfg["seed"], crop_area=data["crop_area"], decoded_cache_bytes=data["decoded_cache_mb"] << 20,
+        data.root, data.train_csv, data.num_frames, data.frame_interval, "train", size=data.size,
+        short_side=data.short_side, flip=data.flip, num_classes=data.num_classes, bad_video=data.bad_video,
+        seed=cfg.seed, crop_area=list(data.crop_area), decoded_cache_bytes=data.decoded_cache_mb << 20,
     )
 
 
-def eval_dataset(cfg: dict, clips: int, crops: int, csv: str | None = None) -> VideoCSVDataset:
-    data = cfg["data"]
+def eval_dataset(cfg: RunConfig, clips: int, crops: int, csv: str | None = None) -> VideoCSVDataset:
+    data = cfg.data
     return VideoCSVDataset(
-        data["root"], csv or data["val_csv"], data["num_frames"], data["frame_interval"], "test", num_clips=clips,
-        num_crops=crops, size=data["size"], short_side=data["test_short_side"], num_classes=data["num_classes"],
-        decoded_cache_bytes=data["decoded_cache_mb"] << 20,
+        data.root, csv or data.val_csv, data.num_frames, data.frame_interval, "test", num_clips=clips,
+        num_crops=crops, size=data.size, short_side=data.test_short_side, num_classes=data.num_classes,
+        decoded_cache_bytes=data.decoded_cache_mb << 20,
     )
 
 
@@ -86,26 +90,26 @@ def batches_per_epoch(num_samples: int, batch_size: int, accumulation: int) -> i
     return num_samples // batch_size // accumulation * accumulation
 
 
-def epoch_batches(cfg: dict, dataset: VideoCSVDataset, sampler: TrainSampler, info: DistInfo, epoch: int,
+def epoch_batches(cfg: RunConfig, dataset: VideoCSVDataset, sampler: TrainSampler, info: DistInfo, epoch: int,
                   first: int, stop: int):
     """(micro-batch index, clips, targets) for micro-batches [first, stop) of `epoch` on this rank, on
     the device: the training stream (sampler order, per-clip augmentation, then mixup / cutmix drawn
     per micro-batch). The teacher cache replays exactly this stream, so both go through here."""
-    train, data = cfg["train"], cfg["data"]
+    train, data = cfg.train, cfg.data
     dataset.set_epoch(epoch)
-    sampler.set_epoch(epoch, first * train["batch_size"])
-    loader = make_loader(dataset, train["batch_size"], sampler, data["num_workers"], info.device, drop_last=True)
+    sampler.set_epoch(epoch, first * train.batch_size)
+    loader = make_loader(dataset, train.batch_size, sampler, data.num_workers, info.device, drop_last=True)
     for batch, (clips, labels) in enumerate(batches(loader), start=first):
         if batch >= stop:
             break
         clips, targets = clips.to(info.device, non_blocking=True), labels.to(info.device, non_blocking=True)
-        if train["mixup"] and epoch >= train["mixup_start_epoch"]:
+        if train.mixup and epoch >= train.mixup_start_epoch:
             clips, targets = mixup_cutmix(
-                clips, targets, data["num_classes"], mixup_generator(cfg["seed"], info.rank, epoch, batch),
-                train["label_smoothing"], train["cutmix_prob"], train["mixup_alpha"], train["cutmix_alpha"],
+                clips, targets, data.num_classes, mixup_generator(cfg.seed, info.rank, epoch, batch),
+                train.label_smoothing, train.cutmix_prob, train.mixup_alpha, train.cutmix_alpha,
             )
-        elif train["mixup"]:  # whole clips before mixup starts: the same soft targets, unmixed
-            targets = smooth_one_hot(targets, data["num_classes"], train["label_smoothing"])
+        elif train.mixup:  # whole clips before mixup starts: the same soft targets, unmixed
+            targets = smooth_one_hot(targets, data.num_classes, train.label_smoothing)
         yield batch, clips, targets
 
 

@@ -1,10 +1,11 @@
-"""Run configuration as data: nested dicts from YAML, merged over DEFAULTS, overridden from the CLI.
+"""Loading a run configuration: nested dicts from YAML, merged over DEFAULTS, overridden from the CLI.
 
 A YAML file may name parent files under ``_base_`` (paths relative to it); parents are merged first,
 then the file itself, then ``--opts KEY VALUE ...`` (dotted keys, values parsed as YAML). Unknown keys
 are errors that name the key and the file, so a typo never silently trains with a default. Every value
-is checked and coerced by the type of its default (or by KINDS), so ``base_lr: 3e-4`` (a string to
-PyYAML's YAML 1.1) is the number it looks like, and ``epochs: ten`` is an error naming the key.
+is checked and coerced by its setting's type in the schema (schema.py), so ``base_lr: 3e-4`` (a
+string to PyYAML's YAML 1.1) is the number it looks like, and ``epochs: ten`` is an error naming the
+key. The loader knows no setting by name: the schema declares them.
 """
 from __future__ import annotations
 
@@ -12,123 +13,33 @@ import copy
 import inspect
 import math
 import os
+import types
+import typing
 
 import torch
 import yaml
 
-DEFAULTS: dict = {
-    "seed": 0,
-    "output": "runs/default",
-    "device": None,  # "cuda", "cpu", or None: CUDA when available
-    "resume": "auto",  # "auto": the newest checkpoint in `output` if any; a path; or null (fresh start)
-    "data": {
-        "root": "",
-        "train_csv": "",
-        "val_csv": "",
-        "labels_csv": None,  # "id,name" lines; names the classes in the per-class report
-        "num_classes": None,
-        "num_frames": 8,
-        "frame_interval": 4,
-        "size": 224,
-        "short_side": 256,  # training: resize the short side, then random resized crop
-        "crop_area": [0.08, 1.0],  # random resized crop: fraction of the frame's area
-        "test_short_side": 224,  # test views: resize the short side, then centre / three crops
-        "flip": 0.5,  # 0 for SSv2 (left/right is part of the class)
-        "bad_video": "fail",  # or "skip" (train only): warn, count, and take the next video
-        "num_workers": 4,
-        # decode each video once and keep its frames in memory, up to this many MiB per dataset (0: off;
-        # with num_workers 0 only: the cache lives in the process that decodes)
-        "decoded_cache_mb": 0,
-    },
-    "model": {
-        "name": "vfl_net_nano",
-        "drop_path_rate": None,  # None: the variant's default
-        "pretrained": None,  # a video checkpoint, or a 2D FocalNet one seeding the spatial parts
-        "backend": "auto",
-        "compile": False,  # torch.compile the training forward
-        "kwargs": {},  # any other VideoFocalNet argument (embed_dim, depths, focal_levels, ...)
-    },
-    "teacher": {  # distillation only: loaded whole (head included), frozen, eval mode
-        "name": None,
-        "checkpoint": None,
-        "kwargs": {},
-    },
-    "kd": {
-        "alpha": 0.3,
-        "temperature": 10.0,
-        # a folder of teacher logits (dvflnet cache-teacher builds it): read instead of running the teacher
-        "teacher_cache": None,
-        # None: the cache stores every logit (fp16). k: with more than k classes, the top k and one folded
-        # bucket (smaller; the KD gradient is off by ~2% at T = 1 but ~45% at T = 10: README, teacher cache)
-        "cache_topk": None,
-    },
-    "train": {
-        "epochs": 120,
-        "warmup_epochs": 20,
-        "batch_size": 8,  # clips per process per micro-batch
-        "accumulation": 1,  # micro-batches per optimizer step
-        "base_lr": 0.1,  # x global batch / reference_batch
-        "warmup_lr": 1e-3,
-        "min_lr": 1e-3,
-        "reference_batch": 512,
-        "optimizer": "sgd",  # the recipe; "adamw" for short runs from a random start
-        "weight_decay": 1e-4,
-        # "nothing": no parameter decays, what the public training code effectively does (its
-        # optimizer builder exempts every name, see VideoFocalNet.no_weight_decay) and so what the
-        # paper's numbers were trained with; "weights": the recipe as written, weight_decay on every
-        # weight with >= 2 dims (biases, norms and layerscale gammas exempt).
-        "weight_decay_on": "nothing",
-        "momentum": 0.9,
-        "clip_grad": 5.0,
-        # consecutive optimizer steps with a non-finite loss or gradient that are skipped (and logged)
-        # before the run stops; 0 stops at the first
-        "max_nonfinite_steps": 5,
-        "label_smoothing": 0.1,
-        "mixup": True,
-        # with mixup: the epoch (0-based) it starts at; the epochs before train on whole clips (with
-        # label smoothing). A model from a random start finds its features sooner on whole clips.
-        "mixup_start_epoch": 0,
-        "cutmix_prob": 0.5,
-        "mixup_alpha": 0.8,
-        "cutmix_alpha": 1.0,
-        "amp": "auto",  # "auto" (bf16 on CUDA, off on CPU), "bf16", "fp16", "off"
-        "eval_every": 1,  # epochs; 0: no evaluation while training
-        "eval_views": [1, 1],  # clips x crops while training
-        "keep_last": 3,
-        # checkpoint at every Nth epoch end, the last one and every evaluated one (the demo's students
-        # run 480 epochs of 5 steps: a checkpoint each would cost more than a tenth of their time)
-        "save_every_epochs": 1,
-        "save_every_steps": 0,  # also checkpoint every N optimizer steps (0: at epoch ends only)
-        "log_every": 10,
-        "progress": True,
-        "tensorboard": False,  # also log the scalars to <output>/tensorboard (pip install "dvfl[tensorboard]")
-    },
-    "eval": {"views": [[1, 1], [4, 3]], "batch_size": 4, "checkpoint": None},
-}
+from . import schema
+from .schema import KWARGS_SET_ELSEWHERE, SECTIONS, ConfigError, RunConfig, shown
+
+# The defaults as the nested dict the loader fills (and config.json holds).
+DEFAULTS: dict = RunConfig().to_dict()
 
 
-# The type of every key whose default does not show it (None defaults, lists); the others take the
-# type of their default. "?" allows null; "[2]" a pair; "[2][]" a non-empty list of pairs.
-KINDS = {
-    "device": "str?", "resume": "str?", "data.labels_csv": "str?", "data.num_classes": "int?",
-    "data.crop_area": "float[2]", "model.drop_path_rate": "float?", "model.pretrained": "str?",
-    "model.kwargs": "kwargs", "teacher.name": "str?", "teacher.checkpoint": "str?", "kd.teacher_cache": "str?", "kd.cache_topk": "int?",
-    "teacher.kwargs": "kwargs",
-    "train.eval_views": "int[2]", "eval.views": "int[2][]", "eval.checkpoint": "str?",
-}
-# VideoFocalNet arguments that other keys set (so model.kwargs must not)
-_KWARGS_SET_ELSEWHERE = {"num_classes": "data.num_classes", "num_frames": "data.num_frames", "img_size": "data.size",
-                         "backend": "model.backend", "drop_path_rate": "model.drop_path_rate", "norm_layer": None}
+def _hints(cls) -> dict[str, object]:
+    """dotted name -> the setting's type, for every setting of the schema."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls, vars(schema)).items():
+        section = SECTIONS.get(name) if cls is RunConfig else None
+        if section is not None:
+            out.update({f"{name}.{key}": value for key, value in _hints(section).items()})
+        else:
+            out[name] = hint
+    return out
 
 
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used; the message names the key."""
-
-
-def _kind_of(name: str, default) -> str:
-    if name in KINDS:
-        return KINDS[name]
-    return {bool: "bool", int: "int", float: "float", str: "str"}[type(default)]
+HINTS = _hints(RunConfig)
+_SCALAR_KINDS = {bool: "bool", int: "int", float: "float", str: "str"}
 
 
 def _scalar(kind: str, value, name: str, where: str):
@@ -161,29 +72,34 @@ def _scalar(kind: str, value, name: str, where: str):
     raise bad("a finite number")
 
 
-def coerce_value(name: str, default, value, where: str):
-    """`value` for key `name` (dotted) checked against its kind and converted (ints, floats, ...)."""
-    kind = _kind_of(name, default)
-    if kind == "kwargs":
+def coerce_value(name: str, value, where: str, hint=None):
+    """`value` for setting `name` (dotted) checked against its type in the schema and converted (ints,
+    floats, pairs as lists, ...)."""
+    hint = HINTS[name] if hint is None else hint
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is dict:
+        if args == (str, str):  # the engine's verdicts: measured call -> the name chosen
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ConfigError(f"{where}: {name}: expected a mapping of measured calls to the names chosen "
+                                  f"(a run's config.json writes it), got {shown(value)}")
+            return dict(value)
         return check_model_kwargs(value, name, where)
-    if value is None:
-        if kind.endswith("?"):
+    if origin in (types.UnionType, typing.Union):  # X | None
+        if value is None:
             return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return coerce_value(name, value, where, hint)
+    if value is None:
         raise ConfigError(f"{where}: {name}: expected a value, got null")
-    kind = kind.rstrip("?")
-    if kind.endswith("[2][]"):
+    if origin is tuple and args[-1] is Ellipsis:  # a non-empty list of pairs
         if not isinstance(value, (list, tuple)) or not value:
             raise ConfigError(f"{where}: {name}: expected a non-empty list of pairs, got {value!r}")
-        return [_pair(kind[:-2], item, f"{name}[{i}]", where) for i, item in enumerate(value)]
-    if kind.endswith("[2]"):
-        return _pair(kind, value, name, where)
-    return _scalar(kind, value, name, where)
-
-
-def _pair(kind: str, value, name: str, where: str) -> list:
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ConfigError(f"{where}: {name}: expected a pair [a, b], got {value!r}")
-    return [_scalar(kind[: -len("[2]")], item, name, where) for item in value]
+        return [coerce_value(f"{name}[{i}]", item, where, args[0]) for i, item in enumerate(value)]
+    if origin is tuple:  # a pair
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{where}: {name}: expected a pair [a, b], got {value!r}")
+        return [_scalar(_SCALAR_KINDS[arg], item, name, where) for arg, item in zip(args, value)]
+    return _scalar(_SCALAR_KINDS[hint], value, name, where)
 
 
 def check_model_kwargs(kwargs, name: str, where: str) -> dict:
@@ -197,11 +113,11 @@ def check_model_kwargs(kwargs, name: str, where: str) -> dict:
     params = inspect.signature(VideoFocalNet).parameters
     out = {}
     for key, value in kwargs.items():
-        if key in _KWARGS_SET_ELSEWHERE:
-            other = _KWARGS_SET_ELSEWHERE[key]
+        if key in KWARGS_SET_ELSEWHERE:
+            other = KWARGS_SET_ELSEWHERE[key]
             raise ConfigError(f"{where}: {name}.{key}: not settable here" + (f"; use {other}" if other else ""))
         if key not in params:
-            known = sorted(set(params) - set(_KWARGS_SET_ELSEWHERE))
+            known = sorted(set(params) - set(KWARGS_SET_ELSEWHERE))
             raise ConfigError(f"{where}: unknown key {name}.{key} (VideoFocalNet arguments: {', '.join(known)})")
         default = params[key].default
         if isinstance(default, (tuple, list)):  # per-stage lists of ints
@@ -209,7 +125,7 @@ def check_model_kwargs(kwargs, name: str, where: str) -> dict:
                 raise ConfigError(f"{where}: {name}.{key}: expected a list of integers, got {value!r}")
             out[key] = [_scalar("int", v, f"{name}.{key}", where) for v in value]
         else:
-            out[key] = _scalar(_kind_of("", default), value, f"{name}.{key}", where)
+            out[key] = _scalar(_SCALAR_KINDS[type(default)], value, f"{name}.{key}", where)
     return out
 
 
@@ -220,10 +136,10 @@ def merge_config(base: dict, update: dict, where: str, prefix: str = "") -> dict
         name = prefix + key
         if key not in base:
             raise ConfigError(f"{where}: unknown key {name!r} (known here: {', '.join(sorted(base))})")
-        if isinstance(base[key], dict) and name not in KINDS:
+        if name in SECTIONS:
             merge_config(base[key], value, where, name + ".")
         else:
-            base[key] = coerce_value(name, base[key], copy.deepcopy(value), where)
+            base[key] = coerce_value(name, copy.deepcopy(value), where)
     return base
 
 
@@ -273,18 +189,12 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return " ".join(text.split())
 
 
-def shown(value, limit: int = 80) -> str:
-    """repr(value), cut to `limit` characters: a 200 KB value must not make a 200 KB message."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
-
-
 def set_by_path(cfg: dict, dotted: str, value, where: str = "--opts") -> None:
     """cfg[a][b][c] = value for dotted "a.b.c", checked and coerced like a file's value."""
     keys = dotted.split(".")
     node = cfg
     for depth, key in enumerate(keys[:-1]):
-        if ".".join(keys[: depth + 1]) in KINDS:  # into model.kwargs / teacher.kwargs
+        if typing.get_origin(HINTS.get(".".join(keys[: depth + 1]))) is dict:  # into model.kwargs / teacher.kwargs
             parent = ".".join(keys[: depth + 1])
             node[key] = check_model_kwargs({**node[key], ".".join(keys[depth + 1 :]): value}, parent, where)
             return
@@ -293,10 +203,10 @@ def set_by_path(cfg: dict, dotted: str, value, where: str = "--opts") -> None:
         node = node[key]
     if keys[-1] not in node:
         raise ConfigError(f"{where}: unknown key {dotted!r} (known here: {', '.join(sorted(node))})")
-    if isinstance(node[keys[-1]], dict) and dotted not in KINDS:
+    if dotted in SECTIONS:
         merge_config(node[keys[-1]], value, where, dotted + ".")
     else:
-        node[keys[-1]] = coerce_value(dotted, node[keys[-1]], value, where)
+        node[keys[-1]] = coerce_value(dotted, value, where)
 
 
 def load_config(path: str | None = None, opts: list[str] | None = None) -> dict:
@@ -342,130 +252,9 @@ def parse_device(device: str | None) -> torch.device | None:
     return parsed
 
 
-def _check_range(name: str, value, low=None, high=None, low_open=False, high_open=False) -> None:
-    if isinstance(value, float) and not math.isfinite(value):  # NaN compares false with every bound
-        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and (value >= high if high_open else value > high)
-    if too_low or too_high:
-        interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open else ']'}"
-        raise ConfigError(f"{name}: expected a value in {interval}, got {value!r}")
-
-
-def _check_relations(cfg: dict, distill: bool) -> None:
-    """Values that are valid alone but not together: the model's own arguments (the checks of the
-    Python API, VideoFocalNet), the frame size against the model's stride and the test crop, the class
-    names against the class count."""
-    from ..models.registry import MODEL_CONFIGS, resolve_name
-    from ..models.video_focalnet import check_model_args
-
-    data, model = cfg["data"], cfg["model"]
-    runs = [("model", model["name"], model["kwargs"], model["drop_path_rate"])]
-    if distill and cfg["teacher"]["name"]:
-        runs.append(("teacher", cfg["teacher"]["name"], cfg["teacher"]["kwargs"], None))
-    for section, name, kwargs, drop_path in runs:
-        args = {**_model_defaults(), **MODEL_CONFIGS[resolve_name(name)], **kwargs, "num_classes": data["num_classes"],
-                "num_frames": data["num_frames"]}
-        if drop_path is not None:
-            args["drop_path_rate"] = drop_path
-        try:
-            check_model_args(**{k: args[k] for k in inspect.signature(check_model_args).parameters})
-        except ValueError as err:
-            raise ConfigError(f"{section}: {err} (from {section}.name {name!r}, {section}.kwargs and data)") from None
-        stride = args["patch_size"] * 2 ** (len(args["depths"]) - 1)
-        if data["size"] % stride:
-            raise ConfigError(f"data.size: expected a multiple of {stride} ({section} {name}: patch_size {args['patch_size']} "
-                              f"x 2^{len(args['depths']) - 1} patch merges), got {data['size']}")
-    if data["test_short_side"] < data["size"]:
-        raise ConfigError(f"data.test_short_side: expected at least data.size ({data['size']}: the test crops are "
-                          f"{data['size']}x{data['size']} cut from frames of that short side), got {data['test_short_side']}")
-    if data["labels_csv"]:
-        from ..data.dataset import read_class_names
-
-        names = read_class_names(data["labels_csv"])
-        if len(names) != data["num_classes"]:
-            raise ConfigError(f"data.labels_csv: {data['labels_csv']} names {len(names)} classes, "
-                              f"data.num_classes is {data['num_classes']}")
-
-
-def _model_defaults() -> dict:
-    """VideoFocalNet's keyword defaults."""
-    from ..models import VideoFocalNet
-
-    return {name: p.default for name, p in inspect.signature(VideoFocalNet).parameters.items()}
-
-
-def check_config(cfg: dict, distill: bool = False) -> None:
-    """The checks a run needs before any work starts (types were checked when the config was read)."""
-    from dvfl_kernels import available_backends
-    from dvfl_kernels import MAX_KD_TEMPERATURE
-
-    from ..models.registry import resolve_name
-
-    data, train, model = cfg["data"], cfg["train"], cfg["model"]
-    if not isinstance(cfg["output"], str) or not cfg["output"]:
-        raise ConfigError(f"output: expected a folder path, got {shown(cfg['output'])}")
-    if os.path.exists(cfg["output"]) and not os.path.isdir(cfg["output"]):
-        raise ConfigError(f"output: {cfg['output']} is a file; expected a folder for the run")
-    _check_range("seed", cfg["seed"], 0)
-    if train["tensorboard"]:
-        import importlib.util
-
-        if importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError('train.tensorboard: true needs the tensorboard package: pip install "dvfl[tensorboard]" '
-                              "(it pulls no torch)")
-    if not isinstance(data["num_classes"], int) or data["num_classes"] < 1:
-        raise ConfigError(f"data.num_classes: expected a positive integer, got {data['num_classes']!r}")
-    for key in ("num_frames", "frame_interval", "size", "short_side", "test_short_side"):
-        _check_range(f"data.{key}", data[key], 1)
-    _check_range("data.num_workers", data["num_workers"], 0)
-    _check_range("data.decoded_cache_mb", data["decoded_cache_mb"], 0)
-    if data["decoded_cache_mb"] and data["num_workers"]:
-        raise ConfigError(f"data.decoded_cache_mb: {data['decoded_cache_mb']} needs data.num_workers 0 (the cache lives in "
-                          f"the process that decodes; loader workers, {data['num_workers']} here, would rebuild it every epoch)")
-    _check_range("data.flip", data["flip"], 0.0, 1.0)
-    low, high = data["crop_area"]
-    if not 0.0 < low <= high <= 1.0:
-        raise ConfigError(f"data.crop_area: expected [a, b] with 0 < a <= b <= 1, got {data['crop_area']}")
-    for key, allowed in (("data.bad_video", ("fail", "skip")), ("train.optimizer", ("sgd", "adamw")),
-                         ("train.amp", ("auto", "bf16", "fp16", "off")), ("train.weight_decay_on", ("nothing", "weights"))):
-        section, name = key.split(".")
-        if cfg[section][name] not in allowed:
-            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {cfg[section][name]!r}")
-    for key in ("epochs", "batch_size", "accumulation", "reference_batch", "keep_last", "save_every_epochs", "log_every"):
-        _check_range(f"train.{key}", train[key], 1)
-    for key in ("eval_every", "save_every_steps", "weight_decay", "warmup_lr", "min_lr", "max_nonfinite_steps"):
-        _check_range(f"train.{key}", train[key], 0)
-    _check_range("train.warmup_epochs", train["warmup_epochs"], 0, train["epochs"])
-    _check_range("train.base_lr", train["base_lr"], 0, low_open=True)
-    _check_range("train.momentum", train["momentum"], 0.0, 1.0, high_open=True)
-    _check_range("train.clip_grad", train["clip_grad"], 0.0, low_open=True)
-    _check_range("train.label_smoothing", train["label_smoothing"], 0.0, 1.0, high_open=True)
-    _check_range("train.mixup_start_epoch", train["mixup_start_epoch"], 0, train["epochs"] - 1)
-    _check_range("train.cutmix_prob", train["cutmix_prob"], 0.0, 1.0)
-    _check_range("train.mixup_alpha", train["mixup_alpha"], 0.0, low_open=True)
-    _check_range("train.cutmix_alpha", train["cutmix_alpha"], 0.0, low_open=True)
-    for name, views in [("train.eval_views", train["eval_views"])] + [(f"eval.views[{i}]", v) for i, v in enumerate(cfg["eval"]["views"])]:
-        if views[0] < 1 or views[1] not in (1, 3):
-            raise ConfigError(f"{name}: expected [clips >= 1, crops 1 or 3], got {views}")
-    _check_range("eval.batch_size", cfg["eval"]["batch_size"], 1)
-    if model["drop_path_rate"] is not None:
-        _check_range("model.drop_path_rate", model["drop_path_rate"], 0.0, 1.0, high_open=True)
-    names = [("model.name", model["name"])] + ([("teacher.name", cfg["teacher"]["name"])] if distill and cfg["teacher"]["name"] else [])
-    for key, name in names:
-        try:
-            resolve_name(name)
-        except ValueError as err:
-            raise ConfigError(f"{key}: {err}") from None
-    _check_relations(cfg, distill)
-    if model["backend"] not in ("auto", "reference", *available_backends("spatial_context")):
-        raise ConfigError(f"model.backend: expected auto, reference or an available backend "
-                          f"({', '.join(available_backends('spatial_context'))}), got {model['backend']!r}")
-    parse_device(cfg["device"])
-    # a value's checks do not depend on the command: a train run's kd section is checked as distill's
-    _check_range("kd.alpha", cfg["kd"]["alpha"], 0.0, 1.0)
-    _check_range("kd.temperature", cfg["kd"]["temperature"], 0.0, MAX_KD_TEMPERATURE, low_open=True)
-    if cfg["kd"]["cache_topk"] is not None:
-        _check_range("kd.cache_topk", cfg["kd"]["cache_topk"], 1)
-    if distill and not (cfg["teacher"]["name"] and cfg["teacher"]["checkpoint"]):
-        raise ConfigError("teacher.name and teacher.checkpoint: distillation needs both (the trained teacher)")
+def check_config(cfg: dict | RunConfig, distill: bool = False) -> RunConfig:
+    """The frozen run config of `cfg` (the loader's dict, or a RunConfig), checked for everything a run
+    needs before any work starts (``RunConfig.check``)."""
+    run = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    run.check(distill)
+    return run

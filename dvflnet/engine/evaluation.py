@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import dvfl_kernels
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -15,6 +17,7 @@ from .builders import autocast, autocast_dtype, batches, build_model, eval_datas
 from .config import check_config
 from .distributed import DistInfo, ShardSampler, all_gather_objects, init_distributed, shutdown_distributed
 from .run_state import interactive
+from .schema import RunConfig
 
 
 @torch.no_grad()
@@ -72,34 +75,35 @@ class NonFiniteOutputError(ValueError):
     """The model's outputs hold NaN or inf: reported, never scored."""
 
 
-def run_evaluation(cfg: dict) -> dict:
+def run_evaluation(cfg: dict | RunConfig) -> dict:
     """Evaluate cfg.eval.checkpoint (default: output/best.pt; an int8 checkpoint of ``dvflnet quantize``
     in int8, on CPU) with every view setting in cfg.eval.views;
     writes eval_<clips>x<crops>.json (metrics, per-class accuracy, confusion) to cfg.output."""
-    check_config(cfg)
-    info = init_distributed(cfg.get("device"))
+    cfg = check_config(cfg)
+    dvfl_kernels.RUNTIME.use_verdicts(cfg.verdicts)  # the training run's CPU engine choices
+    info = init_distributed(cfg.device)
     try:
-        path = cfg["eval"]["checkpoint"] or os.path.join(cfg["output"], "best.pt")
-        model = build_model(dict(cfg["model"], pretrained=None), cfg["data"])
+        path = cfg.eval.checkpoint or os.path.join(cfg.output, "best.pt")
+        model = build_model(cfg.model, cfg.data, pretrained=False)
         checkpoint = read_checkpoint(path)
         load_checkpoint(model, checkpoint, strict=True, source=path)
         if isinstance(checkpoint, dict) and "int8" in checkpoint:  # `dvflnet quantize`'s: evaluated in int8, on CPU
             model = Int8Model.from_state(model.eval(), checkpoint["int8"], source=path)
         model.to(info.device)
-        amp_dtype = autocast_dtype(cfg["train"]["amp"], info.device)
+        amp_dtype = autocast_dtype(cfg.train.amp, info.device)
         results = {}
-        for clips, crops in cfg["eval"]["views"]:
-            report = evaluate(model, eval_dataset(cfg, clips, crops), info, cfg["eval"]["batch_size"],
-                              cfg["data"]["num_workers"], amp_dtype, progress=cfg["train"]["progress"])
+        for clips, crops in cfg.eval.views:
+            report = evaluate(model, eval_dataset(cfg, clips, crops), info, cfg.eval.batch_size,
+                              cfg.data.num_workers, amp_dtype, progress=cfg.train.progress)
             report.update(checkpoint=path, views=[clips, crops], classes=_class_names(cfg))
             results[f"{clips}x{crops}"] = report
             if info.is_main:
-                write_json(report, os.path.join(cfg["output"], f"eval_{clips}x{crops}.json"))
+                write_json(report, os.path.join(cfg.output, f"eval_{clips}x{crops}.json"))
         return results
     finally:
         shutdown_distributed(info)
 
 
-def _class_names(cfg: dict) -> list[str] | None:
-    path = cfg["data"]["labels_csv"]
+def _class_names(cfg: RunConfig) -> list[str] | None:
+    path = cfg.data.labels_csv
     return read_class_names(path) if path else None

@@ -9,7 +9,6 @@ by name and set aside (renamed *.corrupt), never silently skipped or left to rot
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -24,16 +23,10 @@ import torch
 
 from ..atomic import clean_temporary_files, save_torch
 from ..models import CheckpointError, read_checkpoint
-from .config import ConfigError
+from .schema import ConfigError, RunConfig
 
 # What every training checkpoint holds; a file without these is not one (e.g. a bare state dict).
 REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "step", "rng")
-
-
-def save_atomic(obj, path: str) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: a crash never leaves a
-    half-written checkpoint under `path`."""
-    save_torch(obj, path)
 
 
 def capture_rng_state() -> dict:
@@ -90,9 +83,9 @@ class CheckpointManager:
         if is_best:
             self.best_metric = metric
         state = dict(state, best_metric=self.best_metric)
-        save_atomic(state, path)
+        save_torch(state, path)
         if is_best:
-            save_atomic(state, os.path.join(self.folder, "best.pt"))
+            save_torch(state, os.path.join(self.folder, "best.pt"))
         for _, old in self._numbered_files()[: -self.keep_last]:
             os.unlink(old)
         return path
@@ -284,39 +277,29 @@ class JsonLog:
 _ARCHITECTURE_KEYS = (("model", "name"), ("model", "kwargs"), ("data", "num_classes"), ("data", "num_frames"))
 
 
-def architecture_differences(saved: dict | None, cfg: dict) -> list[str]:
-    """'key: checkpoint X, config Y' for each setting that shapes the model and differs."""
+def architecture_differences(saved: dict | None, cfg: RunConfig) -> list[str]:
+    """'key: checkpoint X, config Y' for each setting that shapes the model and differs (`saved`: the
+    config a checkpoint holds, as plain data)."""
     if not isinstance(saved, dict):
         return []
     diffs = []
     for section, key in _ARCHITECTURE_KEYS:
-        old, new = (saved.get(section) or {}).get(key), cfg[section][key]
+        old, new = (saved.get(section) or {}).get(key), getattr(getattr(cfg, section), key)
         if old != new:
             diffs.append(f"{section}.{key}: checkpoint {old!r}, config {new!r}")
     return diffs
 
 
-def with_absolute_paths(cfg: dict) -> dict:
-    """The config as saved with the run: its file paths absolute, so that predict / evaluate / export
-    from another folder find the class names and the data (a relative path meant the training's folder)."""
-    saved = copy.deepcopy(cfg)
-    for section, key in (("data", "root"), ("data", "train_csv"), ("data", "val_csv"), ("data", "labels_csv"),
-                         ("model", "pretrained"), ("teacher", "checkpoint"), ("kd", "teacher_cache")):
-        if saved[section].get(key):
-            saved[section][key] = os.path.abspath(saved[section][key])
-    return saved
-
-
-def find_resume(cfg: dict, manager: CheckpointManager) -> tuple[str, dict] | None:
+def find_resume(cfg: RunConfig, manager: CheckpointManager) -> tuple[str, dict] | None:
     """(path, state) to resume from: cfg.resume "auto" (the newest checkpoint that loads), a path, or
     null (fresh start, refused where an earlier run's checkpoints would be mixed with this one's)."""
-    if cfg["resume"] == "auto":
+    if cfg.resume == "auto":
         found = manager.newest_valid()
-    elif cfg["resume"]:
-        found = cfg["resume"], manager.load(cfg["resume"])
+    elif cfg.resume:
+        found = cfg.resume, manager.load(cfg.resume)
     else:
         if manager.has_checkpoints():
-            raise ConfigError(f"resume: null (a fresh start), but {cfg['output']} holds checkpoints of an earlier run; "
+            raise ConfigError(f"resume: null (a fresh start), but {cfg.output} holds checkpoints of an earlier run; "
                               "resume it (resume: auto) or choose another output")
         return None
     if found is not None:

@@ -37,10 +37,10 @@ import torch
 
 from ..data.dataset import csv_rows
 from ..models import CheckpointError
-from ..atomic import clean_temporary_files, write_json
+from ..atomic import clean_temporary_files, save_torch, write_json
 from .builders import autocast, autocast_dtype, batches_per_epoch, build_teacher, epoch_batches, train_dataset
-from .run_state import RunLock, save_atomic
-from .config import ConfigError
+from .run_state import RunLock
+from .schema import ConfigError, RunConfig, plain_data
 
 FORMAT_VERSION = 1
 # Micro-batches per chunk file: the unit of resumption (a killed build redoes at most one chunk per
@@ -72,25 +72,24 @@ def _dataset_digest(root: str, csv_path: str) -> str:
     return digest.hexdigest()
 
 
-def cache_key(cfg: dict, world_size: int) -> dict:
+def cache_key(cfg: RunConfig, world_size: int) -> dict:
     """Everything the cached logits depend on: the teacher (architecture and the checkpoint's bytes),
     the training data, the augmentation and mixup settings and their seed, the batch stream (batch
     size, accumulation, epochs, processes), the teacher's precision, and the storage format."""
-    data, train, teacher = cfg["data"], cfg["train"], cfg["teacher"]
-    return {
+    data, train, teacher = cfg.data, cfg.train, cfg.teacher
+    return plain_data({
         "format": FORMAT_VERSION,
-        "teacher": {"name": teacher["name"], "kwargs": teacher["kwargs"],
-                    "checkpoint_sha256": file_sha256(teacher["checkpoint"])},
-        "data": {"train_list_sha256": _dataset_digest(data["root"], data["train_csv"]),
-                 **{k: data[k] for k in ("num_classes", "num_frames", "frame_interval", "size", "short_side",
-                                         "crop_area", "flip", "bad_video")}},
-        "augmentation": {"seed": cfg["seed"], **{k: train[k] for k in ("mixup", "mixup_start_epoch", "cutmix_prob",
-                                                                 "mixup_alpha", "cutmix_alpha")}},
-        "batches": {"epochs": train["epochs"], "batch_size": train["batch_size"], "accumulation": train["accumulation"],
+        "teacher": {"name": teacher.name, "kwargs": teacher.kwargs, "checkpoint_sha256": file_sha256(teacher.checkpoint)},
+        "data": {"train_list_sha256": _dataset_digest(data.root, data.train_csv),
+                 **{k: getattr(data, k) for k in ("num_classes", "num_frames", "frame_interval", "size", "short_side",
+                                                  "crop_area", "flip", "bad_video")}},
+        "augmentation": {"seed": cfg.seed, **{k: getattr(train, k) for k in ("mixup", "mixup_start_epoch", "cutmix_prob",
+                                                                        "mixup_alpha", "cutmix_alpha")}},
+        "batches": {"epochs": train.epochs, "batch_size": train.batch_size, "accumulation": train.accumulation,
                     "world_size": world_size},
-        "precision": train["amp"],
-        "topk": cfg["kd"]["cache_topk"],
-    }
+        "precision": train.amp,
+        "topk": cfg.kd.cache_topk,
+    })
 
 
 def _flatten(node, prefix: str = "") -> dict:
@@ -134,12 +133,12 @@ def chunk_path(folder: str, epoch: int, rank: int, chunk: int) -> str:
     return os.path.join(folder, f"e{epoch:04d}-r{rank:03d}-c{chunk:04d}.pt")
 
 
-def epoch_indices(cfg: dict, num_videos: int, info, epoch: int) -> torch.Tensor:
+def epoch_indices(cfg: RunConfig, num_videos: int, info, epoch: int) -> torch.Tensor:
     """This rank's dataset indices for `epoch`, in training order (a sampler of its own: the run's
     may be mid-iteration)."""
     from .distributed import TrainSampler
 
-    sampler = TrainSampler(num_videos, cfg["train"]["batch_size"], info, cfg["seed"])
+    sampler = TrainSampler(num_videos, cfg.train.batch_size, info, cfg.seed)
     sampler.set_epoch(epoch)
     return torch.tensor(list(iter(sampler)), dtype=torch.long)
 
@@ -168,12 +167,12 @@ def expand(stored: dict, num_classes: int, temperature: float) -> torch.Tensor:
 class TeacherCache:
     """The reader a cached distillation run uses: ``logits(epoch, batch)`` -> (B, K) fp32 on `device`."""
 
-    def __init__(self, cfg: dict, info, num_videos: int):
-        self.folder = cfg["kd"]["teacher_cache"]
+    def __init__(self, cfg: RunConfig, info, num_videos: int):
+        self.folder = cfg.kd.teacher_cache
         check_key(self.folder, cache_key(cfg, info.world_size))
         self.cfg, self.info, self.num_videos = cfg, info, num_videos
-        self.num_classes, self.temperature = cfg["data"]["num_classes"], cfg["kd"]["temperature"]
-        self.batch_size = cfg["train"]["batch_size"]
+        self.num_classes, self.temperature = cfg.data.num_classes, cfg.kd.temperature
+        self.batch_size = cfg.train.batch_size
         self._loaded: tuple[tuple[int, int], dict] | None = None
 
     def _chunk(self, epoch: int, chunk: int) -> dict:
@@ -203,18 +202,18 @@ class TeacherCache:
         return expand(picked, self.num_classes, self.temperature).to(self.info.device, non_blocking=True)
 
 
-def build_teacher_cache(cfg: dict) -> dict:
+def build_teacher_cache(cfg: dict | RunConfig) -> dict:
     """Run the teacher over every (epoch, micro-batch) this rank's distillation run will train on and
     store the logits under cfg.kd.teacher_cache; chunks already there are kept (a partial cache
     resumes). Returns {"written", "kept", "time_s"} for this rank."""
     from .config import check_config
     from .distributed import TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
 
-    check_config(cfg, distill=True)
-    folder = cfg["kd"]["teacher_cache"]
+    cfg = check_config(cfg, distill=True)
+    folder = cfg.kd.teacher_cache
     if not folder:
         raise ConfigError("kd.teacher_cache: the folder to build the cache in is not set")
-    info = init_distributed(cfg.get("device"))
+    info = init_distributed(cfg.device)
     lock = None
     try:
         key = cache_key(cfg, info.world_size)
@@ -230,16 +229,16 @@ def build_teacher_cache(cfg: dict) -> dict:
             else:
                 check_key(folder, key)
         barrier(info)
-        train = cfg["train"]
+        train = cfg.train
         teacher = build_teacher(cfg, info.device)
-        amp_dtype = autocast_dtype(train["amp"], info.device)
+        amp_dtype = autocast_dtype(train.amp, info.device)
         dataset = train_dataset(cfg)
-        sampler = TrainSampler(len(dataset), train["batch_size"], info, cfg["seed"])
-        per_epoch = batches_per_epoch(len(sampler), train["batch_size"], train["accumulation"])
+        sampler = TrainSampler(len(dataset), train.batch_size, info, cfg.seed)
+        per_epoch = batches_per_epoch(len(sampler), train.batch_size, train.accumulation)
         written = kept = 0
         start = time.perf_counter()
-        for epoch in range(train["epochs"]):
-            indices = epoch_indices(cfg, len(dataset), info, epoch).view(-1, train["batch_size"])
+        for epoch in range(train.epochs):
+            indices = epoch_indices(cfg, len(dataset), info, epoch).view(-1, train.batch_size)
             for chunk, first in enumerate(range(0, per_epoch, CHUNK_BATCHES)):
                 path = chunk_path(folder, epoch, info.rank, chunk)
                 if os.path.isfile(path):
@@ -254,11 +253,11 @@ def build_teacher_cache(cfg: dict) -> dict:
                 if len(parts) != stop - first:
                     raise RuntimeError(f"teacher cache: epoch {epoch} gave {len(parts)} micro-batches from {first}, "
                                        f"expected {stop - first}")
-                stored = compress(torch.stack(parts), cfg["kd"]["cache_topk"])
-                save_atomic({"indices": indices[first:stop].clone(), **stored}, path)
+                stored = compress(torch.stack(parts), cfg.kd.cache_topk)
+                save_torch({"indices": indices[first:stop].clone(), **stored}, path)
                 written += 1
             if info.is_main:
-                print(f"teacher cache: epoch {epoch + 1}/{train['epochs']} done ({folder})", flush=True)
+                print(f"teacher cache: epoch {epoch + 1}/{train.epochs} done ({folder})", flush=True)
         summary = {"written": written, "kept": kept, "time_s": time.perf_counter() - start}
         all_gather_objects(None, info)  # every rank finished before the lock is released
         return summary

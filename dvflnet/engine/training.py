@@ -3,7 +3,8 @@
     summary = run_training(cfg)                 # a teacher, or a student from scratch
     summary = run_training(cfg, distill=True)   # student + frozen teacher (loaded whole, head included)
 
-`cfg` is the nested dict of ``dvflnet.engine.config`` (DEFAULTS <- YAML <- --opts). Under torchrun
+`cfg` is a ``RunConfig`` (schema.py), or the loader's nested dict (DEFAULTS <- YAML <- --opts), made one
+and checked on the way in. Under torchrun
 every process runs the same function; rank 0 writes logs and checkpoints.
 """
 from __future__ import annotations
@@ -24,23 +25,24 @@ from tqdm import tqdm
 import dvfl_kernels
 
 from ..atomic import write_json
-from ..losses import DistillationLoss
-from .builders import autocast, autocast_dtype, batches_per_epoch, build_model, build_teacher, epoch_batches, eval_dataset, train_dataset
+from .builders import (autocast, autocast_dtype, batches_per_epoch, build_model, epoch_batches, eval_dataset,
+                       teacher_model_config, train_dataset)
 from .config import check_config
 from .distributed import DistInfo, TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
 from .evaluation import evaluate
+from .objectives import build_objective, cached_teacher
 from .optim import build_optimizer, scaled_lr
 from .run_state import (CheckpointManager, JsonLog, RunLock, capture_rng_state, find_resume, interactive,
-                        nonfinite_tensors, restore_rng_state, with_absolute_paths)
+                        nonfinite_tensors, restore_rng_state)
 from .schedule import WarmupCosine
-from .teacher_cache import TeacherCache
+from .schema import RunConfig
 
 
-def run_training(cfg: dict, distill: bool = False) -> dict:
+def run_training(cfg: dict | RunConfig, distill: bool = False) -> dict:
     """Train (or distil) for cfg.train.epochs, resuming from cfg.resume; returns a summary."""
-    check_config(cfg, distill)
-    info = init_distributed(cfg.get("device"))
-    lock = RunLock(cfg["output"]).acquire() if info.is_main else None  # before anything is written there
+    cfg = check_config(cfg, distill)
+    info = init_distributed(cfg.device)
+    lock = RunLock(cfg.output).acquire() if info.is_main else None  # before anything is written there
     try:
         return _train(cfg, distill, info)
     finally:
@@ -53,14 +55,14 @@ class TrainingDiverged(RuntimeError):
     """Non-finite losses or gradients for more consecutive steps than train.max_nonfinite_steps."""
 
 
-def _checkpoint_to_resume(cfg: dict, manager: CheckpointManager, info: DistInfo) -> tuple[str | None, dict | None]:
+def _checkpoint_to_resume(cfg: RunConfig, manager: CheckpointManager, info: DistInfo) -> tuple[str | None, dict | None]:
     """(path, state) of the checkpoint every rank resumes from, or (None, None): rank 0 picks it
     (setting corrupt ones aside) and checks it fits this config before config.json is written."""
     resume = None
     if info.is_main:
         left = manager.clean_leftovers()
         if left:
-            print(f"removed {len(left)} temporary file(s) an interrupted write left in {cfg['output']}")
+            print(f"removed {len(left)} temporary file(s) an interrupted write left in {cfg.output}")
         resume = find_resume(cfg, manager)
     resume_path = all_gather_objects(resume[0] if resume else None, info)[0]
     return resume_path, resume[1] if resume else (manager.load(resume_path) if resume_path else None)
@@ -131,14 +133,14 @@ def _peak_memory(device: torch.device) -> dict:
     return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_max_rss"}
 
 
-def _choose_threads(cfg: dict, model: nn.Module, teacher: nn.Module | None, amp_dtype) -> int:
+def _choose_threads(cfg: RunConfig, model: nn.Module, teacher: nn.Module | None, amp_dtype) -> int:
     """One thread or all usable cores for this run's CPU steps, measured on a step of random clips of
     the run's shape (dvfl_kernels.choose_training_threads); the model's gradients and every random
     stream are as they were before, so the run's numbers do not depend on the measuring."""
-    data, train = cfg["data"], cfg["train"]
+    data, train = cfg.data, cfg.train
     generator = torch.Generator().manual_seed(0)
-    clips = torch.randn(train["batch_size"], data["num_frames"], 3, data["size"], data["size"], generator=generator)
-    targets = torch.randint(0, data["num_classes"], (train["batch_size"],), generator=generator)
+    clips = torch.randn(train.batch_size, data.num_frames, 3, data.size, data.size, generator=generator)
+    targets = torch.randint(0, data.num_classes, (train.batch_size,), generator=generator)
     was_training, rng = model.training, capture_rng_state()
     model.train()
 
@@ -150,8 +152,8 @@ def _choose_threads(cfg: dict, model: nn.Module, teacher: nn.Module | None, amp_
                     teacher(clips)
         loss.backward()
 
-    key = (cfg["model"]["name"], repr(cfg["model"].get("kwargs")), tuple(clips.shape), str(amp_dtype),
-           None if teacher is None else cfg["teacher"]["name"])
+    key = (cfg.model.name, repr(cfg.model.kwargs), tuple(clips.shape), str(amp_dtype),
+           None if teacher is None else cfg.teacher.name)
     try:
         return dvfl_kernels.choose_training_threads(key, step)
     finally:
@@ -161,81 +163,80 @@ def _choose_threads(cfg: dict, model: nn.Module, teacher: nn.Module | None, amp_
         restore_rng_state(rng)
 
 
-def measure_threads(cfg: dict, distill: bool = False) -> int:
+def measure_threads(cfg: dict | RunConfig, distill: bool = False) -> int:
     """The CPU thread count run_training(cfg, distill) will choose (measured now on models of the
     run's architecture with random weights, or read from the probe cache): what the demo plans its
     side-by-side runs with. Leaves torch's thread count at that value."""
-    check_config(cfg, distill)
-    model = build_model(cfg["model"], cfg["data"])
+    cfg = check_config(cfg, distill)
+    dvfl_kernels.RUNTIME.use_verdicts(cfg.verdicts)
+    model = build_model(cfg.model, cfg.data)
     teacher = None
-    if distill:
-        teacher_cfg = dict(cfg["teacher"], drop_path_rate=None, pretrained=None, backend=cfg["model"]["backend"])
-        teacher = build_model(teacher_cfg, cfg["data"]).requires_grad_(False).eval()
-    return _choose_threads(cfg, model, teacher, autocast_dtype(cfg["train"]["amp"], torch.device("cpu")))
+    if distill:  # random weights: only its shape and cost matter here
+        teacher = build_model(teacher_model_config(cfg), cfg.data).requires_grad_(False).eval()
+    return _choose_threads(cfg, model, teacher, autocast_dtype(cfg.train.amp, torch.device("cpu")))
 
 
-def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
-    train, data = cfg["train"], cfg["data"]
-    torch.manual_seed(cfg["seed"] + info.rank)
-    out = cfg["output"]
-    manager = CheckpointManager(out, train["keep_last"])
+def _train(cfg: RunConfig, distill: bool, info: DistInfo) -> dict:
+    train, data = cfg.train, cfg.data
+    dvfl_kernels.RUNTIME.use_verdicts(cfg.verdicts)  # a run repeated from its config.json
+    torch.manual_seed(cfg.seed + info.rank)
+    out = cfg.output
+    manager = CheckpointManager(out, train.keep_last)
     dataset = train_dataset(cfg)
     # distillation reads the teacher's logits from kd.teacher_cache when set, else runs the teacher;
     # a cache built for another run is refused here, before anything is written to the output
-    cache = TeacherCache(cfg, info, len(dataset)) if distill and cfg["kd"]["teacher_cache"] else None
+    cached = cached_teacher(cfg, distill, info, len(dataset))
     resume_path, state = _checkpoint_to_resume(cfg, manager, info)
-    saved_config = with_absolute_paths(cfg)  # in config.json and every checkpoint
+    saved_config = cfg.with_absolute_paths().to_dict()  # in config.json and every checkpoint
     if info.is_main:
         write_json(saved_config, os.path.join(out, "config.json"))
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None,
-                  os.path.join(out, "tensorboard") if train["tensorboard"] else None)
+                  os.path.join(out, "tensorboard") if train.tensorboard else None)
     log.truncate_after(state["step"] if state else 0)
 
-    val_set = eval_dataset(cfg, *train["eval_views"]) if train["eval_every"] else None
-    model = build_model(cfg["model"], data).to(info.device)
-    teacher = build_teacher(cfg, info.device) if distill and cache is None else None
-    amp_dtype = autocast_dtype(train["amp"], info.device)
+    val_set = eval_dataset(cfg, *train.eval_views) if train.eval_every else None
+    model = build_model(cfg.model, data).to(info.device)
+    objective = build_objective(cfg, distill, info.device, cached)
+    amp_dtype = autocast_dtype(train.amp, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=amp_dtype == torch.float16)
 
-    global_batch = train["batch_size"] * train["accumulation"] * info.world_size
-    optimizer = build_optimizer(model, scaled_lr(train["base_lr"], global_batch, train["reference_batch"]),
-                                train["weight_decay"], train["momentum"], train["optimizer"], train["weight_decay_on"])
-    if info.is_main and train["weight_decay"] > 0 and train["weight_decay_on"] == "nothing":
-        print(f"train.weight_decay {train['weight_decay']:g} applies to no parameter: train.weight_decay_on is "
+    global_batch = train.batch_size * train.accumulation * info.world_size
+    optimizer = build_optimizer(model, scaled_lr(train.base_lr, global_batch, train.reference_batch),
+                                train.weight_decay, train.momentum, train.optimizer, train.weight_decay_on)
+    if info.is_main and train.weight_decay > 0 and train.weight_decay_on == "nothing":
+        print(f"train.weight_decay {train.weight_decay:g} applies to no parameter: train.weight_decay_on is "
               "'nothing', what the public training code effectively did (set it to 'weights' to decay weights)")
-    sampler = TrainSampler(len(dataset), train["batch_size"], info, cfg["seed"])
-    per_epoch = batches_per_epoch(len(sampler), train["batch_size"], train["accumulation"])
-    steps_per_epoch = per_epoch // train["accumulation"]
+    sampler = TrainSampler(len(dataset), train.batch_size, info, cfg.seed)
+    per_epoch = batches_per_epoch(len(sampler), train.batch_size, train.accumulation)
+    steps_per_epoch = per_epoch // train.accumulation
     if steps_per_epoch == 0:
-        raise ValueError(f"train.accumulation: {train['accumulation']} micro-batches per step is more than the "
-                         f"{len(sampler) // train['batch_size']} each process gets per epoch")
+        raise ValueError(f"train.accumulation: {train.accumulation} micro-batches per step is more than the "
+                         f"{len(sampler) // train.batch_size} each process gets per epoch")
     schedule = WarmupCosine(
-        scaled_lr(train["base_lr"], global_batch, train["reference_batch"]), train["epochs"] * steps_per_epoch,
-        train["warmup_epochs"] * steps_per_epoch, scaled_lr(train["warmup_lr"], global_batch, train["reference_batch"]),
-        scaled_lr(train["min_lr"], global_batch, train["reference_batch"]),
+        scaled_lr(train.base_lr, global_batch, train.reference_batch), train.epochs * steps_per_epoch,
+        train.warmup_epochs * steps_per_epoch, scaled_lr(train.warmup_lr, global_batch, train.reference_batch),
+        scaled_lr(train.min_lr, global_batch, train.reference_batch),
     )
-    if distill:
-        criterion = DistillationLoss(cfg["kd"]["alpha"], cfg["kd"]["temperature"],
-                                     0.0 if train["mixup"] else train["label_smoothing"])
-
     epoch, batch_in_epoch, step, partial = _restore(state, resume_path, model, optimizer, scaler, info)
     del state
     if info.device.type == "cpu":
-        threads = _choose_threads(cfg, model, teacher, amp_dtype)
+        threads = _choose_threads(cfg, model, objective.teacher.model, amp_dtype)
         if info.is_main:
             how = "given" if dvfl_kernels.cpu_threads.user_threads() is not None else "measured fastest for this run"
             print(f"CPU threads: {threads} ({how}; {dvfl_kernels.usable_cores()} usable cores)", flush=True)
 
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None) if info.enabled else model
-    forward = torch.compile(ddp) if cfg["model"].get("compile") else ddp
+    forward = torch.compile(ddp) if cfg.model.compile else ddp
 
     def checkpoint(metric: float | None = None, epoch_partial: dict | None = None) -> None:
         position = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_partial": epoch_partial}
         _save_checkpoint(manager, info, model, optimizer, scaler, schedule, position, saved_config, metric)
+        if info.is_main:  # the CPU engine's choices so far: the same run elsewhere makes them too
+            write_json({**saved_config, "verdicts": dvfl_kernels.RUNTIME.verdict_table()}, os.path.join(out, "config.json"))
 
     summary = {"epochs": [], "output": out}
-    nonfinite = NonFiniteSteps(train["max_nonfinite_steps"], log, info, manager)
-    while epoch < train["epochs"]:
+    nonfinite = NonFiniteSteps(train.max_nonfinite_steps, log, info, manager)
+    while epoch < train.epochs:
         model.train()
         if info.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(info.device)
@@ -244,23 +245,18 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
         skipped_steps, skipped_before = partial.get("skipped_steps", 0), dataset.skipped_total()
         one_thread_before = dvfl_kernels.cpu_threads.one_thread_calls()
         step_loss = torch.zeros((), device=info.device)
-        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train["accumulation"], desc=f"epoch {epoch + 1}/{train['epochs']}",
-                   disable=not (info.is_main and train["progress"] and interactive()), dynamic_ncols=True)
+        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch // train.accumulation, desc=f"epoch {epoch + 1}/{train.epochs}",
+                   disable=not (info.is_main and train.progress and interactive()), dynamic_ncols=True)
         for batch, clips, targets in epoch_batches(cfg, dataset, sampler, info, epoch, batch_in_epoch, per_epoch):
-            last_micro = (batch + 1) % train["accumulation"] == 0
+            last_micro = (batch + 1) % train.accumulation == 0
             sync = contextlib.nullcontext() if last_micro or not info.enabled else ddp.no_sync()
             # on CPU: one thread for a while after a step whose cores another process shared
             with sync, dvfl_kernels.cpu_threads.shared_core_guard(clips, training=True):
                 with autocast(info.device, amp_dtype):
                     logits = forward(clips)
-                    if distill:
-                        with torch.no_grad():
-                            teacher_logits = teacher(clips) if cache is None else cache.logits(epoch, batch)
-                if distill:
-                    loss = criterion(logits.float(), teacher_logits.float(), targets)
-                else:
-                    loss = F.cross_entropy(logits.float(), targets, label_smoothing=0.0 if train["mixup"] else train["label_smoothing"])
-                scaler.scale(loss / train["accumulation"]).backward()
+                    teacher_logits = objective.teacher.logits(clips, epoch, batch)
+                loss = objective.criterion(logits, teacher_logits, targets)
+                scaler.scale(loss / train.accumulation).backward()
             step_loss += loss.detach()
             clips_seen += clips.shape[0] * info.world_size
             batch_in_epoch = batch + 1
@@ -269,7 +265,7 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
 
             lr = schedule.apply(optimizer, step)
             scaler.unscale_(optimizer)
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train["clip_grad"])
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), train.clip_grad)
             # fp16's scaler skips steps with inf/NaN gradients itself (and lowers its scale); any other
             # non-finite loss or gradient skips the step here, and too many in a row stop the run
             # one host sync per step for both numbers
@@ -277,27 +273,26 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             finite = math.isfinite(step_loss_value) and (scaler.is_enabled() or math.isfinite(grad_norm_value))
             if finite:
                 scaler.step(optimizer)
-                loss_sum, loss_count = loss_sum + step_loss_value, loss_count + train["accumulation"]
+                loss_sum, loss_count = loss_sum + step_loss_value, loss_count + train.accumulation
             else:
                 skipped_steps += 1
-            nonfinite.after_step(finite, epoch, step, step_loss_value / train["accumulation"], grad_norm_value)
+            nonfinite.after_step(finite, epoch, step, step_loss_value / train.accumulation, grad_norm_value)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
             step_loss.zero_()
             step += 1
             bar.update(1)
-            if finite and (step % train["log_every"] == 0 or batch_in_epoch == per_epoch):
+            if finite and (step % train.log_every == 0 or batch_in_epoch == per_epoch):
                 record = {"loss": loss.item(), "lr": lr, "grad_norm": grad_norm_value,
                           "clips_per_s": clips_seen / (time.perf_counter() - start)}
-                if distill:
-                    record.update({k: v.item() for k, v in criterion.last_parts.items()})
+                record.update(objective.criterion.logged())
                 bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()})
-                if bar.disable and info.is_main and train["progress"]:  # not a terminal: one plain line
-                    in_epoch = batch_in_epoch // train["accumulation"]
-                    print(f"epoch {epoch + 1}/{train['epochs']} step {in_epoch}/{steps_per_epoch}: "
+                if bar.disable and info.is_main and train.progress:  # not a terminal: one plain line
+                    in_epoch = batch_in_epoch // train.accumulation
+                    print(f"epoch {epoch + 1}/{train.epochs} step {in_epoch}/{steps_per_epoch}: "
                           + ", ".join(f"{k} {v:.4g}" for k, v in record.items()), flush=True)
                 log.write(event="step", epoch=epoch, step=step, **record)
-            if train["save_every_steps"] and step % train["save_every_steps"] == 0 and batch_in_epoch < per_epoch:
+            if train.save_every_steps and step % train.save_every_steps == 0 and batch_in_epoch < per_epoch:
                 checkpoint(epoch_partial={"loss_sum": loss_sum, "loss_count": loss_count, "clips": clips_seen,
                                           "time_s": time.perf_counter() - start, "skipped_steps": skipped_steps})
         bar.close()
@@ -310,16 +305,16 @@ def _train(cfg: dict, distill: bool, info: DistInfo) -> dict:
             record["one_thread_steps"] = dvfl_kernels.cpu_threads.one_thread_calls() - one_thread_before
         epoch, batch_in_epoch, partial = epoch + 1, 0, {}
         metric = None
-        if val_set is not None and (epoch % train["eval_every"] == 0 or epoch == train["epochs"]):
-            result = evaluate(model, val_set, info, cfg["eval"]["batch_size"], data["num_workers"], amp_dtype)
+        if val_set is not None and (epoch % train.eval_every == 0 or epoch == train.epochs):
+            result = evaluate(model, val_set, info, cfg.eval.batch_size, data.num_workers, amp_dtype)
             metric = result["top1"]
             record.update(val_top1=result["top1"], val_top5=result["top5"])
         log.write(event="epoch", **record)
         summary["epochs"].append(record)
         if info.is_main:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
-            print(f"epoch {epoch}/{train['epochs']}: {shown}", flush=True)
-        if epoch % train["save_every_epochs"] == 0 or epoch == train["epochs"] or metric is not None:
+            print(f"epoch {epoch}/{train.epochs}: {shown}", flush=True)
+        if epoch % train.save_every_epochs == 0 or epoch == train.epochs or metric is not None:
             checkpoint(metric)
 
     log.close()

@@ -32,6 +32,7 @@ from ..data.video import DecodedVideos
 from ..engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
 from ..engine.builders import build_model
 from ..engine.evaluation import run_evaluation
+from ..engine.schema import RunConfig
 from ..engine.training import measure_threads, run_training
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
@@ -190,11 +191,10 @@ def run_demo(spec: dict) -> list[dict]:
             scratch.stop()
     print("[5/5] evaluating (1 clip x 1 crop, 4 clips x 3 crops)", flush=True)
     for row in rows:
-        cfg = configs[row["run"]]
-        results = run_evaluation(cfg)
-        model = build_model(dict(cfg["model"], pretrained=None), cfg["data"])
-        row.update(params=count_parameters(model),
-                   gflops=count_flops(model, cfg["data"]["num_frames"], cfg["data"]["size"]) / 1e9,
+        run = RunConfig.from_dict(configs[row["run"]])
+        results = run_evaluation(run)
+        model = build_model(run.model, run.data, pretrained=False)
+        row.update(params=count_parameters(model), gflops=count_flops(model, run.data.num_frames, run.data.size) / 1e9,
                    **{f"{k}_{m}": v[m] for k, v in results.items() for m in ("top1", "top5")})
     del decoded
     print_table(rows)

@@ -13,8 +13,8 @@ and the teacher too, so each demo seed has its own grid) into one table over all
 """
 from __future__ import annotations
 
-import copy
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -22,6 +22,7 @@ import statistics
 
 from ..atomic import save_figure, write_json, write_text
 from ..engine.config import ConfigError, check_config
+from ..engine.schema import RunConfig
 from ..engine.evaluation import run_evaluation
 from ..engine.training import run_training
 from ..engine.teacher_cache import build_teacher_cache
@@ -35,21 +36,17 @@ def cell_name(alpha: float, temperature: float) -> str:
     return f"alpha{alpha:g}-T{temperature:g}"
 
 
-def cell_config(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
-    cell = copy.deepcopy(cfg)
-    cell["kd"].update(alpha=alpha, temperature=temperature)
-    cell.update(output=folder, resume="auto")
-    return cell
+def cell_config(cfg: RunConfig, alpha: float, temperature: float, folder: str) -> RunConfig:
+    return dataclasses.replace(cfg, kd=dataclasses.replace(cfg.kd, alpha=alpha, temperature=temperature),
+                               output=folder, resume="auto")
 
 
-def _settings(cell: dict) -> dict:
-    """What a cell's result depends on: its whole run config but where it is written and how progress
-    shows (paths made absolute, as the trainer saves them)."""
-    from ..engine.run_state import with_absolute_paths
-
-    settings = with_absolute_paths(cell)
-    settings.pop("output", None)
-    settings.pop("resume", None)
+def _settings(cell: RunConfig) -> dict:
+    """What a cell's result depends on: its whole run config but where it is written, how progress
+    shows and the CPU engine's choices a run records (paths made absolute, as the trainer saves them)."""
+    settings = cell.with_absolute_paths().to_dict()
+    for key in ("output", "resume", "verdicts"):
+        settings.pop(key, None)
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("progress", "log_every")}
     return json.loads(json.dumps(settings))  # as read back from JSON (tuples as lists)
 
@@ -61,9 +58,10 @@ def _differences(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"[:120]]
 
 
-def run_cell(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
+def run_cell(cfg: dict | RunConfig, alpha: float, temperature: float, folder: str) -> dict:
     """One distillation run of the grid (resumed when cut short) and its 1x1 evaluation; the result is
     kept in <folder>/result.json, so a finished cell is read back instead of run again."""
+    cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     result_path = os.path.join(folder, "result.json")
     cell = cell_config(cfg, alpha, temperature, folder)
     settings = _settings(cell)
@@ -79,23 +77,24 @@ def run_cell(cfg: dict, alpha: float, temperature: float, folder: str) -> dict:
         saved = os.path.join(folder, "config.json")
         if os.path.isfile(saved):  # a cell cut short: resume only what these settings started
             with open(saved) as f:
-                changed = _differences(_settings(json.load(f)), settings)
+                changed = _differences(_settings(RunConfig.from_dict(json.load(f))), settings)
             if changed:
                 raise ConfigError(f"{folder}: a cell cut short under other settings ({', '.join(changed[:5])}); "
                                   "give another --output, or remove the folder to run it again")
     summary = run_training(cell, distill=True)
-    cell["eval"].update(checkpoint=summary["last"], views=[[1, 1]])
+    cell = dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, checkpoint=summary["last"], views=((1, 1),)))
     report = run_evaluation(cell)["1x1"]
-    result = {"seed": cfg["seed"], "alpha": alpha, "temperature": temperature, "1x1_top1": report["top1"],
+    result = {"seed": cfg.seed, "alpha": alpha, "temperature": temperature, "1x1_top1": report["top1"],
               "1x1_top5": report["top5"], "train_time_s": summary["train_time_s"], "checkpoint": summary["last"],
               "settings": settings}
     write_json(result, result_path)
     return result
 
 
-def run_grid(cfg: dict, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, seeds=None) -> list[dict]:
+def run_grid(cfg: dict | RunConfig, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, seeds=None) -> list[dict]:
     """Every (seed, alpha, temperature) cell; returns their results and writes the grid's files."""
-    if not cfg["teacher"]["checkpoint"] or not cfg["teacher"]["name"]:
+    cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
+    if not cfg.teacher.checkpoint or not cfg.teacher.name:
         raise ConfigError("teacher.name and teacher.checkpoint: the grid distils from a trained teacher; set both")
     for name, values in (("--alphas", alphas), ("--temperatures", temperatures), ("--seeds", seeds or [0])):
         if not values:
@@ -113,12 +112,11 @@ def run_grid(cfg: dict, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, s
                 check_config(cell_config(cfg, alpha, temperature, output), distill=True)
             except ConfigError as err:
                 raise ConfigError(f"alpha {alpha:g}, T {temperature:g}: {err}") from None
-    seeds = [cfg["seed"]] if not seeds else list(seeds)
+    seeds = [cfg.seed] if not seeds else list(seeds)
     results = []
     for seed in seeds:
-        seeded = copy.deepcopy(cfg)
-        seeded["seed"] = seed
-        seeded["kd"]["teacher_cache"] = os.path.join(output, f"cache-seed{seed}")
+        seeded = dataclasses.replace(cfg, seed=seed, kd=dataclasses.replace(
+            cfg.kd, teacher_cache=os.path.join(output, f"cache-seed{seed}")))
         cache = build_teacher_cache(seeded)
         print(f"seed {seed}: teacher cache ready ({cache['written']} chunk(s) written, {cache['kept']} kept, "
               f"{cache['time_s']:.0f} s)", flush=True)

@@ -30,11 +30,11 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..data.video import is_video_name, walk_videos
 from ..atomic import write_set
 
-DATASETS = ("ucf101", "hmdb51", "ucf50", "ssv2", "k400")
 # A UCF-style clip name: v_<Class>_g<group>_c<clip>.<ext> (UCF101 and UCF50 alike).
 UCF_CLIP = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c(?P<clip>\d+)\.[A-Za-z0-9]+$")
 
@@ -281,6 +281,37 @@ def k400(videos: str, annotations: str) -> Prepared:
     return Prepared(classes, train, val)
 
 
+@dataclass(frozen=True)
+class Reader:
+    """How `prepare` reads one dataset's official files.
+
+    Args:
+        read: (videos, annotations, split, fold, output) -> its classes and splits.
+        annotations: it needs --annotations (UCF50 has no annotation files).
+        splits: the official --split values it has (empty: it takes none).
+        folds: the --fold values it has (None: it takes none).
+    """
+
+    read: Callable[[str, str | None, int, int, str | None], Prepared]
+    annotations: bool = True
+    splits: tuple[int, ...] = ()
+    folds: range | None = None
+
+
+# The datasets `prepare` reads; the CLI takes its choices from here. Adding one is a reader and a line.
+READERS: dict[str, Reader] = {
+    "ucf101": Reader(lambda videos, annotations, split, fold, output: ucf101(videos, annotations, split),
+                     splits=(1, 2, 3)),
+    "hmdb51": Reader(lambda videos, annotations, split, fold, output: hmdb51(videos, annotations, split),
+                     splits=(1, 2, 3)),
+    "ucf50": Reader(lambda videos, annotations, split, fold, output: ucf50(videos, fold, output), annotations=False,
+                    folds=range(1, 26)),
+    "ssv2": Reader(lambda videos, annotations, split, fold, output: ssv2(videos, annotations)),
+    "k400": Reader(lambda videos, annotations, split, fold, output: k400(videos, annotations)),
+}
+DATASETS = tuple(READERS)
+
+
 # -- shared: check, write, summarise -----------------------------------------------------------------
 
 
@@ -321,21 +352,18 @@ def read_dataset(dataset: str, videos: str, annotations: str | None = None, spli
 
 
 def _read(dataset: str, videos: str, annotations: str | None, split: int, fold: int, output: str | None) -> Prepared:
-    if dataset not in DATASETS:
+    reader = READERS.get(dataset)
+    if reader is None:
         raise PrepareError(f"dataset: expected one of {', '.join(DATASETS)}, got {dataset!r}")
-    if dataset in ("ucf101", "hmdb51") and split not in (1, 2, 3):
-        raise PrepareError(f"--split: expected 1, 2 or 3, got {split}")
-    if dataset == "ucf50":
-        if not 1 <= fold <= 25:
-            raise PrepareError(f"--fold: expected 1..25 (the group held out), got {fold}")
-        return ucf50(videos, fold, output)
-    if annotations is None:
+    if reader.splits and split not in reader.splits:
+        *first, last = map(str, reader.splits)
+        raise PrepareError(f"--split: expected {', '.join(first)} or {last}, got {split}")
+    if reader.folds is not None and fold not in reader.folds:
+        raise PrepareError(f"--fold: expected {reader.folds.start}..{reader.folds.stop - 1} (the group held out), "
+                           f"got {fold}")
+    if reader.annotations and annotations is None:
         raise PrepareError(f"--annotations: {dataset} needs the folder of its official annotation files")
-    if dataset == "ucf101":
-        return ucf101(videos, annotations, split)
-    if dataset == "hmdb51":
-        return hmdb51(videos, annotations, split)
-    return ssv2(videos, annotations) if dataset == "ssv2" else k400(videos, annotations)
+    return reader.read(videos, annotations, split, fold, output)
 
 
 def check_videos(prepared: Prepared, videos: str, missing: str = "error") -> Prepared:

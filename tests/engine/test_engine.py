@@ -3,7 +3,6 @@ from a mid-epoch checkpoint, evaluation covers every video once (also over 2 glo
 torchrun), configs and overrides, the CLI, and the demo."""
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import os
@@ -22,9 +21,9 @@ from dvflnet.engine import (
     DEFAULTS, ConfigError, DistInfo, ShardSampler, TrainSampler, check_config, classification_report, load_config,
     run_evaluation, run_training,
 )
+from helpers import TINY_MODEL, tiny_run_config
 
 CLASSES = ("move_left", "move_right", "approach", "recede")
-TINY_MODEL = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +33,11 @@ def videos(tmp_path_factory):
 
 
 def tiny_config(videos, output, **overrides) -> dict:
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update(output=str(output), resume=None, device="cpu")
-    cfg["data"].update(root=videos.root, train_csv=videos.train_csv, val_csv=videos.val_csv, labels_csv=videos.labels_csv,
-                       num_classes=len(CLASSES), num_frames=4, frame_interval=1, size=32, short_side=36,
-                       test_short_side=32, crop_area=[0.8, 1.0], num_workers=0)
-    cfg["model"].update(kwargs=dict(TINY_MODEL), drop_path_rate=0.1)
-    cfg["train"].update(epochs=2, warmup_epochs=1, batch_size=4, base_lr=0.5, log_every=1, progress=False,
-                        eval_views=[1, 1])
-    cfg["eval"].update(views=[[1, 1], [2, 3]], batch_size=3)
+    cfg = tiny_run_config(videos, output, len(CLASSES),
+                          data=dict(labels_csv=videos.labels_csv, num_frames=4, short_side=36, crop_area=[0.8, 1.0]),
+                          model=dict(drop_path_rate=0.1),
+                          train=dict(epochs=2, warmup_epochs=1, batch_size=4, base_lr=0.5, log_every=1, eval_views=[1, 1]),
+                          eval=dict(views=[[1, 1], [2, 3]], batch_size=3))
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         cfg[section][key] = value
@@ -159,6 +154,27 @@ def test_checkpoints_every_nth_epoch_keep_the_last_and_evaluated_ones_and_resume
     assert [e["epoch"] for e in resumed["epochs"]] == [3, 4]
     final_straight, final_resumed = _final_state(straight), _final_state(resumed)
     assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
+
+
+def test_a_run_records_its_engine_choices_and_a_run_given_them_makes_the_same(videos, tmp_path):
+    """config.json carries the CPU engine's measured choices (its evaluations ran the linear engine);
+    a run given that config takes them as they are, unmeasured: here each one flipped."""
+    with dvfl_kernels.RUNTIME.scoped():
+        run_training(tiny_config(videos, tmp_path / "first", train__epochs=1))
+    table = load_config(str(tmp_path / "first" / "config.json"))["verdicts"]
+    linear = {key: verdict for key, verdict in table.items() if key.startswith("('linear'")}
+    if not linear:
+        pytest.skip("this torch has no oneDNN linear: the engine has one implementation, nothing to choose")
+    assert set(linear.values()) <= {"aten", "onednn"}
+    flipped = {key: "aten" if verdict == "onednn" else "onednn" for key, verdict in linear.items()}
+    second = tiny_config(videos, tmp_path / "second", train__epochs=1)
+    second["verdicts"] = flipped
+    with dvfl_kernels.RUNTIME.scoped():
+        run_training(second)
+        used = {repr(key): verdict for key, verdict in dvfl_kernels.RUNTIME.verdicts.items() if repr(key) in flipped}
+    assert used == flipped
+    with open(tmp_path / "second" / "config.json") as f:
+        assert flipped.items() <= json.load(f)["verdicts"].items()
 
 
 def test_gradient_accumulation_equals_a_big_batch(videos, tmp_path):
@@ -293,7 +309,7 @@ def test_cli_generate_data_passes_every_knob(tmp_path, monkeypatch, capsys):
         seen.update(root=root, args=args, kwargs=kwargs)
         return generate_dataset(root, 1, 1, 4, 32, classes=("move_left",), seed=0)
 
-    monkeypatch.setattr("dvflnet.cli.generate_dataset", fake)
+    monkeypatch.setattr("dvflnet.commands.generate_dataset", fake)
     argv = ["generate-data", str(tmp_path / "a"), "--train-per-class", "3", "--val-per-class", "2", "--frames", "8", "--size", "32",
             "--seed", "5", "--classes", "move_left", "move_up", "--fps", "10", "--camera-jitter", "0.2", "--clutter", "0.1",
             "--motion", "2", "--opacity", "1", "1", "--direction-spread", "30"]

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dvflnet.engine import CheckpointManager, WarmupCosine, build_optimizer, capture_rng_state, restore_rng_state, save_atomic, scaled_lr
+from dvflnet.atomic import save_torch
+from dvflnet.engine import CheckpointManager, WarmupCosine, build_optimizer, capture_rng_state, restore_rng_state, scaled_lr
 from dvflnet.models import VideoFocalNet
 
 TINY = dict(img_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, num_frames=2, drop_path_rate=0.3, drop_rate=0.1)
@@ -92,7 +93,7 @@ def test_warmup_cosine_schedule():
 
 def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     path = tmp_path / "ckpt.pt"
-    save_atomic({"a": torch.ones(2)}, str(path))
+    save_torch({"a": torch.ones(2)}, str(path))
     assert torch.load(path, weights_only=True)["a"].sum() == 2
 
     def broken_save(obj, f):
@@ -101,7 +102,7 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_atomic({"a": torch.zeros(2)}, str(path))
+        save_torch({"a": torch.zeros(2)}, str(path))
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["a"].sum() == 2  # the old checkpoint is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind

@@ -19,11 +19,12 @@ import yaml
 
 from dvflnet.data import AnnotationError, VideoReadError, read_annotations, read_class_names
 from dvflnet.data.synthetic import generate_dataset
-from dvflnet.engine import DEFAULTS, CheckpointManager, ConfigError, check_config, load_config, run_training
+from dvflnet.engine import CheckpointManager, ConfigError, check_config, load_config, run_training
 from dvflnet.engine import training
 from dvflnet.engine.run_state import RunLock, RunLockedError
 from dvflnet.engine.training import TrainingDiverged
 from dvflnet.models import CheckpointError, VideoFocalNet, create_model, load_checkpoint
+from helpers import tiny_run_config
 
 CLASSES = ("move_left", "move_right")
 
@@ -36,14 +37,9 @@ def videos(tmp_path_factory):
 
 def small_config(videos, output, **train) -> dict:
     """8 videos, batch 4: 2 steps per epoch of a tiny model; no evaluation."""
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update(output=str(output), resume="auto", device="cpu")
-    cfg["data"].update(root=videos.root, train_csv=videos.train_csv, val_csv=videos.val_csv, num_classes=len(CLASSES),
-                       num_frames=4, frame_interval=1, size=32, short_side=32, test_short_side=32, num_workers=0)
-    cfg["model"].update(kwargs={"embed_dim": 8, "depths": [1, 1, 1, 1]}, drop_path_rate=0.0)
-    cfg["train"].update(dict(epochs=1, warmup_epochs=0, batch_size=4, base_lr=0.1, log_every=1, progress=False,
-                             eval_every=0, mixup=False) | train)
-    return cfg
+    return tiny_run_config(videos, output, len(CLASSES), resume="auto", data={"num_frames": 4},
+                           train=dict(epochs=1, warmup_epochs=0, batch_size=4, base_lr=0.1, log_every=1, eval_every=0,
+                                      mixup=False) | train)
 
 
 def _records(output) -> list[dict]:

@@ -16,12 +16,13 @@ from dvflnet.experiments.grid import run_grid
 from dvflnet.cli import main as cli_main
 from dvflnet.data import smooth_one_hot
 from dvflnet.data.synthetic import generate_dataset
-from dvflnet.engine import DEFAULTS, run_training
+from dvflnet.engine import RunConfig, run_training
 from dvflnet.engine.distributed import DistInfo, TrainSampler
 from dvflnet.engine.builders import build_teacher, epoch_batches, train_dataset
 from dvflnet.engine.teacher_cache import (
     CHUNK_BATCHES, TeacherCache, TeacherCacheError, build_teacher_cache, compress, expand,
 )
+from helpers import tiny_run_config
 
 CLASSES = ("move_left", "move_right", "move_up", "move_down")
 TEACHER = {"embed_dim": 8, "depths": [1, 1, 1, 1]}
@@ -44,11 +45,7 @@ def setup(tmp_path_factory):
 
 def distill_config(setup, output, cache=None, **train) -> dict:
     videos, checkpoint, _ = setup
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update(output=str(output), resume=None, device="cpu", seed=7)
-    cfg["data"].update(root=videos.root, train_csv=videos.train_csv, val_csv=videos.val_csv, num_classes=len(CLASSES),
-                       num_frames=2, frame_interval=1, size=32, short_side=36, test_short_side=32, num_workers=0)
-    cfg["model"].update(kwargs={"embed_dim": 8, "depths": [1, 1, 1, 1]}, drop_path_rate=0.0)
+    cfg = tiny_run_config(videos, output, len(CLASSES), seed=7, data=dict(num_frames=2, short_side=36))
     cfg["teacher"].update(name="vfl_net_nano", kwargs=dict(TEACHER), checkpoint=checkpoint)
     cfg["kd"].update(alpha=0.5, temperature=4.0, teacher_cache=None if cache is None else str(cache))
     cfg["train"].update({"epochs": 2, "warmup_epochs": 0, "batch_size": 4, "base_lr": 0.2, "log_every": 1,
@@ -67,14 +64,14 @@ def test_cache_holds_the_teachers_logits_on_the_training_stream(setup, tmp_path)
     cfg = distill_config(setup, tmp_path / "run", cache=tmp_path / "cache", epochs=3)
     summary = build_teacher_cache(cfg)
     assert summary["written"] == 3 and summary["kept"] == 0  # one chunk per epoch at this size
-    info = DistInfo()
-    dataset = train_dataset(cfg)
-    sampler = TrainSampler(len(dataset), cfg["train"]["batch_size"], info, cfg["seed"])
-    teacher, cache = build_teacher(cfg, info.device), TeacherCache(cfg, info, len(dataset))
+    info, run = DistInfo(), RunConfig.from_dict(cfg)
+    dataset = train_dataset(run)
+    sampler = TrainSampler(len(dataset), run.train.batch_size, info, run.seed)
+    teacher, cache = build_teacher(run, info.device), TeacherCache(run, info, len(dataset))
     seen = 0
     with torch.no_grad():
         for epoch in range(3):
-            for batch, clips, _ in epoch_batches(cfg, dataset, sampler, info, epoch, 0, 3):
+            for batch, clips, _ in epoch_batches(run, dataset, sampler, info, epoch, 0, 3):
                 online = teacher(clips)
                 cached = cache.logits(epoch, batch)
                 torch.testing.assert_close(cached, online.half().float(), rtol=0, atol=0)
@@ -83,11 +80,11 @@ def test_cache_holds_the_teachers_logits_on_the_training_stream(setup, tmp_path)
 
 
 def _stream(cfg, epochs: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    info = DistInfo()
-    dataset = train_dataset(cfg)
-    sampler = TrainSampler(len(dataset), cfg["train"]["batch_size"], info, cfg["seed"])
+    info, run = DistInfo(), RunConfig.from_dict(cfg)
+    dataset = train_dataset(run)
+    sampler = TrainSampler(len(dataset), run.train.batch_size, info, run.seed)
     return [(clips, targets) for epoch in range(epochs)
-            for _, clips, targets in epoch_batches(cfg, dataset, sampler, info, epoch, 0, 3)]
+            for _, clips, targets in epoch_batches(run, dataset, sampler, info, epoch, 0, 3)]
 
 
 def test_mixup_starts_at_mixup_start_epoch(setup, tmp_path):
@@ -179,7 +176,7 @@ def test_chunks_split_long_epochs(setup, tmp_path, monkeypatch):
     cfg = distill_config(setup, tmp_path / "run", cache=tmp_path / "cache", epochs=1)
     assert build_teacher_cache(cfg)["written"] == 2  # 3 micro-batches: chunks of 2 and 1
     info = DistInfo()
-    cache = TeacherCache(cfg, info, 12)
+    cache = TeacherCache(RunConfig.from_dict(cfg), info, 12)
     rows = torch.stack([cache.logits(0, b) for b in range(3)])
     direct = torch.cat([torch.load(p, weights_only=True)["logits"] for p in sorted(glob.glob(str(tmp_path / "cache" / "e*.pt")))])
     assert torch.equal(rows, direct.float())
@@ -228,7 +225,7 @@ def test_grid_runner_writes_the_table_and_resumes(setup, tmp_path, monkeypatch):
     cfg = distill_config(setup, tmp_path / "unused", epochs=1)
     calls = []
     real = ablate.run_training
-    monkeypatch.setattr(ablate, "run_training", lambda c, distill: calls.append((c["kd"]["alpha"], c["kd"]["temperature"])) or real(c, distill=distill))
+    monkeypatch.setattr(ablate, "run_training", lambda c, distill: calls.append((c.kd.alpha, c.kd.temperature)) or real(c, distill=distill))
     results = run_grid(cfg, str(tmp_path / "grid"), alphas=[0.3, 0.7], temperatures=[5.0, 10.0])
     assert sorted(calls) == [(0.3, 5.0), (0.3, 10.0), (0.7, 5.0), (0.7, 10.0)]
     assert all(0 <= r["1x1_top1"] <= 100 for r in results)

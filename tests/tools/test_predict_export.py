@@ -3,7 +3,6 @@ good ones, JSON), export round trips through ONNX Runtime and torch.export for t
 visualize's images, and plain-line logging when output is not a terminal."""
 from __future__ import annotations
 
-import copy
 import glob
 import importlib.util
 import json
@@ -15,10 +14,11 @@ import torch
 from dvflnet.cli import main
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.data.video import video_info
-from dvflnet.engine import DEFAULTS, run_training
+from dvflnet.engine import run_training
 from dvflnet.tools.export import MissingExtraError, export_onnx, export_pt2
 from dvflnet.models import VideoFocalNet
 from dvflnet.tools.predict import Predictor, expand_inputs, model_from_checkpoint
+from helpers import tiny_run_config
 
 CLASSES = ("move_left", "move_right", "approach", "recede")
 
@@ -28,13 +28,8 @@ def trained(tmp_path_factory):
     """A tiny model after one epoch of the real trainer (its checkpoint format, its saved config)."""
     root = tmp_path_factory.mktemp("predict")
     videos = generate_dataset(root / "data", train_per_class=2, val_per_class=1, num_frames=24, size=32, classes=CLASSES, seed=2)
-    cfg = copy.deepcopy(DEFAULTS)
-    cfg.update(output=str(root / "run"), resume=None, device="cpu")
-    cfg["data"].update(root=videos.root, train_csv=videos.train_csv, val_csv=videos.val_csv, labels_csv=videos.labels_csv,
-                       num_classes=len(CLASSES), num_frames=4, frame_interval=1, size=32, short_side=32,
-                       test_short_side=32, num_workers=0)
-    cfg["model"].update(kwargs={"embed_dim": 8, "depths": [1, 1, 1, 1]}, drop_path_rate=0.0)
-    cfg["train"].update(epochs=1, warmup_epochs=0, batch_size=4, progress=False, eval_every=0, mixup=False)
+    cfg = tiny_run_config(videos, root / "run", len(CLASSES), data=dict(labels_csv=videos.labels_csv, num_frames=4),
+                          train=dict(epochs=1, warmup_epochs=0, batch_size=4, eval_every=0, mixup=False))
     summary = run_training(cfg)
     val = [os.path.join(videos.root, line.split(",")[0]) for line in open(videos.val_csv).read().split()]
     return summary["last"], videos, val

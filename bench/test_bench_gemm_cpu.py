@@ -46,9 +46,9 @@ def test_gemm(benchmark, device, monkeypatch, stage, gemm, impl, dtype):
         pytest.skip("the CPU GEMM cases")
     rows, k, n, run = _case(stage, gemm, dtype)
     with torch.inference_mode():
-        cpu_linear.VERDICTS.clear()
+        dvfl_kernels.RUNTIME.verdicts.clear()
         run()  # the engine's own probe on this shape
-        choice = next(iter(cpu_linear.VERDICTS.values()))
+        choice = next(iter(dvfl_kernels.RUNTIME.verdicts.values()))
         monkeypatch.setenv("DVFL_CPU_GEMM", impl)
         run()
         benchmark.pedantic(run, rounds=9, warmup_rounds=1, iterations=1)

@@ -28,7 +28,9 @@ class Backend:
         gpu: its kernels are GPU kernels (interpreted Triton on CPU aside); tests mark its cases `gpu`.
         auto: device type -> the ops "auto" runs on this backend there.
         load: registers its implementations (``register``); returns why it is missing, or None.
-        note: why "auto" leaves it out where it does (shown by ``describe``).
+        interpreter: an environment variable that, set to "1", runs its kernels on CPU tensors too
+            (Triton's interpreter), or None.
+        note: why "auto" leaves it out where it does.
     """
 
     name: str
@@ -36,11 +38,12 @@ class Backend:
     gpu: bool = False
     auto: dict[str, tuple[str, ...]] = field(default_factory=dict)
     load: Callable[[], str | None] | None = None
+    interpreter: str | None = None
     note: str = ""
 
     def runs_on(self, device: torch.device) -> bool:
-        """Whether its kernels take tensors on `device` (Triton: CUDA, or CPU interpreted)."""
-        if self.name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        """Whether its kernels take tensors on `device` (Triton: CUDA, or any interpreted)."""
+        if self.interpreter is not None and os.environ.get(self.interpreter) == "1":
             return True
         return device.type in self.devices
 
@@ -52,7 +55,7 @@ class Backend:
             return "no kernel for this op is built in this installation"
         if not self.runs_on(device):
             wanted = " or ".join(d.upper() for d in self.devices)
-            extra = " (or TRITON_INTERPRET=1)" if self.name == "triton" else ""
+            extra = f" (or {self.interpreter}=1)" if self.interpreter else ""
             return f"its kernels need {wanted} tensors{extra}, got {device.type} ones"
         return "not available"
 
@@ -97,9 +100,10 @@ def auto_preference(op: str, device: torch.device) -> tuple[str, ...]:
 
 
 def describe() -> dict:
-    """Built backends per op, and why the missing ones are missing."""
+    """Built backends per op, why the missing ones are missing, and what "auto" leaves out and why."""
     return {"built": {op: list(impls) for op, impls in IMPLEMENTATIONS.items()}, "load_errors": dict(LOAD_ERRORS),
-            "gpu": [b.name for b in REGISTRY.values() if b.gpu]}
+            "gpu": [b.name for b in REGISTRY.values() if b.gpu],
+            "notes": {b.name: b.note for b in REGISTRY.values() if b.note}}
 
 
 # ---- loaders -------------------------------------------------------------------------------------------
@@ -171,7 +175,7 @@ REGISTRY: dict[str, Backend] = {
         Backend("cpu", ("cpu",), auto={"cpu": OPS}, load=_load_cpu),
         # Triton before CUDA C++ for the loss on GPUs: not measured yet (no GPU has run them);
         # bench/run_gpu.sh times both, and this order should follow its results.
-        Backend("triton", ("cuda",), gpu=True, auto={"cuda": OPS}, load=_load_triton),
+        Backend("triton", ("cuda",), gpu=True, auto={"cuda": OPS}, load=_load_triton, interpreter="TRITON_INTERPRET"),
         Backend("cuda", ("cuda",), gpu=True, auto={"cuda": ("kd_ce_loss",)}, load=_load_cuda,
                 note="the CUDA C++ focal kernels are compiled but not yet validated on a GPU: 'auto' does not "
                      "pick them until bench/run_gpu.sh has validated and timed them against Triton"),

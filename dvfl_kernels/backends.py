@@ -96,7 +96,12 @@ def built_backends(op: str) -> tuple[str, ...]:
 
 def auto_preference(op: str, device: torch.device) -> tuple[str, ...]:
     """What "auto" runs `op` on for `device` tensors, first choice first (the reference aside)."""
-    return tuple(b.name for b in REGISTRY.values() if op in b.auto.get(device.type, ()))
+    return _auto_preference(op, device.type)
+
+
+@functools.cache  # every op call asks: the registry is fixed once loaded, so each answer is made once
+def _auto_preference(op: str, device_type: str) -> tuple[str, ...]:
+    return tuple(b.name for b in REGISTRY.values() if op in b.auto.get(device_type, ()))
 
 
 def describe() -> dict:

@@ -3,13 +3,14 @@
 Where an int8 GEMM pays is measured per shape, as the float engine measures its own choices
 (``int8_pays``); on the nano's shapes it wins everywhere on the CPUs measured (docs/int8.md), on a
 16-channel student it can lose. An int8 GEMM here is ``dequant(W_q) @ dequant(x_q)`` with
-- the weight symmetric per output channel: ``W_q = clamp(round(W / s_w), -127, 127)`` int8, ``s_w =
-  max|W_row| / 127`` (1 for an all-zero row), quantized and packed once into oneDNN's layout;
+- the weight symmetric per output channel: ``W_q = clamp(round(W / s_w), -q, q)`` int8, ``s_w =
+  max|W_row| / q`` (1 for an all-zero row), quantized and packed once into oneDNN's layout; q is 127,
+  or 63 on a CPU whose int8 GEMM sums products in saturating int16 pairs (``weight_qmax``: AVX2);
 - the activation asymmetric per tensor: ``x_q = clamp(round(x / s_x) + z_x, 0, 255)`` uint8, ``s_x``
   and ``z_x`` fixed by calibration from the range the GEMM's input took over the calibration clips;
 - the int32 accumulation, the bias, the exact GELU (fc1) or the residual add (proj, fc2) and the
-  float32 (or bfloat16) output in one oneDNN call (``torch.ops.onednn.qlinear_pointwise``: VNNI, or
-  AMX where the CPU has it), after one pass that quantizes x (``torch.ops.dvfl.quantize_u8``).
+  float32 (or bfloat16) output in one oneDNN call (``torch.ops.onednn.qlinear_pointwise``: VNNI, AMX
+  where the CPU has it, AVX2's pairwise products elsewhere), after one pass that quantizes x (``torch.ops.dvfl.quantize_u8``).
 
 Which GEMMs run in int8 is a model's choice (``Int8Plan``); everything else (focal kernels, LayerNorm,
 the head, the patch embeddings) stays in floating point. The plan is found by the GEMM calls of
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -71,8 +73,21 @@ def int8_pays(shape_key: tuple, int8: Callable[[], torch.Tensor], float_run: Cal
     return _probe.fastest(("int8 or float",) + tuple(shape_key), {"int8": int8, "float": float_run}) == "int8"
 
 
+@functools.cache
+def weight_qmax() -> int:
+    """The largest weight magnitude on the int8 grid: 127, or 63 where this CPU's oneDNN int8 GEMM adds
+    u8 x s8 products in saturating int16 pairs (x86 without VNNI: AVX2's vpmaddubsw; 255 * 127 * 2
+    overflows int16, 255 * 63 * 2 does not). Found by running one worst-case GEMM, not from flags."""
+    k = 64
+    q_x = torch.full((8, k), 255, dtype=torch.uint8)
+    packed = torch.ops.onednn.qlinear_prepack(torch.full((8, k), -127, dtype=torch.int8), [8, k])
+    out = torch.ops.onednn.qlinear_pointwise(q_x, 1.0, 0, packed, torch.ones(8), torch.zeros(8, dtype=torch.long),
+                                             None, 1.0, 0, torch.float32, "none", [], "none")
+    return 127 if torch.all(out == -255.0 * 127 * k) else 63
+
+
 def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 weights.
+    """Symmetric per-output-channel int8 weights, on [-weight_qmax(), weight_qmax()].
 
     Args:
         weight: (N, K) floating point.
@@ -80,10 +95,11 @@ def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         (int8 (N, K), float32 scales (N,)) with ``weight ~= q * scale[:, None]``; an all-zero row gets
         scale 1 and zeros.
     """
+    qmax = weight_qmax()
     w = weight.detach().float()
     amax = w.abs().amax(dim=1)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
-    q = torch.clamp(torch.round(w / scale[:, None]), -127, 127).to(torch.int8)
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
+    q = torch.clamp(torch.round(w / scale[:, None]), -qmax, qmax).to(torch.int8)
     return q, scale
 
 

@@ -37,6 +37,14 @@ from .ops import BACKENDS
 ACTIVATIONS = ("none", "gelu")
 IMPLEMENTATIONS = ("aten", "onednn")
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+# oneDNN's bf16 linear needs AVX512-BF16, AVX512BW/VL/DQ or AVX-NE-CONVERT; on an AVX2-only CPU (AMD
+# EPYC Zen 3) its weight reorder raises, so it is no candidate there, however the probe file reads
+_ONEDNN_BF16 = _ONEDNN and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def onednn_runs(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's linear runs in `dtype` on this CPU (float32 wherever oneDNN is built in)."""
+    return _ONEDNN_BF16 if dtype == torch.bfloat16 else _ONEDNN
 
 
 def implementation_override() -> str | None:
@@ -79,11 +87,14 @@ def _prepare(weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | No
     return _prepared.prepare(kind, [t for t in (*weights, *biases) if t is not None], build)
 
 
-def _choose(key: tuple, run: dict) -> str:
+def _choose(key: tuple, run: dict, dtype: torch.dtype) -> str:
     forced = implementation_override()
+    if forced == "onednn" and not onednn_runs(dtype):
+        raise ValueError(f"DVFL_CPU_GEMM=onednn: oneDNN's {dtype} linear does not run on this CPU "
+                         f"(bf16 needs AVX512-BF16, AVX512BW/VL/DQ or AVX-NE-CONVERT); use 'measure' or 'aten'")
     if forced is not None:
         return forced
-    return _probe.fastest(key, run) if _ONEDNN else "aten"
+    return _probe.fastest(key, run) if onednn_runs(dtype) else "aten"
 
 
 def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Tensor | None) -> torch.Tensor | None:
@@ -133,7 +144,7 @@ def _gemm(x: torch.Tensor, weights, biases, activation: str, residual: torch.Ten
            activation, residual is not None, torch.get_num_threads())
 
     def float_gemm():
-        return (onednn if _choose(key, {"aten": aten, "onednn": onednn}) == "onednn" else aten)()
+        return (onednn if _choose(key, {"aten": aten, "onednn": onednn}, dtype) == "onednn" else aten)()
 
     # an int8 model's forward offers its int8 GEMM (its calibration records x2 and offers none)
     handler = cpu_int8.active()

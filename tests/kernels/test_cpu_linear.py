@@ -31,7 +31,9 @@ def fresh_engine(monkeypatch):
     dvfl_kernels.clear_prepared_weights()
 
 
-def _force(monkeypatch, impl: str) -> None:
+def _force(monkeypatch, impl: str, dtype: torch.dtype = torch.float32) -> None:
+    if impl == "onednn" and not cpu_linear.onednn_runs(dtype):
+        pytest.skip(f"oneDNN's {dtype} linear does not run on this CPU (no AVX512-BF16, AVX512BW or AVX-NE-CONVERT)")
     monkeypatch.setenv("DVFL_CPU_GEMM", impl)
 
 
@@ -57,7 +59,7 @@ SHAPES = [((1,), 5, 3), ((7,), 17, 33), ((2, 3, 5, 4), 24, 11), ((257,), 96, 195
 @pytest.mark.parametrize("shape, k, n", SHAPES)
 @pytest.mark.parametrize("strided", [False, True])
 def test_linear_epilogues_against_float64(monkeypatch, impl, dtype, shape, k, n, strided):
-    _force(monkeypatch, impl)
+    _force(monkeypatch, impl, dtype)
     torch.manual_seed(k * n)
     x, weight, bias = _inputs(shape, k, n, dtype, strided=strided)
     residual = torch.randn(*shape, n).to(dtype)
@@ -88,7 +90,7 @@ def test_linears_is_one_gemm_per_layer_list(monkeypatch, impl, bias):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_autocast_computes_in_bf16_like_f_linear(monkeypatch, impl):
-    _force(monkeypatch, impl)
+    _force(monkeypatch, impl, torch.bfloat16)
     torch.manual_seed(2)
     x, weight, bias = _inputs((33,), 40, 21, torch.float32)
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -147,6 +149,25 @@ def test_bad_env_override_is_named(monkeypatch):
     x, weight, bias = _inputs((4,), 3, 2, torch.float32)
     with pytest.raises(ValueError, match="DVFL_CPU_GEMM: expected"), torch.no_grad():
         dvfl_kernels.linear(x, weight, bias)
+
+
+def test_a_cpu_without_onednn_bf16_runs_bf16_on_aten(monkeypatch):
+    """Where oneDNN's bf16 linear cannot run (an AVX2-only CPU) it is no candidate: a stored or preset
+    verdict naming it is not taken, and forcing it is an error that says why."""
+    monkeypatch.setattr(cpu_linear, "_ONEDNN_BF16", False)
+    torch.manual_seed(6)
+    x, weight, bias = _inputs((9,), 12, 5, torch.bfloat16)
+    key = ("linear", 16, 12, (5,), torch.bfloat16, "none", False, torch.get_num_threads())
+    with RUNTIME.scoped(), torch.inference_mode():
+        RUNTIME.use_verdicts({repr(key): "onednn"})
+        out = dvfl_kernels.linear(x, weight, bias)
+        assert RUNTIME.verdicts.get(key) is None  # nothing measured: one candidate
+    assert_close(out, _reference(x, weight, bias), TOL[torch.bfloat16], "bf16 on aten")
+    monkeypatch.setenv("DVFL_CPU_GEMM", "onednn")
+    with pytest.raises(ValueError, match="DVFL_CPU_GEMM=onednn: oneDNN's torch.bfloat16 linear does not run"), torch.no_grad():
+        dvfl_kernels.linear(x, weight, bias)
+    with torch.no_grad():  # float32 is unaffected
+        assert_close(dvfl_kernels.linear(x.float(), weight.float(), bias.float()), _reference(x, weight, bias), 1e-5, "fp32")
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -267,9 +288,10 @@ def test_model_on_the_engine_matches_the_reference_backend(monkeypatch, impl):
         for context in (torch.inference_mode, torch.no_grad, torch.enable_grad):
             with context():
                 assert_close(model(clips), expected, 1e-5, f"{impl} {context.__name__}")
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(clips)
-        assert torch.equal(low.float().argmax(-1), expected.argmax(-1))
+        if impl == "aten" or cpu_linear.onednn_runs(torch.bfloat16):  # else forcing it is an error (above)
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                low = model(clips)
+            assert torch.equal(low.float().argmax(-1), expected.argmax(-1))
     state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
     reference.load_state_dict(state)
     model.load_state_dict(state)

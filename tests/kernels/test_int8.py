@@ -11,6 +11,7 @@ import dvfl_kernels
 from dvfl_kernels import cpu_int8
 from dvfl_kernels.ops import HAS_EXTENSION
 from dvfl_kernels.runtime import RUNTIME
+from helpers import assert_close
 
 from dvflnet.models import Int8Model, VideoFocalNet, calibrate, quantize_int8
 from dvflnet.models.int8 import PARTS, part_of, select_parts
@@ -103,12 +104,26 @@ def test_int8_gemm_is_its_fake_quant_simulation(rows, k, n, epilogue):
     assert (got[:, 0].double() - want[:, 0]).abs().max() <= 1e-5 * (want[:, 0].abs().max() + 1)  # the zero row: bias only
 
 
+def test_products_at_the_ends_of_both_grids_sum_exactly():
+    """uint8 255 against weights at +-weight_qmax(): every sum exact on this CPU (without VNNI oneDNN
+    adds u8 x s8 products in saturating int16 pairs; 127-step weights there came out halved)."""
+    k = 96
+    w = torch.ones(4, k)
+    w[1] = -1.0
+    w[2, ::2] = -1.0
+    w[3, :k // 2] = -1.0
+    gemm = cpu_int8.Int8Gemm.build([w], [None], (0.0, 255.0), rows_hint=5)  # input grid: scale 1, zero point 0
+    x = torch.full((5, k), 255.0)
+    assert_close(gemm(x, "none", None, torch.float32), x.double() @ w.double().T, 1e-6, "worst-case sums")
+
+
 def test_weight_quantization_is_per_channel_symmetric():
     w = torch.tensor([[0.0, 0.0], [1.0, -2.0], [300.0, 1.0]])
     q, s = cpu_int8.quantize_weight(w)
     assert q.dtype == torch.int8 and torch.equal(q[0], torch.zeros(2, dtype=torch.int8))
-    assert s[0] == 1.0 and torch.allclose(s[1:], torch.tensor([2.0, 300.0]) / 127)
-    assert q[2, 0] == 127 and q[1, 1] == -127
+    qmax = cpu_int8.weight_qmax()
+    assert s[0] == 1.0 and torch.allclose(s[1:], torch.tensor([2.0, 300.0]) / qmax)
+    assert q[2, 0] == qmax and q[1, 1] == -qmax
     assert cpu_int8.activation_params(0.0, 0.0) == (1.0, 0)
     scale, zp = cpu_int8.activation_params(0.5, 2.0)  # 0 is always on the grid
     assert zp == 0 and scale == pytest.approx(2.0 / 255)

@@ -73,9 +73,11 @@ struct Kernels {
         &focal::NS::modulate_forward, &focal::NS::modulate_backward, &focal::NS::sum_rows            \
   }
 
-// The AVX-512 build where the CPU has it (cpu_capability.h; DVFL_CPU_CAPABILITY=base forces the baseline).
+// The AVX-512 build where the CPU has it, else the AVX2 + FMA one, else the baseline (cpu_capability.h;
+// DVFL_CPU_CAPABILITY=base forces the baseline, =avx2 caps it at AVX2).
 const Kernels& kernels() {
-  static const Kernels chosen = cpu_has_avx512() ? DVFL_KERNELS(avx512) : DVFL_KERNELS(base);
+  static const Kernels chosen = cpu_has_avx512() ? DVFL_KERNELS(avx512)
+                                : cpu_has_avx2_fma() ? DVFL_KERNELS(avx2) : DVFL_KERNELS(base);
   return chosen;
 }
 

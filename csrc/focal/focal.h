@@ -29,7 +29,7 @@ std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad
 at::Tensor modulate_kernels(const at::Tensor& q, const at::Tensor& m_s, const at::Tensor& m_t);
 std::vector<at::Tensor> modulate_backward_kernels(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& m_s,
                                               const at::Tensor& m_t);
-// "avx512" or "base": the instruction set the kernels run with on this CPU.
+// "avx512", "avx2" or "base": the instruction set the kernels run with on this CPU.
 const char* focal_cpu_capability();
 
 }  // namespace dvfl

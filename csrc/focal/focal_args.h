@@ -1,5 +1,5 @@
 // Argument blocks of the focal-modulation kernels, the same for both devices: the CPU kernels
-// (focal_cpu_kernels.h, one build per instruction set: focal_cpu_avx512.cpp, focal_cpu_base.cpp,
+// (focal_cpu_kernels.h, one build per instruction set: focal_cpu_avx512.cpp, focal_cpu_avx2.cpp, focal_cpu_base.cpp,
 // entry points declared here) and the CUDA kernels (focal_cuda.cu, entry points in focal_cuda.h).
 // Plain data only: the launch code (focal.cpp) fills these from tensors; no kernel sees ATen.
 //
@@ -135,6 +135,7 @@ struct Modulate {
                 int64_t col_begin, int64_t col_end);                                    \
   }
 DVFL_DECLARE_FOCAL_CPU(base)
+DVFL_DECLARE_FOCAL_CPU(avx2)
 DVFL_DECLARE_FOCAL_CPU(avx512)
 #undef DVFL_DECLARE_FOCAL_CPU
 

@@ -1,5 +1,5 @@
 // CPU kernels of the focal modulation (argument blocks: focal_args.h). Included once per
-// instruction set by focal_cpu_avx512.cpp and focal_cpu_base.cpp, each inside its own namespace
+// instruction set by focal_cpu_avx512.cpp, focal_cpu_avx2.cpp and focal_cpu_base.cpp, each inside its own namespace
 // (DVFL_CPU_CAPABILITY) and after its target pragma, so nothing here depends on ATen.
 //
 // Loops over channels run in blocks of kLanes accumulators (one AVX-512 register of float) with

@@ -356,17 +356,30 @@ def test_cpu_stage_like_shapes(kind, dtype, weight_dtype):
     _check_context("cpu", kind, 16, 14, 14, 99, 2, True, num_frames=8, dtype=dtype, weight_dtype=weight_dtype)
 
 
+def _cpu_has(*flags: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            present = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return all(flag in present for flag in flags)
+
+
 @cpu_only
+@pytest.mark.parametrize("capability", ["base", "avx2"])
 @pytest.mark.parametrize("kind", ["spatial", "temporal"])
-def test_cpu_baseline_build_matches(kind):
-    """The baseline (non-AVX-512) build of the kernels, forced in a child process, passes the same check."""
+def test_cpu_narrower_builds_match(kind, capability):
+    """The baseline and the AVX2 + FMA builds of the kernels, forced in a child process, pass the same
+    check (the AVX-512 one runs in this process where the CPU has it)."""
+    if capability == "avx2" and not _cpu_has("avx2", "fma"):
+        pytest.skip("this CPU has no AVX2 + FMA")
     code = (
         "import sys; sys.path[:0] = ['tests', 'tests/kernels']; import test_focal_kernels as t; from dvfl_kernels import ops;"
-        "from dvfl_kernels import _C; assert _C.focal_cpu_capability() == 'base';"
+        f"from dvfl_kernels import _C; assert _C.focal_cpu_capability() == '{capability}';"
         f"t._check_context('cpu', '{kind}', 4, 5, 7, 21, 2, False, num_frames=2);"
         f"t._check_context('cpu', '{kind}', 4, 5, 7, 21, 2, True, num_frames=2, dtype=t.torch.bfloat16)"
     )
-    env = {**os.environ, "DVFL_CPU_CAPABILITY": "base"}
+    env = {**os.environ, "DVFL_CPU_CAPABILITY": capability}
     root = Path(__file__).resolve().parents[2]
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

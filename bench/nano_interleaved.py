@@ -11,8 +11,7 @@ on a shared 2-core machine moved the ratios by up to 1.5x between runs.
     python bench/nano_interleaved.py [--rounds 9] [--compile] [--json bench/results/nano-interleaved-cpu.json]
 
 --training times a training step instead (2 clips, cross-entropy, backward, SGD with momentum), fp32
-and bf16 autocast, on backend "reference" and "auto", and "auto" with every GEMM on ATen's path
-(``DVFL_CPU_GEMM=aten``: what the engine's measured training GEMMs add):
+and bf16 autocast, on backend "reference" and "auto":
 
     python bench/nano_interleaved.py --training --rounds 5 --json bench/results/nano-training-interleaved-cpu.json
 """
@@ -113,29 +112,21 @@ def training_cases(clips: torch.Tensor) -> dict:
 
     labels = torch.arange(clips.shape[0])
 
-    def step_of(backend: str, bf16: bool, gemm: str = "measure"):
+    def step_of(backend: str, bf16: bool):
         torch.manual_seed(0)
         model = create_model("vfl_net_nano", num_classes=400, backend=backend, drop_path_rate=0.0).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
         def step():
-            os.environ["DVFL_CPU_GEMM"] = gemm  # read at each GEMM call
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = torch.nn.functional.cross_entropy(model(clips).float(), labels)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            os.environ["DVFL_CPU_GEMM"] = "measure"
         return step
 
-    steps = {}
-    for bf16 in (False, True):
-        precision = "bf16" if bf16 else "fp32"
-        steps[f"reference {precision} step"] = step_of("reference", bf16)
-        steps[f"auto {precision} step"] = step_of("auto", bf16)
-        # the same, every GEMM on ATen's path: what the engine's measured GEMM choices add
-        steps[f"auto {precision} step, ATen GEMMs"] = step_of("auto", bf16, "aten")
-    return steps
+    return {f"{backend} {'bf16' if bf16 else 'fp32'} step": step_of(backend, bf16)
+            for bf16 in (False, True) for backend in ("reference", "auto")}
 
 
 def main() -> None:

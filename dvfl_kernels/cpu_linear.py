@@ -1,4 +1,4 @@
-"""The model's linears on CPU: each GEMM on the implementation this machine runs fastest.
+"""The model's linears on CPU at inference: each GEMM on the implementation this machine runs fastest.
 
 ``linear(x, weight, bias, activation=, residual=)`` is ``residual + act(F.linear(x, weight, bias))`` and
 ``linears(x, [(w1, b1), (w2, b2), ...])`` is ``[F.linear(x, w1, b1), F.linear(x, w2, b2), ...]``. Where
@@ -21,8 +21,7 @@ that is measured faster for the shape.
 
 Prepared weights (concatenated, cast to the compute dtype, packed) are made once per parameter state
 and reused (``_prepared``: version counters, storages and a digest of every byte; ``clear_prepared_weights()``
-drops them). With a gradient needed, each linear's forward, input-gradient and weight-gradient GEMMs
-are chosen the same way (``cpu_linear_grad``), and GELU and the residual add are ATen's ops.
+drops them). With gradients needed the calls are exactly the reference's ATen ops.
 """
 from __future__ import annotations
 
@@ -32,7 +31,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _prepared, _probe, cpu_int8, cpu_linear_grad
+from . import _prepared, _probe, cpu_int8
 from .ops import BACKENDS
 
 ACTIVATIONS = ("none", "gelu")
@@ -171,21 +170,18 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         activation: "none" or "gelu" (exact), applied before the residual.
         residual: (..., N) added last, or None; never written to.
         backend: "reference" runs the ATen ops as written; any other runs the engine where it
-            applies (module docstring): CPU, not traced; with a gradient needed, ``cpu_linear_grad``.
+            applies (module docstring): CPU, no gradient needed, not traced.
     Returns:
-        (..., N). With a gradient needed, the GEMM saves x and the weight, as F.linear does.
+        (..., N). With a gradient needed it is exactly ATen's ops (autograd saves what they save).
     """
     _check_backend(backend)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    out = None
     if backend != "reference":
         out = _gemm(x, [weight], [bias], activation, residual)
         if out is not None:
             return out
-        out = cpu_linear_grad.linear(x, weight, bias)
-    if out is None:
-        out = F.linear(x, weight.reshape(weight.shape[0], -1) if weight.dim() > 2 else weight, bias)
+    out = F.linear(x, weight.reshape(weight.shape[0], -1) if weight.dim() > 2 else weight, bias)
     if activation == "gelu":
         out = F.gelu(out)
     return out if residual is None else residual + out
@@ -248,11 +244,6 @@ def _int8_mlp(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, residual):
     return run, shape_key, handler.measured
 
 
-def _training_or_aten_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    out = cpu_linear_grad.linear(x, weight, bias)
-    return F.linear(x, weight, bias) if out is None else out
-
-
 def linears(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor | None]],
             backend: str = "auto") -> list[torch.Tensor]:
     """``[F.linear(x, w, b) for w, b in layers]``, reading x once.
@@ -268,9 +259,7 @@ def linears(x: torch.Tensor, layers: Sequence[tuple[torch.Tensor, torch.Tensor |
     """
     _check_backend(backend)
     weights, biases = [w for w, _ in layers], [b for _, b in layers]
-    if backend == "reference":
-        return [F.linear(x, w, b) for w, b in layers]
-    out = _gemm(x, weights, biases, "none", None)
+    out = None if backend == "reference" else _gemm(x, weights, biases, "none", None)
     if out is None:
-        return [_training_or_aten_linear(x, w, b) for w, b in layers]
+        return [F.linear(x, w, b) for w, b in layers]
     return list(out.split([w.shape[0] for w in weights], dim=-1))

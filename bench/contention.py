@@ -31,10 +31,9 @@ def demo_teacher_step() -> tuple[callable, int]:
     """(one training step of the demo's teacher on a batch of 16 random clips, clips per step)."""
     from dvflnet.engine.builders import build_model
     from dvflnet.engine.optim import build_optimizer
-    from dvflnet.engine.schema import RunConfig
     from dvflnet.experiments.demo import DEMO_CONFIG, load_demo_config, run_configs
 
-    cfg = RunConfig.from_dict(run_configs(load_demo_config(DEMO_CONFIG), "unused")["teacher"])
+    cfg = run_configs(load_demo_config(DEMO_CONFIG), "unused").teacher
     data, train = cfg.data, cfg.train
     model = build_model(cfg.model, data).train()
     optimizer = build_optimizer(model, 1e-4, train.weight_decay, train.momentum, train.optimizer, train.weight_decay_on)

@@ -87,16 +87,16 @@ def test_demo_training_step(benchmark, device, backend, run):
     from dvflnet.engine import build_optimizer
     from dvflnet.experiments.demo import load_demo_config, run_configs
 
-    cfg = run_configs(load_demo_config(), "")[run]
-    data, train = cfg["data"], cfg["train"]
+    cfg = run_configs(load_demo_config(), "").named(run)
+    data, train = cfg.data, cfg.train
     torch.manual_seed(0)
-    model = create_model(cfg["model"]["name"], num_classes=data["num_classes"], backend=backend,
-                         drop_path_rate=cfg["model"]["drop_path_rate"], **cfg["model"]["kwargs"]).train()
-    clips = torch.randn(train["batch_size"], data["num_frames"], 3, data["size"], data["size"])
-    labels = torch.arange(train["batch_size"]) % data["num_classes"]
-    optimizer = build_optimizer(model, lr=1e-3, kind=cfg["train"]["optimizer"])  # the demo's (fused) optimizer
+    model = create_model(cfg.model.name, num_classes=data.num_classes, backend=backend,
+                         drop_path_rate=cfg.model.drop_path_rate, **cfg.model.kwargs).train()
+    clips = torch.randn(train.batch_size, data.num_frames, 3, data.size, data.size)
+    labels = torch.arange(train.batch_size) % data.num_classes
+    optimizer = build_optimizer(model, lr=1e-3, kind=train.optimizer)  # the demo's (fused) optimizer
     step = _training_step(model, clips, labels, optimizer)
     step()
-    benchmark.extra_info.update(model=f"demo {run}", backend=backend, batch=train["batch_size"],
-                                clip=f"{data['num_frames']}x3x{data['size']}x{data['size']}", threads=torch.get_num_threads())
+    benchmark.extra_info.update(model=f"demo {run}", backend=backend, batch=train.batch_size,
+                                clip=f"{data.num_frames}x3x{data.size}x{data.size}", threads=torch.get_num_threads())
     benchmark.pedantic(step, rounds=7, iterations=1)

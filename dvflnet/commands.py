@@ -83,8 +83,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     args.on_interrupt = (f"the checkpoints and log.jsonl written so far are in {cfg['output']}; the same command resumes "
                          "from the newest checkpoint (resume: auto)")
     summary = run_training(cfg, distill=args.command == "distill")
-    if summary.get("best_top1") is not None:
-        print(f"best top-1 {summary['best_top1']:.2f}% ({summary['best']}); last checkpoint {summary['last']}")
+    if summary.best_top1 is not None:
+        print(f"best top-1 {summary.best_top1:.2f}% ({summary.best}); last checkpoint {summary.last}")
     return 0
 
 
@@ -123,8 +123,8 @@ def cmd_cache_teacher(args: argparse.Namespace) -> int:
     args.on_interrupt = (f"the finished chunks are kept in {cfg['kd']['teacher_cache']}; the same command builds only "
                          "the missing ones")
     summary = build_teacher_cache(cfg)
-    print(f"teacher cache {cfg['kd']['teacher_cache']}: {summary['written']} chunk(s) written, {summary['kept']} already "
-          f"there, {summary['time_s']:.0f} s; distil from it with --opts kd.teacher_cache {cfg['kd']['teacher_cache']}")
+    print(f"teacher cache {cfg['kd']['teacher_cache']}: {summary.written} chunk(s) written, {summary.kept} already "
+          f"there, {summary.time_s:.0f} s; distil from it with --opts kd.teacher_cache {cfg['kd']['teacher_cache']}")
     return 0
 
 
@@ -238,13 +238,13 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .experiments.demo import DEMO_CONFIG, load_demo_config, run_demo, run_seeds, set_seed
+    from .experiments.demo import DEMO_CONFIG, load_demo_config, run_demo, run_seeds
 
     opts = list(args.opts) + (["output", args.output] if args.output else [])
     spec = load_demo_config(args.config or DEMO_CONFIG, opts)
     if args.seed is not None:
-        set_seed(spec, args.seed)
-    args.on_interrupt = (f"finished runs are in {spec['output']}; the same command reuses finished seeds (--seeds) and "
+        spec = spec.with_seed(args.seed)
+    args.on_interrupt = (f"finished runs are in {spec.output}; the same command reuses finished seeds (--seeds) and "
                          "starts an unfinished demo afresh")
     if args.threads is not None:  # the user's count: every run takes it (dvfl_kernels/cpu_threads.py)
         os.environ["DVFL_THREADS"] = str(args.threads)

@@ -65,22 +65,6 @@ def kernel_device(backend: str) -> str:
     return "cpu"
 
 
-def golden_modulation_layer():
-    """The public code's SpatioTemporalFocalModulation fixture: (layer, fixture dict); each call of
-    the layer names its backend (``layer(x, backend=...)``)."""
-    from dvflnet.models import SpatioTemporalFocalModulation
-
-    fixture = torch.load(GOLDEN_DIR / "focal_modulation_layer.pt", weights_only=True)
-    cfg = fixture["config"]
-    layer = SpatioTemporalFocalModulation(
-        cfg["dim"], cfg["focal_window"], cfg["focal_level"], cfg["focal_factor"],
-        use_postln_in_modulation=cfg["use_postln_in_modulation"], normalize_modulator=cfg["normalize_modulator"],
-        num_frames=cfg["num_frames"],
-    )
-    layer.load_state_dict(fixture["state_dict"], strict=True)
-    return layer, fixture
-
-
 # Every way a parameter changes between two inference calls, each of which a weight prepared for
 # inference (dvfl_kernels._prepared) must see: on any module with a `weight` (and a `bias` for the one
 # that needs it).

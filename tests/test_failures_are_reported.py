@@ -40,8 +40,8 @@ def runs(tmp_path_factory):
     """Videos, a trained tiny model, and one with a 2-frame (tubelet) stem, as the trainer writes them."""
     root = tmp_path_factory.mktemp("probe")
     videos = generate_dataset(root / "data", train_per_class=2, val_per_class=1, num_frames=8, size=32, classes=CLASSES, seed=4)
-    plain = run_training(_config(videos, root / "plain"))["last"]
-    tubelet = run_training(_config(videos, root / "tubelet", tubelet_size=2))["last"]
+    plain = run_training(_config(videos, root / "plain")).last
+    tubelet = run_training(_config(videos, root / "tubelet", tubelet_size=2)).last
     val = [os.path.join(videos.root, line.split(",")[0]) for line in open(videos.val_csv).read().split()]
     return {"videos": videos, "plain": plain, "tubelet": tubelet, "val": val, "root": root}
 
@@ -152,7 +152,7 @@ def test_class_names_follow_the_run_or_their_loss_is_said(runs, tmp_path, monkey
     cfg = _config(runs["videos"], tmp_path / "run")
     cfg["data"]["labels_csv"] = "labels.csv"  # relative to where training runs
     cfg["train"]["eval_every"] = 0
-    checkpoint = run_training(cfg)["last"]
+    checkpoint = run_training(cfg).last
     saved = json.load(open(tmp_path / "run" / "config.json"))
     assert os.path.isabs(saved["data"]["labels_csv"]) and os.path.isabs(saved["data"]["root"])
     monkeypatch.chdir(tmp_path)

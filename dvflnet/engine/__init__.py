@@ -8,10 +8,10 @@ from .config import DEFAULTS, ConfigError, check_config, load_config
 from .distributed import DistInfo, ShardSampler, TrainSampler, init_distributed
 from .evaluation import classification_report, evaluate, run_evaluation
 from .optim import build_optimizer, scaled_lr
-from .run_state import CheckpointManager, capture_rng_state, restore_rng_state
+from .run_state import CheckpointManager, TrainingCheckpoint, capture_rng_state, restore_rng_state
 from .schedule import WarmupCosine
 from .schema import RunConfig
-from .training import run_training
+from .training import EpochRecord, TrainingSummary, run_training
 
 __all__ = [
     "RunConfig",
@@ -19,8 +19,11 @@ __all__ = [
     "CheckpointManager",
     "ConfigError",
     "DistInfo",
+    "EpochRecord",
     "ShardSampler",
     "TrainSampler",
+    "TrainingCheckpoint",
+    "TrainingSummary",
     "WarmupCosine",
     "build_model",
     "build_optimizer",

@@ -28,20 +28,19 @@ class DistInfo:
         return self.world_size > 1
 
 
-def init_distributed(device: str | torch.device | None = None) -> DistInfo:
+def init_distributed(parsed: torch.device | None = None) -> DistInfo:
     """Join the process group torchrun describes (NCCL on CUDA, gloo on CPU); a lone process gets
-    rank 0 of 1 and no group. device: "cpu", "cuda" (each process takes GPU LOCAL_RANK), "cuda:N"
-    (one process only) or None (CUDA when available). The string is parsed and checked against
-    this machine (config.parse_device): a device it does not have is an error, never a CPU run."""
-    from .config import ConfigError, parse_device
+    rank 0 of 1 and no group. parsed: the run's device as RunConfig.torch_device gives it (checked
+    against this machine): cpu, cuda (each process takes GPU LOCAL_RANK), cuda:N (one process only),
+    or None (CUDA when available)."""
+    from .config import ConfigError
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    parsed = parse_device(str(device)) if device is not None else None
     use_cuda = torch.cuda.is_available() if parsed is None else parsed.type == "cuda"
     if use_cuda and parsed is not None and parsed.index is not None:
         if world_size > 1:
-            raise ConfigError(f"device: {device!r} names one GPU; with {world_size} processes use 'cuda' "
+            raise ConfigError(f"device: {str(parsed)!r} names one GPU; with {world_size} processes use 'cuda' "
                               "(each process takes the GPU of its LOCAL_RANK)")
         target = parsed
     elif use_cuda:

@@ -81,7 +81,7 @@ def run_evaluation(cfg: dict | RunConfig) -> dict:
     writes eval_<clips>x<crops>.json (metrics, per-class accuracy, confusion) to cfg.output."""
     cfg = check_config(cfg)
     dvfl_kernels.RUNTIME.use_verdicts(cfg.verdicts)  # the training run's CPU engine choices
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.torch_device)
     try:
         path = cfg.eval.checkpoint or os.path.join(cfg.output, "best.pt")
         model = build_model(cfg.model, cfg.data, pretrained=False)

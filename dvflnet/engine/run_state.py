@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import MISSING, dataclass, fields
 
 import numpy as np
 import torch
@@ -25,8 +26,37 @@ from ..atomic import clean_temporary_files, save_torch
 from ..models import CheckpointError, read_checkpoint
 from .schema import ConfigError, RunConfig
 
-# What every training checkpoint holds; a file without these is not one (e.g. a bare state dict).
-REQUIRED_KEYS = ("model", "optimizer", "scaler", "epoch", "batch_in_epoch", "step", "rng")
+
+
+@dataclass
+class TrainingCheckpoint:
+    """What a training checkpoint holds. On disk it is a dict of these names (tensors, numbers, strings,
+    lists and dicts only: weights_only=True loads it); a file without the fields that have no default
+    is not one (e.g. a bare state dict)."""
+
+    model: dict  # the model's state dict
+    optimizer: dict
+    scaler: dict  # the AMP GradScaler's
+    epoch: int  # epochs finished
+    batch_in_epoch: int  # micro-batches of the current epoch done (0 at an epoch's end)
+    step: int  # optimizer steps done
+    rng: list  # each process's RNG states (capture_rng_state), by rank
+    scheduler: dict | None = None
+    epoch_partial: dict | None = None  # a mid-epoch checkpoint's running sums (loss, clips, time)
+    config: dict | None = None  # the run config as plain data (RunConfig.to_dict)
+    best_metric: float | None = None
+
+    def to_state(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_state(cls, state, path: str) -> "TrainingCheckpoint":
+        """The checkpoint of a loaded file; CheckpointError naming the file and what it lacks."""
+        required = [f.name for f in fields(cls) if f.default is MISSING]
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(f"{path}: not a dvflnet training checkpoint (missing {', '.join(missing)})")
+        return cls(**{f.name: state.get(f.name) for f in fields(cls) if f.name in state})
 
 
 def capture_rng_state() -> dict:
@@ -55,7 +85,7 @@ def restore_rng_state(state: dict) -> None:
 
 
 class CheckpointManager:
-    """`save(state, step, metric)` writes checkpoint_<step>.pt atomically (step: the optimizer step, so
+    """`save(checkpoint, metric)` writes checkpoint_<step>.pt atomically (step: the optimizer step, so
     mid-epoch and epoch-end checkpoints sort together), keeps the newest `keep_last`, and copies the
     best (highest metric) to best.pt; `newest_valid()` / `load(path)` for resuming."""
 
@@ -77,12 +107,13 @@ class CheckpointManager:
                     continue
         return sorted(found)
 
-    def save(self, state: dict, step: int, metric: float | None = None) -> str:
-        path = os.path.join(self.folder, f"checkpoint_{step}.pt")
+    def save(self, checkpoint: TrainingCheckpoint, metric: float | None = None) -> str:
+        path = os.path.join(self.folder, f"checkpoint_{checkpoint.step}.pt")
         is_best = metric is not None and (self.best_metric is None or metric > self.best_metric)
         if is_best:
             self.best_metric = metric
-        state = dict(state, best_metric=self.best_metric)
+        checkpoint.best_metric = self.best_metric
+        state = checkpoint.to_state()
         save_torch(state, path)
         if is_best:
             save_torch(state, os.path.join(self.folder, "best.pt"))
@@ -97,16 +128,13 @@ class CheckpointManager:
     def has_checkpoints(self) -> bool:
         return bool(self._numbered_files())
 
-    def load(self, path: str) -> dict:
+    def load(self, path: str) -> TrainingCheckpoint:
         """A training checkpoint, checked: CheckpointError naming the file if it is unreadable or not one."""
-        state = read_checkpoint(path)
-        missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise CheckpointError(f"{path}: not a dvflnet training checkpoint (missing {', '.join(missing)})")
-        self.best_metric = state.get("best_metric")
-        return state
+        checkpoint = TrainingCheckpoint.from_state(read_checkpoint(path), path)
+        self.best_metric = checkpoint.best_metric
+        return checkpoint
 
-    def newest_valid(self) -> tuple[str, dict] | None:
+    def newest_valid(self) -> tuple[str, TrainingCheckpoint] | None:
         """(path, state) of the newest checkpoint that loads. Each newer one that does not is reported
         and renamed <name>.corrupt (kept for inspection, out of the rotation)."""
         for _, path in reversed(self._numbered_files()):
@@ -290,7 +318,7 @@ def architecture_differences(saved: dict | None, cfg: RunConfig) -> list[str]:
     return diffs
 
 
-def find_resume(cfg: RunConfig, manager: CheckpointManager) -> tuple[str, dict] | None:
+def find_resume(cfg: RunConfig, manager: CheckpointManager) -> tuple[str, TrainingCheckpoint] | None:
     """(path, state) to resume from: cfg.resume "auto" (the newest checkpoint that loads), a path, or
     null (fresh start, refused where an earlier run's checkpoints would be mixed with this one's)."""
     if cfg.resume == "auto":
@@ -303,7 +331,7 @@ def find_resume(cfg: RunConfig, manager: CheckpointManager) -> tuple[str, dict] 
                               "resume it (resume: auto) or choose another output")
         return None
     if found is not None:
-        diffs = architecture_differences(found[1].get("config"), cfg)
+        diffs = architecture_differences(found[1].config, cfg)
         if diffs:
             raise ConfigError(f"{found[0]}: saved with another model than this config builds: {'; '.join(diffs)}")
     return found

@@ -10,6 +10,7 @@ before any work starts. The YAML keys are the field names.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import os
@@ -263,6 +264,22 @@ class RunConfig(Section):
         """Plain data (lists, dicts), as config.json and checkpoints store it."""
         return plain_data(dataclasses.asdict(self))
 
+    @functools.cached_property
+    def torch_device(self):
+        """`device` parsed and checked against this machine (config.parse_device), once per config:
+        a torch.device, or None (CUDA when available). ConfigError where this machine lacks it."""
+        from .config import parse_device
+
+        return parse_device(self.device)
+
+    def updated(self, **changes) -> RunConfig:
+        """A copy with `changes`: a top-level setting by name (``output="runs/x"``), a section's settings
+        as a mapping (``eval={"checkpoint": path}``; the others keep their values)."""
+        for name, value in changes.items():
+            if name in SECTIONS:
+                changes[name] = dataclasses.replace(getattr(self, name), **value)
+        return dataclasses.replace(self, **changes)
+
     def with_absolute_paths(self) -> RunConfig:
         """The config as saved with the run: its file paths absolute."""
         sections = {}
@@ -270,13 +287,11 @@ class RunConfig(Section):
             value = getattr(getattr(self, section), key)
             if value:
                 sections.setdefault(section, {})[key] = os.path.abspath(value)
-        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **changes)
-                                            for name, changes in sections.items()})
+        return self.updated(**sections)
 
     def check(self, distill: bool = False) -> None:
         """Everything a run needs before any work starts (types were checked when the config was read).
         A value's checks do not depend on the command: a train run's kd section is checked as distill's."""
-        from .config import parse_device
 
         if not isinstance(self.output, str) or not self.output:
             raise ConfigError(f"output: expected a folder path, got {shown(self.output)}")
@@ -290,7 +305,7 @@ class RunConfig(Section):
         if distill and self.teacher.name:
             _check_variant("teacher", self.teacher.name)
         self._check_models(distill)
-        parse_device(self.device)
+        _ = self.torch_device  # a device this machine lacks stops the run here, before any work
         self.kd.check()
         if distill and not (self.teacher.name and self.teacher.checkpoint):
             raise ConfigError("teacher.name and teacher.checkpoint: distillation needs both (the trained teacher)")

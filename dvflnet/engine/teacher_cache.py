@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -202,10 +203,19 @@ class TeacherCache:
         return expand(picked, self.num_classes, self.temperature).to(self.info.device, non_blocking=True)
 
 
-def build_teacher_cache(cfg: dict | RunConfig) -> dict:
+@dataclass(frozen=True)
+class CacheBuild:
+    """What build_teacher_cache did on this rank."""
+
+    written: int  # chunks the teacher ran for
+    kept: int  # chunks already there (a partial cache resumed)
+    time_s: float
+
+
+def build_teacher_cache(cfg: dict | RunConfig) -> CacheBuild:
     """Run the teacher over every (epoch, micro-batch) this rank's distillation run will train on and
     store the logits under cfg.kd.teacher_cache; chunks already there are kept (a partial cache
-    resumes). Returns {"written", "kept", "time_s"} for this rank."""
+    resumes)."""
     from .config import check_config
     from .distributed import TrainSampler, all_gather_objects, barrier, init_distributed, shutdown_distributed
 
@@ -213,7 +223,7 @@ def build_teacher_cache(cfg: dict | RunConfig) -> dict:
     folder = cfg.kd.teacher_cache
     if not folder:
         raise ConfigError("kd.teacher_cache: the folder to build the cache in is not set")
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.torch_device)
     lock = None
     try:
         key = cache_key(cfg, info.world_size)
@@ -258,7 +268,7 @@ def build_teacher_cache(cfg: dict | RunConfig) -> dict:
                 written += 1
             if info.is_main:
                 print(f"teacher cache: epoch {epoch + 1}/{train.epochs} done ({folder})", flush=True)
-        summary = {"written": written, "kept": kept, "time_s": time.perf_counter() - start}
+        summary = CacheBuild(written, kept, time.perf_counter() - start)
         all_gather_objects(None, info)  # every rank finished before the lock is released
         return summary
     finally:

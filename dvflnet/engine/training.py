@@ -2,6 +2,7 @@
 
     summary = run_training(cfg)                 # a teacher, or a student from scratch
     summary = run_training(cfg, distill=True)   # student + frozen teacher (loaded whole, head included)
+    summary.last, summary.best_top1, summary.epochs[-1].train_loss
 
 `cfg` is a ``RunConfig`` (schema.py), or the loader's nested dict (DEFAULTS <- YAML <- --opts), made one
 and checked on the way in. Under torchrun
@@ -10,11 +11,13 @@ every process runs the same function; rank 0 writes logs and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import resource
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +35,52 @@ from .distributed import DistInfo, TrainSampler, all_gather_objects, barrier, in
 from .evaluation import evaluate
 from .objectives import build_objective, cached_teacher
 from .optim import build_optimizer, scaled_lr
-from .run_state import (CheckpointManager, JsonLog, RunLock, capture_rng_state, find_resume, interactive,
-                        nonfinite_tensors, restore_rng_state)
+from .run_state import (CheckpointManager, JsonLog, RunLock, TrainingCheckpoint, capture_rng_state, find_resume,
+                        interactive, nonfinite_tensors, restore_rng_state)
 from .schedule import WarmupCosine
 from .schema import RunConfig
 
 
-def run_training(cfg: dict | RunConfig, distill: bool = False) -> dict:
+@dataclass
+class EpochRecord:
+    """One epoch's figures, as log.jsonl's "epoch" lines hold them (None: not measured, not logged)."""
+
+    epoch: int  # 0-based
+    step: int  # optimizer steps done at its end
+    train_loss: float  # mean over the epoch's finite steps (NaN if none)
+    time_s: float
+    clips_per_s: float
+    skipped_steps: int  # non-finite steps skipped
+    skipped_videos: int  # videos that did not decode, with data.bad_video skip
+    peak_memory_bytes: int
+    peak_memory_kind: str  # cuda_allocated, or cpu_max_rss (the process's peak resident set so far)
+    one_thread_steps: int | None = None  # CPU: micro-batches run on one thread because the cores were shared
+    val_top1: float | None = None
+    val_top5: float | None = None
+
+    def logged(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
+class TrainingSummary:
+    """What run_training returns: every epoch's record and where the checkpoints are."""
+
+    output: str
+    epochs: list[EpochRecord] = field(default_factory=list)  # the epochs this call trained (not resumed ones)
+    last: str | None = None  # the newest checkpoint
+    best: str | None = None  # best.pt, where the run evaluated
+    best_top1: float | None = None
+
+    @property
+    def train_time_s(self) -> float:
+        return sum(record.time_s for record in self.epochs)
+
+
+def run_training(cfg: dict | RunConfig, distill: bool = False) -> TrainingSummary:
     """Train (or distil) for cfg.train.epochs, resuming from cfg.resume; returns a summary."""
     cfg = check_config(cfg, distill)
-    info = init_distributed(cfg.device)
+    info = init_distributed(cfg.torch_device)
     lock = RunLock(cfg.output).acquire() if info.is_main else None  # before anything is written there
     try:
         return _train(cfg, distill, info)
@@ -55,7 +94,8 @@ class TrainingDiverged(RuntimeError):
     """Non-finite losses or gradients for more consecutive steps than train.max_nonfinite_steps."""
 
 
-def _checkpoint_to_resume(cfg: RunConfig, manager: CheckpointManager, info: DistInfo) -> tuple[str | None, dict | None]:
+def _checkpoint_to_resume(cfg: RunConfig, manager: CheckpointManager,
+                          info: DistInfo) -> tuple[str | None, TrainingCheckpoint | None]:
     """(path, state) of the checkpoint every rank resumes from, or (None, None): rank 0 picks it
     (setting corrupt ones aside) and checks it fits this config before config.json is written."""
     resume = None
@@ -68,38 +108,41 @@ def _checkpoint_to_resume(cfg: RunConfig, manager: CheckpointManager, info: Dist
     return resume_path, resume[1] if resume else (manager.load(resume_path) if resume_path else None)
 
 
-def _restore(state: dict | None, path: str | None, model, optimizer, scaler, info: DistInfo) -> tuple[int, int, int, dict]:
+def _restore(state: TrainingCheckpoint | None, path: str | None, model, optimizer, scaler,
+             info: DistInfo) -> tuple[int, int, int, dict]:
     """Model, optimizer, scaler and every rank's RNG states from a checkpoint; returns (epoch, batch in
     epoch, step, the running sums of a checkpoint taken mid-epoch: the epoch's loss covers all of it)."""
     if state is None:
         return 0, 0, 0, {}
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-    if len(state["rng"]) == info.world_size:
-        restore_rng_state(state["rng"][info.rank])
+    model.load_state_dict(state.model)
+    optimizer.load_state_dict(state.optimizer)
+    scaler.load_state_dict(state.scaler)
+    if len(state.rng) == info.world_size:
+        restore_rng_state(state.rng[info.rank])
     else:
-        warnings.warn(f"{path}: saved by {len(state['rng'])} process(es), resumed by {info.world_size}; "
+        warnings.warn(f"{path}: saved by {len(state.rng)} process(es), resumed by {info.world_size}; "
                       "random streams restart from the seed", stacklevel=3)
     if info.is_main:
-        print(f"resumed from {path} at epoch {epoch}, step {step}")
-    return epoch, batch_in_epoch, step, (state.get("epoch_partial") or {}) if batch_in_epoch else {}
+        print(f"resumed from {path} at epoch {state.epoch}, step {state.step}")
+    return state.epoch, state.batch_in_epoch, state.step, (state.epoch_partial or {}) if state.batch_in_epoch else {}
 
 
-def _save_checkpoint(manager: CheckpointManager, info: DistInfo, model, optimizer, scaler, schedule, position: dict,
-                     config: dict, metric: float | None) -> None:
+def _save_checkpoint(manager: CheckpointManager, info: DistInfo, model, optimizer, scaler, schedule, epoch: int,
+                     batch_in_epoch: int, step: int, epoch_partial: dict | None, config: dict,
+                     metric: float | None) -> None:
     """Every rank's RNG states gathered, then rank 0 writes the checkpoint; a state holding NaN or inf
     is never written (nor rotates good checkpoints away)."""
-    bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer.state_dict()["state"]})
+    optimizer_state = optimizer.state_dict()
+    bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer_state.get("state", {})})
     if bad:
-        raise TrainingDiverged(f"epoch {position['epoch']}, step {position['step']}: non-finite values in "
+        raise TrainingDiverged(f"epoch {epoch}, step {step}: non-finite values in "
                                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; no checkpoint written "
                                f"(the last good one: {manager.latest()})")
     rng = all_gather_objects(capture_rng_state(), info)
     if info.is_main:
-        manager.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                      "scheduler": schedule.state_dict(), **position, "rng": rng, "config": config}, position["step"], metric)
+        manager.save(TrainingCheckpoint(model=model.state_dict(), optimizer=optimizer_state, scaler=scaler.state_dict(),
+                                        scheduler=schedule.state_dict(), epoch=epoch, batch_in_epoch=batch_in_epoch,
+                                        step=step, epoch_partial=epoch_partial, rng=rng, config=config), metric)
     barrier(info)
 
 
@@ -126,11 +169,12 @@ class NonFiniteSteps:
                 f"{self.manager.latest()} (lower the learning rate, or check the data)")
 
 
-def _peak_memory(device: torch.device) -> dict:
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, kind): CUDA's peak allocated, or the process's peak resident set so far."""
     if device.type == "cuda":
-        return {"peak_memory_bytes": torch.cuda.max_memory_allocated(device), "peak_memory_kind": "cuda_allocated"}
-    # Linux reports ru_maxrss in KiB; the process's peak resident set so far
-    return {"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_memory_kind": "cpu_max_rss"}
+        return torch.cuda.max_memory_allocated(device), "cuda_allocated"
+    # Linux reports ru_maxrss in KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "cpu_max_rss"
 
 
 def _choose_threads(cfg: RunConfig, model: nn.Module, teacher: nn.Module | None, amp_dtype) -> int:
@@ -176,7 +220,7 @@ def measure_threads(cfg: dict | RunConfig, distill: bool = False) -> int:
     return _choose_threads(cfg, model, teacher, autocast_dtype(cfg.train.amp, torch.device("cpu")))
 
 
-def _train(cfg: RunConfig, distill: bool, info: DistInfo) -> dict:
+def _train(cfg: RunConfig, distill: bool, info: DistInfo) -> TrainingSummary:
     train, data = cfg.train, cfg.data
     dvfl_kernels.RUNTIME.use_verdicts(cfg.verdicts)  # a run repeated from its config.json
     torch.manual_seed(cfg.seed + info.rank)
@@ -192,7 +236,7 @@ def _train(cfg: RunConfig, distill: bool, info: DistInfo) -> dict:
         write_json(saved_config, os.path.join(out, "config.json"))
     log = JsonLog(os.path.join(out, "log.jsonl") if info.is_main else None,
                   os.path.join(out, "tensorboard") if train.tensorboard else None)
-    log.truncate_after(state["step"] if state else 0)
+    log.truncate_after(state.step if state else 0)
 
     val_set = eval_dataset(cfg, *train.eval_views) if train.eval_every else None
     model = build_model(cfg.model, data).to(info.device)
@@ -229,12 +273,12 @@ def _train(cfg: RunConfig, distill: bool, info: DistInfo) -> dict:
     forward = torch.compile(ddp) if cfg.model.compile else ddp
 
     def checkpoint(metric: float | None = None, epoch_partial: dict | None = None) -> None:
-        position = {"epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "epoch_partial": epoch_partial}
-        _save_checkpoint(manager, info, model, optimizer, scaler, schedule, position, saved_config, metric)
+        _save_checkpoint(manager, info, model, optimizer, scaler, schedule, epoch, batch_in_epoch, step, epoch_partial,
+                         saved_config, metric)
         if info.is_main:  # the CPU engine's choices so far: the same run elsewhere makes them too
             write_json({**saved_config, "verdicts": dvfl_kernels.RUNTIME.verdict_table()}, os.path.join(out, "config.json"))
 
-    summary = {"epochs": [], "output": out}
+    summary = TrainingSummary(out)
     nonfinite = NonFiniteSteps(train.max_nonfinite_steps, log, info, manager)
     while epoch < train.epochs:
         model.train()
@@ -298,27 +342,29 @@ def _train(cfg: RunConfig, distill: bool, info: DistInfo) -> dict:
         bar.close()
 
         skipped_videos = sum(all_gather_objects(dataset.skipped_total() - skipped_before, info))
-        record = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(loss_count, 1) if loss_count else float("nan"),
-                  "time_s": time.perf_counter() - start, "clips_per_s": clips_seen / (time.perf_counter() - start),
-                  "skipped_steps": skipped_steps, "skipped_videos": skipped_videos, **_peak_memory(info.device)}
-        if info.device.type == "cpu":  # micro-batches run on one thread because another process shared the cores
-            record["one_thread_steps"] = dvfl_kernels.cpu_threads.one_thread_calls() - one_thread_before
+        elapsed = time.perf_counter() - start
+        peak_bytes, peak_kind = _peak_memory(info.device)
+        record = EpochRecord(
+            epoch=epoch, step=step, train_loss=loss_sum / loss_count if loss_count else float("nan"), time_s=elapsed,
+            clips_per_s=clips_seen / elapsed, skipped_steps=skipped_steps, skipped_videos=skipped_videos,
+            peak_memory_bytes=peak_bytes, peak_memory_kind=peak_kind,
+            # CPU: micro-batches run on one thread because another process shared the cores
+            one_thread_steps=dvfl_kernels.cpu_threads.one_thread_calls() - one_thread_before if info.device.type == "cpu" else None)
         epoch, batch_in_epoch, partial = epoch + 1, 0, {}
         metric = None
         if val_set is not None and (epoch % train.eval_every == 0 or epoch == train.epochs):
             result = evaluate(model, val_set, info, cfg.eval.batch_size, data.num_workers, amp_dtype)
-            metric = result["top1"]
-            record.update(val_top1=result["top1"], val_top5=result["top5"])
-        log.write(event="epoch", **record)
-        summary["epochs"].append(record)
+            metric = record.val_top1 = result["top1"]
+            record.val_top5 = result["top5"]
+        log.write(event="epoch", **record.logged())
+        summary.epochs.append(record)
         if info.is_main:
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in record.logged().items() if isinstance(v, float))
             print(f"epoch {epoch}/{train.epochs}: {shown}", flush=True)
         if epoch % train.save_every_epochs == 0 or epoch == train.epochs or metric is not None:
             checkpoint(metric)
 
     log.close()
-    summary.update(best_top1=manager.best_metric, last=manager.latest(),
-                   best=os.path.join(out, "best.pt") if manager.best_metric is not None else None,
-                   train_time_s=sum(r["time_s"] for r in summary["epochs"]))
+    summary.best_top1, summary.last = manager.best_metric, manager.latest()
+    summary.best = os.path.join(out, "best.pt") if manager.best_metric is not None else None
     return summary

@@ -12,77 +12,117 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import io
 import inspect
-import itertools
 import json
 import os
 import shutil
-import statistics
 import time
+from dataclasses import dataclass
 
 import torch
 
 import dvfl_kernels
 
-from ..atomic import save_figure, write_json, write_text
+from ..atomic import write_json, write_text
 from ..complexity import count_flops, count_parameters
 from ..data.synthetic import generate_dataset
 from ..data.video import DecodedVideos
-from ..engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
 from ..engine.builders import build_model
+from ..engine.config import DEFAULTS, ConfigError, check_config, merge_config, parse_opts, read_yaml_file
 from ..engine.evaluation import run_evaluation
 from ..engine.schema import RunConfig
-from ..engine.training import measure_threads, run_training
+from ..engine.training import TrainingSummary, measure_threads, run_training
+from .demo_report import RUNS, DemoRow, SeedSummary, plot_results, print_table
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "demo.yaml")
-RUNS = ("teacher", "student", "distill")
 STUDENT_CSV = "students.csv"
 SPEC_JSON = "demo_settings.json"
 
 
-def set_seed(spec: dict, seed: int) -> None:
-    """One seed for the whole demo: the generated data and every run's seed (model initialisation,
-    data order, augmentation, drop-path; the loaders derive theirs from it)."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
-    spec["dataset"]["seed"] = seed
-    spec["base"]["seed"] = seed
-    for run in RUNS:
-        if spec[run] and "seed" in spec[run]:
-            spec[run]["seed"] = seed
+@dataclass(frozen=True)
+class DemoSpec:
+    """configs/demo.yaml as read, --opts applied: the demo's folder, the videos it generates, and the
+    run sections (plain mappings of run-config keys, merged over each other by run_configs)."""
+
+    output: str
+    dataset: dict  # generate_dataset's arguments
+    student_train_per_class: int  # the students' clips of each class, the first of the teacher's pool
+    base: dict  # the run settings the three runs share
+    teacher: dict | None  # each run's own settings over base (distill's over base and student's)
+    student: dict | None
+    distill: dict | None
+
+    def section(self, run: str) -> dict:
+        return getattr(self, run) or {}
+
+    def with_seed(self, seed: int) -> DemoSpec:
+        """One seed for the whole demo: the generated data and every run's seed (model initialisation,
+        data order, augmentation, drop-path; the loaders derive theirs from it)."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"seed: expected an integer >= 0, got {seed!r}")
+        runs = {run: {**self.section(run), "seed": seed} for run in RUNS if "seed" in self.section(run)}
+        return dataclasses.replace(self, dataset={**self.dataset, "seed": seed}, base={**self.base, "seed": seed}, **runs)
+
+    def in_folder(self, output: str) -> DemoSpec:
+        return dataclasses.replace(self, output=output)
+
+    def settings(self) -> dict:
+        """What decides a demo's numbers: the spec without its output folder, and the threads (they
+        change the rounding, README "The demo"): the user's count, or "measured" (each run's measured
+        choice, kept per machine in the probe cache). As JSON reads it back (tuples as lists)."""
+        chosen = dvfl_kernels.cpu_threads.user_threads()
+        spec = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "output"}
+        return json.loads(json.dumps({**spec, "threads": chosen if chosen is not None else "measured"}))
 
 
-def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> dict:
+@dataclass(frozen=True)
+class DemoRuns:
+    """The demo's three run configs."""
+
+    teacher: RunConfig
+    student: RunConfig
+    distill: RunConfig
+
+    def named(self, run: str) -> RunConfig:
+        return getattr(self, run)
+
+
+def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> DemoSpec:
     """The demo file with --opts applied (dotted keys into it, e.g. ``base.train.epochs 3``); every
     run section is checked against the run-config keys, the dataset section against generate_dataset."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"demo config: no such file: {path}")
-    spec = read_yaml_file(path)
+    read = read_yaml_file(path)
     for dotted, value in parse_opts(opts):
-        node, keys = spec, dotted.split(".")
+        node, keys = read, dotted.split(".")
         for key in keys[:-1]:
             node = node.setdefault(key, {})
         node[keys[-1]] = value
-    sections = ("output", "dataset", "student_train_per_class", "base", *RUNS)
-    missing = [s for s in sections if s not in spec]
+    sections = [f.name for f in dataclasses.fields(DemoSpec)]
+    missing = [s for s in sections if s not in read]
     if missing:
         raise ConfigError(f"{path}: missing section(s) {missing}")
-    unknown = sorted(set(spec) - set(sections))
+    unknown = sorted(set(read) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {unknown} at the top level (known: {', '.join(sections)})")
-    per_class = spec["student_train_per_class"]
-    if isinstance(per_class, bool) or not isinstance(per_class, int) or not 0 < per_class <= spec["dataset"].get("train_per_class", 40):
+    spec = DemoSpec(**read)
+    per_class = spec.student_train_per_class
+    if isinstance(per_class, bool) or not isinstance(per_class, int) or not 0 < per_class <= spec.dataset.get("train_per_class", 40):
         raise ConfigError(f"{path}: student_train_per_class: expected an integer in [1, dataset.train_per_class], got {per_class!r}")
     known = set(inspect.signature(generate_dataset).parameters) - {"root"}
-    unknown = set(spec["dataset"]) - known
+    unknown = set(spec.dataset) - known
     if unknown:
         raise ConfigError(f"{path}: dataset: unknown key(s) {sorted(unknown)} (known: {sorted(known)})")
     # unknown keys raise here; values are checked now too, not when a run starts minutes later
-    for run, cfg in run_configs(spec, "").items():
-        if run == "distill":  # the teacher's checkpoint exists once the teacher has trained
-            cfg["teacher"]["checkpoint"] = "the teacher's final weights"
-        cfg["data"]["labels_csv"] = None  # generated with the videos, one name per class
+    runs = run_configs(spec, "")
+    for run in RUNS:
+        # the labels are generated with the videos, one name per class; the teacher's checkpoint exists
+        # once the teacher has trained
+        cfg = runs.named(run).updated(data={"labels_csv": None})
+        if run == "distill":
+            cfg = cfg.updated(teacher={"checkpoint": "the teacher's final weights"})
         try:
             check_config(cfg, distill=run == "distill")
         except ConfigError as err:
@@ -90,123 +130,112 @@ def load_demo_config(path: str = DEMO_CONFIG, opts: list[str] | None = None) -> 
     return spec
 
 
-def run_configs(spec: dict, data_root: str) -> dict[str, dict]:
+def run_configs(spec: DemoSpec, data_root: str) -> DemoRuns:
     """The three run configs: DEFAULTS <- base <- run section, with the generated data and outputs.
     The teacher trains on the whole generated pool (train.csv), the students on its first
     student_train_per_class clips of each class (students.csv)."""
     configs = {}
     for run in RUNS:
-        cfg = merge_config(copy.deepcopy(DEFAULTS), spec["base"], "demo base")
+        cfg = merge_config(copy.deepcopy(DEFAULTS), spec.base, "demo base")
         if run == "distill":
-            merge_config(cfg, spec["student"], "demo student")
-        merge_config(cfg, spec[run] or {}, f"demo {run}")
-        cfg["output"] = os.path.join(spec["output"], run)
-        cfg["resume"] = None  # every demo run starts fresh
-        cfg["data"].update(
-            root=data_root, train_csv=os.path.join(data_root, "train.csv" if run == "teacher" else STUDENT_CSV), val_csv=os.path.join(data_root, "val.csv"),
-            labels_csv=os.path.join(data_root, "labels.csv"),
-        )
-        configs[run] = cfg
-    configs["distill"]["teacher"].update(name=configs["teacher"]["model"]["name"], kwargs=configs["teacher"]["model"]["kwargs"])
-    return configs
+            merge_config(cfg, spec.section("student"), "demo student")
+        merge_config(cfg, spec.section(run), f"demo {run}")
+        train_csv = os.path.join(data_root, "train.csv" if run == "teacher" else STUDENT_CSV)
+        configs[run] = RunConfig.from_dict(cfg).updated(
+            output=os.path.join(spec.output, run), resume=None,  # every demo run starts fresh
+            data={"root": data_root, "train_csv": train_csv, "val_csv": os.path.join(data_root, "val.csv"),
+                  "labels_csv": os.path.join(data_root, "labels.csv")})
+    runs = DemoRuns(**configs)
+    teacher_model = runs.teacher.model
+    return dataclasses.replace(runs, distill=runs.distill.updated(
+        teacher={"name": teacher_model.name, "kwargs": teacher_model.kwargs}))
 
 
-def _prepare_data(spec: dict) -> str:
+def _prepare_data(spec: DemoSpec) -> str:
     """Generate the dataset once per settings (a stamp file records them so a rerun reuses it) and
     write the students' subset of the training pool."""
-    root = os.path.join(spec["output"], "data")
+    root = os.path.join(spec.output, "data")
     stamp = os.path.join(root, "settings.json")
-    wanted = json.dumps({**spec["dataset"], "student_train_per_class": spec["student_train_per_class"]}, sort_keys=True)
+    wanted = json.dumps({**spec.dataset, "student_train_per_class": spec.student_train_per_class}, sort_keys=True)
     if os.path.isfile(stamp) and open(stamp).read() == wanted:
         return root
-    dataset = generate_dataset(root, **spec["dataset"], overwrite=True)  # the demo's own folder, settings changed
+    dataset = generate_dataset(root, **spec.dataset, overwrite=True)  # the demo's own folder, settings changed
     taken: dict[int, int] = {}
     chosen = io.StringIO()
     writer = csv.writer(chosen)
     with open(dataset.train_csv, newline="") as f:
         for path, label in csv.reader(f):
             taken[label] = taken.get(label, 0) + 1
-            if taken[label] <= spec["student_train_per_class"]:
+            if taken[label] <= spec.student_train_per_class:
                 writer.writerow((path, label))
     write_text(chosen.getvalue(), os.path.join(root, STUDENT_CSV))
     write_text(wanted, stamp)
     return root
 
 
-def run_demo(spec: dict) -> list[dict]:
+TITLES = {"teacher": "training the teacher", "student": "training the student from scratch",
+          "distill": "distilling the student from the teacher"}
+
+
+def run_demo(spec: DemoSpec) -> list[DemoRow]:
     start = time.perf_counter()
-    print(f"[1/5] generating videos under {spec['output']}/data", flush=True)
-    root = _prepare_data(spec)
-    configs = run_configs(spec, root)
+    print(f"[1/5] generating videos under {spec.output}/data", flush=True)
+    runs = run_configs(spec, _prepare_data(spec))
     # the three runs and their evaluations read the same files: each decoded once for the whole demo
-    budget = configs["teacher"]["data"]["decoded_cache_mb"] << 20
+    budget = runs.teacher.data.decoded_cache_mb << 20
     decoded = DecodedVideos.shared(budget) if budget else None
-    rows, summaries, threads = [], {}, {}
-    titles = {"teacher": "training the teacher", "student": "training the student from scratch",
-              "distill": "distilling the student from the teacher"}
-    partner = beside_whom(configs)  # the run the scratch student trains beside, one core each, or None
+    trained: dict[str, tuple[TrainingSummary, int]] = {}  # run -> (its summary, its threads)
+    partner = beside_whom(runs)  # the run the scratch student trains beside, one core each, or None
     scratch = None
     try:
         for number, run in enumerate(RUNS, start=2):
-            about = f"({configs[run]['model']['kwargs']}, {configs[run]['train']['epochs']} epochs)"
-            if run == "student" and scratch is not None:  # trained beside the teacher: its results
-                summary, threads[run] = scratch.join(), 1
-                print(f"[3/5] the student from scratch finished beside the teacher: {summary['train_time_s']:.0f} s "
-                      "of training", flush=True)
-            elif run == "student" and partner == "distill":  # trained beside the distillation, next
+            cfg = runs.named(run)
+            about = f"({cfg.model.kwargs}, {cfg.train.epochs} epochs)"
+            if run == "student" and partner is not None:  # trained beside the teacher or the distillation
                 continue
-            elif run == partner:
-                shutil.rmtree(configs["student"]["output"], ignore_errors=True)  # every demo run starts fresh
-                log = os.path.join(configs["student"]["output"], "console.log")
-                print(f"[{number}/5] {titles[run]} {about}, on one core, and {titles['student']} beside it on the "
+            shutil.rmtree(cfg.output, ignore_errors=True)  # every demo run starts fresh
+            if run == partner:
+                shutil.rmtree(runs.student.output, ignore_errors=True)
+                log = os.path.join(runs.student.output, "console.log")
+                print(f"[{number}/5] {TITLES[run]} {about}, on one core, and {TITLES['student']} beside it on the "
                       f"other (its output: {log})", flush=True)
-                scratch = StudentBeside(configs["student"], log)
-                shutil.rmtree(configs[run]["output"], ignore_errors=True)
+                scratch = StudentBeside(runs.student, log)
                 with dvfl_kernels.cpu_threads.pinned(1):
-                    summary = run_training(configs[run], distill=run == "distill")
-                threads[run] = 1
+                    trained[run] = run_training(cfg, distill=run == "distill"), 1
             else:
-                print(f"[{number}/5] {titles[run]} {about}", flush=True)
-                shutil.rmtree(configs[run]["output"], ignore_errors=True)  # every demo run starts fresh
-                summary = run_training(configs[run], distill=run == "distill")
-                threads[run] = torch.get_num_threads()
-            summaries[run] = summary
-            # the demo evaluates the end of training (not a val-selected epoch); the student learns
-            # from the teacher's final weights
-            configs[run]["eval"]["checkpoint"] = summary["last"]
-            if run == "teacher":
-                configs["distill"]["teacher"]["checkpoint"] = summary["last"]
-            rows.append({"run": run, "seed": configs[run]["seed"], "threads": threads[run],
-                         "train_time_s": summary["train_time_s"]})
-            if run == "distill" and partner == "distill":
-                summary, threads["student"] = scratch.join(), 1
-                print(f"[3/5] the student from scratch finished beside the distillation: {summary['train_time_s']:.0f} s "
-                      "of training", flush=True)
-                summaries["student"] = summary
-                configs["student"]["eval"]["checkpoint"] = summary["last"]
-                rows.insert(1, {"run": "student", "seed": configs["student"]["seed"], "threads": 1,
-                                "train_time_s": summary["train_time_s"]})
+                print(f"[{number}/5] {TITLES[run]} {about}", flush=True)
+                trained[run] = run_training(cfg, distill=run == "distill"), torch.get_num_threads()
+            if run == "teacher":  # the student learns from the teacher's final weights
+                runs = dataclasses.replace(runs, distill=runs.distill.updated(teacher={"checkpoint": trained[run][0].last}))
+            if run == partner:
+                trained["student"] = scratch.join(), 1
+                print(f"[3/5] the student from scratch finished beside {'the teacher' if run == 'teacher' else 'the distillation'}: "
+                      f"{trained['student'][0].train_time_s:.0f} s of training", flush=True)
     finally:  # an error or Ctrl-C in the run beside it stops the student
         if scratch is not None:
             scratch.stop()
     print("[5/5] evaluating (1 clip x 1 crop, 4 clips x 3 crops)", flush=True)
-    for row in rows:
-        run = RunConfig.from_dict(configs[row["run"]])
-        results = run_evaluation(run)
-        model = build_model(run.model, run.data, pretrained=False)
-        row.update(params=count_parameters(model), gflops=count_flops(model, run.data.num_frames, run.data.size) / 1e9,
-                   **{f"{k}_{m}": v[m] for k, v in results.items() for m in ("top1", "top5")})
+    rows = []
+    for run in RUNS:
+        summary, threads = trained[run]
+        # the demo evaluates the end of training (not a val-selected epoch)
+        cfg = runs.named(run).updated(eval={"checkpoint": summary.last})
+        results = run_evaluation(cfg)
+        model = build_model(cfg.model, cfg.data, pretrained=False)
+        rows.append(DemoRow(run, cfg.seed, threads, summary.train_time_s, count_parameters(model),
+                            count_flops(model, cfg.data.num_frames, cfg.data.size) / 1e9,
+                            **{metric: {view: report[metric] for view, report in results.items()} for metric in ("top1", "top5")}))
     del decoded
     print_table(rows)
-    write_json(rows, os.path.join(spec["output"], "results.json"))
-    picture = plot_results(rows, {run: summaries[run]["epochs"] for run in RUNS}, os.path.join(spec["output"], "results.png"))
+    write_json([row.to_json() for row in rows], os.path.join(spec.output, "results.json"))
+    picture = plot_results(rows, {run: trained[run][0].epochs for run in RUNS}, os.path.join(spec.output, "results.png"))
     print(f"learning curves and table: {picture}", flush=True)
-    write_text(json.dumps(_settings(spec), indent=1, sort_keys=True), os.path.join(spec["output"], SPEC_JSON))  # last: marks a finished demo
-    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec['output']}/results.json", flush=True)
+    write_text(json.dumps(spec.settings(), indent=1, sort_keys=True), os.path.join(spec.output, SPEC_JSON))  # last: marks a finished demo
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {spec.output}/results.json", flush=True)
     return rows
 
 
-def beside_whom(configs: dict) -> str | None:
+def beside_whom(runs: DemoRuns) -> str | None:
     """The run ("teacher" or "distill") the scratch student trains beside, one thread each, or None.
 
     The scratch student needs nothing of the other two runs. Where a run's step is measured no faster
@@ -216,12 +245,10 @@ def beside_whom(configs: dict) -> str | None:
     user gave a thread count (then every run takes it, one after the other)."""
     if dvfl_kernels.usable_cores() < 2 or dvfl_kernels.cpu_threads.user_threads() is not None:
         return None
-    for run in ("teacher", "distill"):
-        cfg = copy.deepcopy(configs[run])
-        if run == "distill":
-            cfg["teacher"]["checkpoint"] = "not needed to measure"
-        if measure_threads(cfg, distill=run == "distill") == 1:
-            return run
+    if measure_threads(runs.teacher) == 1:
+        return "teacher"
+    if measure_threads(runs.distill.updated(teacher={"checkpoint": "not needed to measure"}), distill=True) == 1:
+        return "distill"
     return None
 
 
@@ -229,7 +256,7 @@ class StudentBeside:
     """The scratch student's run in a process of its own (spawned: a fresh OpenMP runtime), one
     thread, its output in `log`; join() gives run_training's summary or raises naming the log."""
 
-    def __init__(self, cfg: dict, log: str):
+    def __init__(self, cfg: RunConfig, log: str):
         import multiprocessing
 
         context = multiprocessing.get_context("spawn")
@@ -238,7 +265,7 @@ class StudentBeside:
         self.process = context.Process(target=_train_beside, args=(cfg, log, self.results), daemon=True)
         self.process.start()
 
-    def join(self) -> dict:
+    def join(self) -> TrainingSummary:
         try:
             outcome, value = self.results.get()
         except BaseException:  # Ctrl-C while waiting: the student stops too
@@ -255,7 +282,7 @@ class StudentBeside:
         self.process.join()
 
 
-def _train_beside(cfg: dict, log: str, results) -> None:
+def _train_beside(cfg: RunConfig, log: str, results) -> None:
     """In the spawned process: one thread, output to `log`, the summary (or the error) to `results`."""
     import signal
     import sys
@@ -271,27 +298,19 @@ def _train_beside(cfg: dict, log: str, results) -> None:
             raise
 
 
-def _settings(spec: dict) -> dict:
-    """What decides a demo's numbers: the spec without its output folder, and the threads (they
-    change the rounding, README "The demo"): the user's count, or "measured" (each run's measured
-    choice, kept per machine in the probe cache)."""
-    chosen = dvfl_kernels.cpu_threads.user_threads()
-    return {**{k: v for k, v in spec.items() if k != "output"}, "threads": chosen if chosen is not None else "measured"}
-
-
-def finished_rows(spec: dict) -> list[dict] | None:
-    """The rows of a demo already finished in spec["output"] with these settings, else None."""
-    results, settings = (os.path.join(spec["output"], name) for name in ("results.json", SPEC_JSON))
+def finished_rows(spec: DemoSpec) -> list[DemoRow] | None:
+    """The rows of a demo already finished in spec.output with these settings, else None."""
+    results, settings = (os.path.join(spec.output, name) for name in ("results.json", SPEC_JSON))
     if not (os.path.isfile(results) and os.path.isfile(settings)):
         return None
     with open(settings) as f:
-        if json.load(f) != json.loads(json.dumps(_settings(spec))):  # through JSON: tuples read back as lists
+        if json.load(f) != spec.settings():
             return None
     with open(results) as f:
-        return json.load(f)
+        return [DemoRow.from_json(row) for row in json.load(f)]
 
 
-def run_seeds(spec: dict, seeds: list[int]) -> dict:
+def run_seeds(spec: DemoSpec, seeds: list[int]) -> SeedSummary:
     """The demo once per seed, each in <output>/seed-N (a seed finished earlier with the same settings
     is read back, not rerun), then the spread over seeds: the only figure a single demo's noise allows
     (README, "The demo"). Writes summary.json and summary.md in <output>."""
@@ -299,110 +318,17 @@ def run_seeds(spec: dict, seeds: list[int]) -> dict:
         raise ValueError(f"seeds: expected distinct seeds, at least one, got {seeds}")
     per_seed = {}
     for seed in seeds:
-        one = copy.deepcopy(spec)
-        set_seed(one, seed)
-        one["output"] = os.path.join(spec["output"], f"seed-{seed}")
+        one = spec.with_seed(seed).in_folder(os.path.join(spec.output, f"seed-{seed}"))
         rows = finished_rows(one)
         if rows is None:
             rows = run_demo(one)
         else:
-            print(f"seed {seed}: finished earlier with these settings, read from {one['output']}/results.json", flush=True)
+            print(f"seed {seed}: finished earlier with these settings, read from {one.output}/results.json", flush=True)
         per_seed[seed] = rows
-    summary = summarize(per_seed)
-    write_json(summary, os.path.join(spec["output"], "summary.json"))
-    write_text(summary_markdown(summary), os.path.join(spec["output"], "summary.md"))
-    print(summary_markdown(summary), flush=True)
+    summary = SeedSummary.of(per_seed)
+    write_json(summary.to_json(), os.path.join(spec.output, "summary.json"))
+    write_text(summary.markdown(), os.path.join(spec.output, "summary.md"))
+    print(summary.markdown(), flush=True)
     return summary
 
 
-def summarize(per_seed: dict[int, list[dict]]) -> dict:
-    """Mean and sample standard deviation over seeds of each run's top-1 per view and of
-    distilled - scratch (1x1), and in how many seeds the distilled student is ahead."""
-    views = [key for key in next(iter(per_seed.values()))[0] if key.endswith("_top1")]
-    table = {seed: {row["run"]: {v: row[v] for v in views} for row in rows} for seed, rows in per_seed.items()}
-    gaps = {seed: runs["distill"]["1x1_top1"] - runs["student"]["1x1_top1"] for seed, runs in table.items()}
-
-    def spread(values: list[float]) -> dict:
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
-
-    return {
-        "seeds": list(per_seed), "threads": sorted({row["threads"] for rows in per_seed.values() for row in rows}),
-        "top1": table, "distill_minus_student_1x1": gaps,
-        "spread": {run: {v: spread([table[s][run][v] for s in table]) for v in views} for run in RUNS},
-        "gap_spread": spread(list(gaps.values())), "distill_ahead": sum(g > 0 for g in gaps.values()),
-    }
-
-
-def _mean_std(spread: dict, sign: str = "") -> str:
-    return f"{spread['mean']:{sign}.1f} ± {spread['std']:.1f}"
-
-
-def summary_markdown(summary: dict) -> str:
-    views = list(summary["spread"]["teacher"])
-    header = "| seed | " + " | ".join(f"{run} {v[: -len('_top1')]}" for run in RUNS for v in views) + " | distilled - scratch (1x1) |\n"
-    lines = [header, "|---" * (1 + len(RUNS) * len(views) + 1) + "|\n"]
-    for seed, runs in summary["top1"].items():
-        lines.append(f"| {seed} | " + " | ".join(f"{runs[run][v]:.1f}" for run in RUNS for v in views)
-                     + f" | {summary['distill_minus_student_1x1'][seed]:+.1f} |\n")
-    lines.append("| mean ± std | " + " | ".join(_mean_std(summary["spread"][run][v]) for run in RUNS for v in views)
-                 + f" | {_mean_std(summary['gap_spread'], sign='+')} (ahead in {summary['distill_ahead']} of {len(summary['seeds'])}) |\n")
-    return "".join(lines)
-
-
-def print_table(rows: list[dict]) -> None:
-    views = [key[: -len("_top1")] for key in rows[0] if key.endswith("_top1")]
-    header = f"{'model':<10}{'params':>10}{'GFLOPs':>9}{'train s':>9}" + "".join(f"{v + ' top1':>11}{v + ' top5':>11}" for v in views)
-    print(header)
-    for row in rows:
-        print(f"{row['run']:<10}{row['params']:>10,}{row['gflops']:>9.3f}{row['train_time_s']:>9.0f}"
-              + "".join(f"{row[v + '_top1']:>11.1f}{row[v + '_top5']:>11.1f}" for v in views))
-
-
-LOSS_POINTS = 40
-
-
-def running_mean(values: list[float], window: int) -> list[float]:
-    """The mean of each value and the window - 1 before it (fewer at the start)."""
-    sums = [0.0, *itertools.accumulate(values)]
-    return [(sums[i + 1] - sums[max(0, i + 1 - window)]) / min(i + 1, window) for i in range(len(values))]
-
-
-def plot_results(rows: list[dict], epochs: dict[str, list[dict]], path: str) -> str:
-    """One PNG: training loss and validation top-1 of the three runs at each epoch's end, against
-    optimizer steps (the teacher's epochs are longer than the students'), and the results table."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure = plt.figure(figsize=(11, 6.5))
-    loss_axes, top1_axes = figure.add_subplot(2, 2, 1), figure.add_subplot(2, 2, 2)
-    for run, records in epochs.items():
-        x, loss = [r["step"] for r in records], [r["train_loss"] for r in records]
-        # hundreds of short epochs (the students') make a jagged line: draw it faint, and over it the
-        # trailing mean of enough epochs to leave ~LOSS_POINTS points
-        window = max(1, round(len(records) / LOSS_POINTS))
-        if window == 1:
-            loss_axes.plot(x, loss, marker=".", label=run)
-        else:
-            line, = loss_axes.plot(x, loss, alpha=0.25, linewidth=0.8)
-            loss_axes.plot(x, running_mean(loss, window), color=line.get_color(), label=f"{run} (mean of {window} epochs)")
-        validated = [(r["step"], r["val_top1"]) for r in records if "val_top1" in r]
-        if validated:
-            top1_axes.plot(*zip(*validated), marker=".", label=run)
-    loss_axes.set(title="training loss (distill: alpha KD + (1 - alpha) CE)", xlabel="optimizer step")
-    top1_axes.set(title="validation top-1 (%), 1 clip x 1 crop", xlabel="optimizer step", ylim=(0, 100))
-    for axes in (loss_axes, top1_axes):
-        axes.grid(alpha=0.3)
-        axes.legend()
-    views = [key[: -len("_top1")] for key in rows[0] if key.endswith("_top1")]
-    table = figure.add_subplot(2, 1, 2)
-    table.axis("off")
-    cells = [[r["run"], f"{r['params']:,}", f"{r['gflops']:.3f}", f"{r['train_time_s']:.0f}"]
-             + [f"{r[v + '_top1']:.1f}" for v in views] for r in rows]
-    table.table(cellText=cells, colLabels=["run", "params", "GFLOPs", "train s"] + [f"{v} top-1" for v in views],
-                loc="center").scale(1, 1.6)
-    figure.tight_layout()
-    save_figure(figure, path)
-    plt.close(figure)
-    return path

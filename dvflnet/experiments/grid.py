@@ -14,11 +14,11 @@ and the teacher too, so each demo seed has its own grid) into one table over all
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
 import statistics
+from dataclasses import dataclass
 
 from ..atomic import save_figure, write_json, write_text
 from ..engine.config import ConfigError, check_config
@@ -29,7 +29,47 @@ from ..engine.teacher_cache import build_teacher_cache
 
 ALPHAS = (0.3, 0.5, 0.7)
 TEMPERATURES = (5.0, 10.0, 15.0)
-METRICS = ("1x1_top1", "1x1_top5")
+# grid.csv's columns and result.json's keys: a cell's 1x1 top-1 / top-5 (%) under these names
+CSV_COLUMNS = ("seed", "alpha", "temperature", "1x1_top1", "1x1_top5", "train_time_s")
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One distillation run of the grid: its settings' values and its last checkpoint's 1x1 scores."""
+
+    seed: int
+    alpha: float
+    temperature: float
+    top1: float  # 1 clip x 1 crop, %
+    top5: float
+    train_time_s: float
+    checkpoint: str | None = None
+    settings: dict | None = None  # what the result depends on (_settings); None for a merged grid.csv row
+
+    def to_json(self) -> dict:
+        """result.json's mapping (and a grid.csv row, with the first CSV_COLUMNS)."""
+        return dict(zip(CSV_COLUMNS, (self.seed, self.alpha, self.temperature, self.top1, self.top5, self.train_time_s)),
+                    checkpoint=self.checkpoint, settings=self.settings)
+
+    @classmethod
+    def from_json(cls, row: dict) -> CellResult:
+        """From result.json, or a grid.csv row (its values as text); KeyError / ValueError when it is not one."""
+        seed, alpha, temperature, top1, top5, train_time_s = (row[column] for column in CSV_COLUMNS)
+        return cls(int(seed), float(alpha), float(temperature), float(top1), float(top5), float(train_time_s),
+                   row.get("checkpoint"), row.get("settings"))
+
+
+@dataclass(frozen=True)
+class CellSpread:
+    """One (alpha, temperature) cell over seeds: mean and population std of the 1x1 top-1 / top-5."""
+
+    alpha: float
+    temperature: float
+    seeds: int
+    top1_mean: float
+    top1_std: float
+    top5_mean: float
+    top5_std: float
 
 
 def cell_name(alpha: float, temperature: float) -> str:
@@ -37,8 +77,7 @@ def cell_name(alpha: float, temperature: float) -> str:
 
 
 def cell_config(cfg: RunConfig, alpha: float, temperature: float, folder: str) -> RunConfig:
-    return dataclasses.replace(cfg, kd=dataclasses.replace(cfg.kd, alpha=alpha, temperature=temperature),
-                               output=folder, resume="auto")
+    return cfg.updated(kd={"alpha": alpha, "temperature": temperature}, output=folder, resume="auto")
 
 
 def _settings(cell: RunConfig) -> dict:
@@ -46,8 +85,9 @@ def _settings(cell: RunConfig) -> dict:
     shows and the CPU engine's choices a run records (paths made absolute, as the trainer saves them)."""
     settings = cell.with_absolute_paths().to_dict()
     for key in ("output", "resume", "verdicts"):
-        settings.pop(key, None)
-    settings["train"] = {k: v for k, v in settings["train"].items() if k not in ("progress", "log_every")}
+        settings.pop(key)
+    train = settings.pop("train")
+    settings.update(train={k: v for k, v in train.items() if k not in ("progress", "log_every")})
     return json.loads(json.dumps(settings))  # as read back from JSON (tuples as lists)
 
 
@@ -58,7 +98,7 @@ def _differences(old, new, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix.rstrip('.')}: {old!r} -> {new!r}"[:120]]
 
 
-def run_cell(cfg: dict | RunConfig, alpha: float, temperature: float, folder: str) -> dict:
+def run_cell(cfg: dict | RunConfig, alpha: float, temperature: float, folder: str) -> CellResult:
     """One distillation run of the grid (resumed when cut short) and its 1x1 evaluation; the result is
     kept in <folder>/result.json, so a finished cell is read back instead of run again."""
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
@@ -67,9 +107,9 @@ def run_cell(cfg: dict | RunConfig, alpha: float, temperature: float, folder: st
     settings = _settings(cell)
     if os.path.isfile(result_path):
         with open(result_path) as f:
-            result = json.load(f)
-        if result.get("settings") != settings:
-            changed = _differences(result.get("settings") or {}, settings)
+            result = CellResult.from_json(json.load(f))
+        if result.settings != settings:
+            changed = _differences(result.settings or {}, settings)
             raise ConfigError(f"{folder}: this cell was run with other settings ({', '.join(changed[:5]) or 'unknown: no settings saved'}); "
                               "give another --output, or remove the folder to run it again")
         return result
@@ -82,16 +122,14 @@ def run_cell(cfg: dict | RunConfig, alpha: float, temperature: float, folder: st
                 raise ConfigError(f"{folder}: a cell cut short under other settings ({', '.join(changed[:5])}); "
                                   "give another --output, or remove the folder to run it again")
     summary = run_training(cell, distill=True)
-    cell = dataclasses.replace(cell, eval=dataclasses.replace(cell.eval, checkpoint=summary["last"], views=((1, 1),)))
-    report = run_evaluation(cell)["1x1"]
-    result = {"seed": cfg.seed, "alpha": alpha, "temperature": temperature, "1x1_top1": report["top1"],
-              "1x1_top5": report["top5"], "train_time_s": summary["train_time_s"], "checkpoint": summary["last"],
-              "settings": settings}
-    write_json(result, result_path)
+    (report,) = run_evaluation(cell.updated(eval={"checkpoint": summary.last, "views": ((1, 1),)})).values()
+    result = CellResult(cfg.seed, alpha, temperature, report["top1"], report["top5"], summary.train_time_s, summary.last,
+                        settings)
+    write_json(result.to_json(), result_path)
     return result
 
 
-def run_grid(cfg: dict | RunConfig, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, seeds=None) -> list[dict]:
+def run_grid(cfg: dict | RunConfig, output: str, alphas=ALPHAS, temperatures=TEMPERATURES, seeds=None) -> list[CellResult]:
     """Every (seed, alpha, temperature) cell; returns their results and writes the grid's files."""
     cfg = cfg if isinstance(cfg, RunConfig) else RunConfig.from_dict(cfg)
     if not cfg.teacher.checkpoint or not cfg.teacher.name:
@@ -115,22 +153,21 @@ def run_grid(cfg: dict | RunConfig, output: str, alphas=ALPHAS, temperatures=TEM
     seeds = [cfg.seed] if not seeds else list(seeds)
     results = []
     for seed in seeds:
-        seeded = dataclasses.replace(cfg, seed=seed, kd=dataclasses.replace(
-            cfg.kd, teacher_cache=os.path.join(output, f"cache-seed{seed}")))
+        seeded = cfg.updated(seed=seed, kd={"teacher_cache": os.path.join(output, f"cache-seed{seed}")})
         cache = build_teacher_cache(seeded)
-        print(f"seed {seed}: teacher cache ready ({cache['written']} chunk(s) written, {cache['kept']} kept, "
-              f"{cache['time_s']:.0f} s)", flush=True)
+        print(f"seed {seed}: teacher cache ready ({cache.written} chunk(s) written, {cache.kept} kept, "
+              f"{cache.time_s:.0f} s)", flush=True)
         for alpha in alphas:
             for temperature in temperatures:
                 folder = os.path.join(output, f"seed{seed}", cell_name(alpha, temperature))
                 result = run_cell(seeded, alpha, temperature, folder)
-                print(f"seed {seed}, alpha {alpha:g}, T {temperature:g}: 1x1 top-1 {result['1x1_top1']:.1f}%", flush=True)
+                print(f"seed {seed}, alpha {alpha:g}, T {temperature:g}: 1x1 top-1 {result.top1:.1f}%", flush=True)
                 results.append(result)
     write_grid(results, output)
     return results
 
 
-def merge_grids(folders: list[str], output: str) -> list[dict]:
+def merge_grids(folders: list[str], output: str) -> list[CellResult]:
     """The runs of several finished grids (their grid.csv) as one grid written to `output`; a (seed,
     alpha, T) cell found in two of them is an error naming both."""
     results, where = [], {}
@@ -141,10 +178,10 @@ def merge_grids(folders: list[str], output: str) -> list[dict]:
         with open(path, newline="") as f:
             for line, row in enumerate(csv.DictReader(f), start=2):
                 try:
-                    run = {"seed": int(row["seed"]), **{k: float(row[k]) for k in ("alpha", "temperature", *METRICS, "train_time_s")}}
+                    run = CellResult.from_json(row)
                 except (KeyError, TypeError, ValueError) as err:
                     raise ConfigError(f"{path}:{line}: not a grid row ({err})") from None
-                cell = (run["seed"], run["alpha"], run["temperature"])
+                cell = (run.seed, run.alpha, run.temperature)
                 if cell in where:
                     raise ConfigError(f"--merge: seed {cell[0]}, alpha {cell[1]:g}, T {cell[2]:g} is in both {where[cell]} and {path}")
                 where[cell] = path
@@ -153,54 +190,48 @@ def merge_grids(folders: list[str], output: str) -> list[dict]:
     return results
 
 
-def summarize(results: list[dict]) -> list[dict]:
+def summarize(results: list[CellResult]) -> list[CellSpread]:
     """One row per (alpha, temperature): mean, spread (population std) and count over seeds."""
     rows = []
-    for alpha, temperature in dict.fromkeys((r["alpha"], r["temperature"]) for r in results):
-        cell = [r for r in results if (r["alpha"], r["temperature"]) == (alpha, temperature)]
-        row = {"alpha": alpha, "temperature": temperature, "seeds": len(cell)}
-        for metric in METRICS:
-            values = [r[metric] for r in cell]
-            row[f"{metric}_mean"] = statistics.fmean(values)
-            row[f"{metric}_std"] = statistics.pstdev(values)
-        rows.append(row)
+    for alpha, temperature in dict.fromkeys((r.alpha, r.temperature) for r in results):
+        cell = [r for r in results if (r.alpha, r.temperature) == (alpha, temperature)]
+        top1, top5 = [r.top1 for r in cell], [r.top5 for r in cell]
+        rows.append(CellSpread(alpha, temperature, len(cell), statistics.fmean(top1), statistics.pstdev(top1),
+                               statistics.fmean(top5), statistics.pstdev(top5)))
     return rows
 
 
-def write_grid(results: list[dict], output: str) -> dict[str, str]:
+def write_grid(results: list[CellResult], output: str) -> None:
     """grid.csv (one row per run), grid.md (mean +- std per cell, alpha x temperature) and grid.png."""
     os.makedirs(output, exist_ok=True)
-    paths = {kind: os.path.join(output, f"grid.{kind}") for kind in ("csv", "md", "png")}
     table = io.StringIO()
-    writer = csv.DictWriter(table, fieldnames=["seed", "alpha", "temperature", *METRICS, "train_time_s"], extrasaction="ignore")
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(results)
-    write_text(table.getvalue(), paths["csv"])
+    writer.writerows(r.to_json() for r in results)
+    write_text(table.getvalue(), os.path.join(output, "grid.csv"))
     rows = summarize(results)
-    alphas = sorted({r["alpha"] for r in rows})
-    temperatures = sorted({r["temperature"] for r in rows})
-    by_cell = {(r["alpha"], r["temperature"]): r for r in rows}
-    seeds = sorted({r["seed"] for r in results})
+    alphas = sorted({r.alpha for r in rows})
+    temperatures = sorted({r.temperature for r in rows})
+    by_cell = {(r.alpha, r.temperature): r for r in rows}
+    seeds = sorted({r.seed for r in results})
     lines = [f"1x1 top-1 (%), mean ± std over seeds {', '.join(map(str, seeds))}", "",
              "| alpha \\ T | " + " | ".join(f"{t:g}" for t in temperatures) + " |",
              "|---|" + "---|" * len(temperatures)]
     for alpha in alphas:
         cells = [by_cell.get((alpha, t)) for t in temperatures]
-        lines.append(f"| {alpha:g} | " + " | ".join(
-            f"{c['1x1_top1_mean']:.1f} ± {c['1x1_top1_std']:.1f}" if c else "-" for c in cells) + " |")
-    write_text("\n".join(lines) + "\n", paths["md"])
-    _heatmap(alphas, temperatures, by_cell, seeds, paths["png"])
-    return paths
+        lines.append(f"| {alpha:g} | " + " | ".join(f"{c.top1_mean:.1f} ± {c.top1_std:.1f}" if c else "-" for c in cells) + " |")
+    write_text("\n".join(lines) + "\n", os.path.join(output, "grid.md"))
+    _heatmap(alphas, temperatures, by_cell, seeds, os.path.join(output, "grid.png"))
 
 
-def _heatmap(alphas, temperatures, by_cell, seeds, path: str) -> None:
+def _heatmap(alphas, temperatures, by_cell: dict[tuple[float, float], CellSpread], seeds, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    grid = np.array([[by_cell[(a, t)]["1x1_top1_mean"] if (a, t) in by_cell else np.nan for t in temperatures] for a in alphas])
+    grid = np.array([[by_cell[(a, t)].top1_mean if (a, t) in by_cell else np.nan for t in temperatures] for a in alphas])
     figure, axes = plt.subplots(figsize=(1.6 * len(temperatures) + 2.4, 1.2 * len(alphas) + 1.6))
     image = axes.imshow(grid, cmap="viridis", aspect="auto")
     axes.set_xticks(range(len(temperatures)), [f"{t:g}" for t in temperatures])
@@ -210,8 +241,8 @@ def _heatmap(alphas, temperatures, by_cell, seeds, path: str) -> None:
         for j, temperature in enumerate(temperatures):
             cell = by_cell.get((alpha, temperature))
             if cell:
-                axes.text(j, i, f"{cell['1x1_top1_mean']:.1f}\n± {cell['1x1_top1_std']:.1f}", ha="center", va="center",
-                          color="white" if cell["1x1_top1_mean"] < np.nanmean(grid) else "black")
+                axes.text(j, i, f"{cell.top1_mean:.1f}\n± {cell.top1_std:.1f}", ha="center", va="center",
+                          color="white" if cell.top1_mean < np.nanmean(grid) else "black")
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
     save_figure(figure, path)

@@ -50,7 +50,7 @@ def _steps(output) -> list[dict]:
 
 
 def _final_state(summary) -> dict:
-    return torch.load(summary["last"], weights_only=True)["model"]
+    return torch.load(summary.last, weights_only=True)["model"]
 
 
 # -- training and distillation ----------------------------------------------------------------------
@@ -78,19 +78,19 @@ def teacher_run(videos, tmp_path_factory):
 
 def test_training_lowers_the_loss_and_logs_everything(teacher_run):
     cfg, summary = teacher_run
-    epochs = summary["epochs"]
-    assert [e["epoch"] for e in epochs] == list(range(TEACHER_EPOCHS))
-    first, last = sum(e["train_loss"] for e in epochs[:3]) / 3, sum(e["train_loss"] for e in epochs[-3:]) / 3
-    assert last < 0.8 * first, [e["train_loss"] for e in epochs]
+    epochs = summary.epochs
+    assert [e.epoch for e in epochs] == list(range(TEACHER_EPOCHS))
+    first, last = sum(e.train_loss for e in epochs[:3]) / 3, sum(e.train_loss for e in epochs[-3:]) / 3
+    assert last < 0.8 * first, [e.train_loss for e in epochs]
     for record in epochs:
-        assert record["time_s"] > 0 and record["peak_memory_bytes"] > 0 and record["clips_per_s"] > 0
-    assert "val_top1" in epochs[3] and "val_top1" not in epochs[2] and "val_top1" in epochs[-1]  # eval_every 4
+        assert record.time_s > 0 and record.peak_memory_bytes > 0 and record.clips_per_s > 0
+    assert "val_top1" in epochs[3].logged() and "val_top1" not in epochs[2].logged() and "val_top1" in epochs[-1].logged()  # eval_every 4
     lines = _steps(cfg["output"])
     steps = [r for r in lines if r["event"] == "step"]
     assert [r["step"] for r in steps] == list(range(1, TEACHER_EPOCHS * 4 + 1))  # 16 videos / batch 4 = 4 steps per epoch
     assert all(set(r) >= {"loss", "lr", "grad_norm", "clips_per_s"} for r in steps)
     assert sum(r["event"] == "epoch" for r in lines) == TEACHER_EPOCHS
-    assert os.path.isfile(summary["best"]) and summary["best_top1"] == max(e.get("val_top1", -1) for e in epochs)
+    assert os.path.isfile(summary.best) and summary.best_top1 == max(e.val_top1 for e in epochs if e.val_top1 is not None)
     assert len(_checkpoint_names(cfg["output"])) == 3  # keep_last
 
 
@@ -98,10 +98,10 @@ def test_distillation_lowers_the_loss_and_keeps_the_teacher_frozen(teacher_run, 
     teacher_cfg, teacher_summary = teacher_run
     teacher_before = _final_state(teacher_summary)
     cfg = fitting_config(videos, tmp_path, train__epochs=16, train__eval_every=0)
-    cfg["teacher"].update(name=teacher_cfg["model"]["name"], kwargs=teacher_cfg["model"]["kwargs"], checkpoint=teacher_summary["last"])
+    cfg["teacher"].update(name=teacher_cfg["model"]["name"], kwargs=teacher_cfg["model"]["kwargs"], checkpoint=teacher_summary.last)
     cfg["kd"].update(alpha=0.5, temperature=4.0)
     summary = run_training(cfg, distill=True)
-    losses = [e["train_loss"] for e in summary["epochs"]]
+    losses = [e.train_loss for e in summary.epochs]
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
     steps = [r for r in _steps(tmp_path) if r["event"] == "step"]
     assert all("kd" in r and "ce" in r for r in steps)
@@ -131,14 +131,14 @@ def test_resume_from_a_mid_epoch_checkpoint_is_exact(videos, tmp_path):
     straight = run_training(cfg)
     assert _checkpoint_names(tmp_path / "straight") == ["checkpoint_3.pt", "checkpoint_4.pt", "checkpoint_6.pt", "checkpoint_8.pt"]
     resumed = _resume_from(cfg, tmp_path / "straight" / "checkpoint_3.pt", tmp_path / "resumed")
-    assert [e["epoch"] for e in resumed["epochs"]] == [0, 1]
+    assert [e.epoch for e in resumed.epochs] == [0, 1]
     final_straight, final_resumed = _final_state(straight), _final_state(resumed)
     assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
-    state_straight = torch.load(straight["last"], weights_only=True)["optimizer"]["state"]
-    state_resumed = torch.load(resumed["last"], weights_only=True)["optimizer"]["state"]
+    state_straight = torch.load(straight.last, weights_only=True)["optimizer"]["state"]
+    state_resumed = torch.load(resumed.last, weights_only=True)["optimizer"]["state"]
     assert all(torch.equal(state_straight[k]["momentum_buffer"], state_resumed[k]["momentum_buffer"]) for k in state_straight)
     # the epoch after resuming is the same epoch: identical validation result
-    assert resumed["epochs"][-1]["val_top1"] == straight["epochs"][-1]["val_top1"]
+    assert resumed.epochs[-1].val_top1 == straight.epochs[-1].val_top1
 
 
 def test_checkpoints_every_nth_epoch_keep_the_last_and_evaluated_ones_and_resume_exactly(videos, tmp_path):
@@ -151,7 +151,7 @@ def test_checkpoints_every_nth_epoch_keep_the_last_and_evaluated_ones_and_resume
     assert _checkpoint_names(tmp_path / "straight") == ["checkpoint_12.pt", "checkpoint_16.pt", "checkpoint_20.pt"]
     assert torch.load(tmp_path / "straight" / "best.pt", weights_only=True)["step"] in (12, 20)
     resumed = _resume_from(cfg, tmp_path / "straight" / "checkpoint_12.pt", tmp_path / "resumed")
-    assert [e["epoch"] for e in resumed["epochs"]] == [3, 4]
+    assert [e.epoch for e in resumed.epochs] == [3, 4]
     final_straight, final_resumed = _final_state(straight), _final_state(resumed)
     assert all(torch.equal(final_straight[k], final_resumed[k]) for k in final_straight)
 
@@ -227,7 +227,7 @@ def test_classification_report():
 
 def test_evaluation_views_and_reports(teacher_run, tmp_path):
     cfg, summary = teacher_run
-    cfg = dict(cfg, output=str(tmp_path), eval=dict(cfg["eval"], checkpoint=summary["last"]))
+    cfg = dict(cfg, output=str(tmp_path), eval=dict(cfg["eval"], checkpoint=summary.last))
     results = run_evaluation(cfg)
     assert set(results) == {"1x1", "2x3"}
     for views, report in results.items():
@@ -458,15 +458,18 @@ def test_demo_picture_smooths_long_loss_curves(tmp_path):
     a plain loop in float64), the teacher's few epochs as they are; the PNG is written either way."""
     from PIL import Image
 
-    from dvflnet.experiments.demo import LOSS_POINTS, plot_results, running_mean
+    from types import SimpleNamespace as Record
+
+    from dvflnet.experiments.demo_report import LOSS_POINTS, DemoRow, plot_results, running_mean
 
     values = torch.randn(97, dtype=torch.float64).tolist()
     for window in (1, 2, 5, 97, 200):
         expected = [sum(values[max(0, i - window + 1): i + 1]) / len(values[max(0, i - window + 1): i + 1]) for i in range(97)]
         assert running_mean(values, window) == pytest.approx(expected, rel=1e-12, abs=1e-12)
-    epochs = {"teacher": [{"step": 100 * (e + 1), "train_loss": 1.4 - 0.1 * e, "val_top1": 30.0 + 5 * e} for e in range(12)],
-              "student": [{"step": 5 * (e + 1), "train_loss": 1.4 - e / 500} for e in range(10 * LOSS_POINTS)]}
-    rows = [{"run": run, "params": 1, "gflops": 0.1, "train_time_s": 1.0, "1x1_top1": 50.0} for run in epochs]
+    epochs = {"teacher": [Record(step=100 * (e + 1), train_loss=1.4 - 0.1 * e, val_top1=30.0 + 5 * e) for e in range(12)],
+              "student": [Record(step=5 * (e + 1), train_loss=1.4 - e / 500, val_top1=None) for e in range(10 * LOSS_POINTS)]}
+    rows = [DemoRow(run, seed=0, threads=1, train_time_s=1.0, params=1, gflops=0.1, top1={"1x1": 50.0}, top5={"1x1": 90.0})
+            for run in epochs]
     figure_path = plot_results(rows, epochs, str(tmp_path / "results.png"))
     assert Image.open(figure_path).size == (1100, 650)
 
@@ -518,7 +521,7 @@ def test_the_decoded_cache_changes_nothing_but_time(videos, tmp_path):
         cfg = tiny_config(videos, tmp_path / f"cache{mb}", train__epochs=2, data__decoded_cache_mb=mb)
         summary = run_training(cfg)
         results[mb] = ([r["loss"] for r in _steps(tmp_path / f"cache{mb}") if r["event"] == "step"],
-                       [e.get("val_top1") for e in summary["epochs"]])
+                       [e.val_top1 for e in summary.epochs])
     assert results[0] == results[64]
     cfg = tiny_config(videos, tmp_path / "workers", data__decoded_cache_mb=64, data__num_workers=2)
     with pytest.raises(ConfigError, match="data.decoded_cache_mb: 64 needs data.num_workers 0"):

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from dvflnet.atomic import save_torch
-from dvflnet.engine import CheckpointManager, WarmupCosine, build_optimizer, capture_rng_state, restore_rng_state, scaled_lr
+from dvflnet.engine import (CheckpointManager, TrainingCheckpoint, WarmupCosine, build_optimizer, capture_rng_state,
+                            restore_rng_state, scaled_lr)
 from dvflnet.models import VideoFocalNet
 
 TINY = dict(img_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, num_frames=2, drop_path_rate=0.3, drop_rate=0.1)
@@ -111,11 +112,12 @@ def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_keep_last_and_best(tmp_path):
     manager = CheckpointManager(str(tmp_path), keep_last=2)
     for epoch, metric in enumerate([0.1, 0.5, 0.3, 0.2]):
-        manager.save({"w": torch.tensor(float(epoch))}, epoch, metric)
+        manager.save(TrainingCheckpoint(model={"w": torch.tensor(float(epoch))}, optimizer={}, scaler={}, epoch=epoch,
+                                        batch_in_epoch=0, step=epoch, rng=[]), metric)
     names = sorted(os.listdir(tmp_path))
     assert names == ["best.pt", "checkpoint_2.pt", "checkpoint_3.pt"]
     best = torch.load(str(tmp_path / "best.pt"), weights_only=True)
-    assert best["w"] == 1 and best["best_metric"] == 0.5
+    assert best["model"]["w"] == 1 and best["best_metric"] == 0.5
     assert manager.latest().endswith("checkpoint_3.pt")
 
 
@@ -153,18 +155,18 @@ def test_resume_is_exact(tmp_path):
     torch.manual_seed(1)
     _train(resumed, opt, sched, 3, 0)
     manager = CheckpointManager(str(tmp_path))
-    manager.save({"model": resumed.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                  "scaler": {}, "epoch": 0, "batch_in_epoch": 3, "step": 3, "rng": capture_rng_state()}, step=3)
+    manager.save(TrainingCheckpoint(model=resumed.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                    scaler={}, epoch=0, batch_in_epoch=3, step=3, rng=capture_rng_state()))
     torch.manual_seed(123)  # anything in between must not matter
 
     state = manager.load(manager.latest())
     fresh = VideoFocalNet(**TINY)
-    fresh.load_state_dict(state["model"])
+    fresh.load_state_dict(state.model)
     opt = build_optimizer(fresh, 0.05)
-    opt.load_state_dict(state["optimizer"])
+    opt.load_state_dict(state.optimizer)
     sched2 = WarmupCosine(1.0, total_steps=1)
-    sched2.load_state_dict(state["scheduler"])
-    restore_rng_state(state["rng"])
-    _train(fresh, opt, sched2, 3, state["step"])
+    sched2.load_state_dict(state.scheduler)
+    restore_rng_state(state.rng)
+    _train(fresh, opt, sched2, 3, state.step)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[key]), key

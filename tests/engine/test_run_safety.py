@@ -230,7 +230,7 @@ def test_skipped_videos_are_counted_in_the_epoch_record_with_workers(videos, tmp
         with pytest.warns(UserWarning, match="skipping unreadable video") if workers == 0 else contextlib.nullcontext():
             summary = run_training(cfg)
         # 9 videos, batch 3: every video is read once per epoch, the broken one skipped once
-        assert [e["skipped_videos"] for e in summary["epochs"]] == [1, 1]
+        assert [e.skipped_videos for e in summary.epochs] == [1, 1]
         assert [r["skipped_videos"] for r in _records(cfg["output"]) if r["event"] == "epoch"] == [1, 1]
 
 
@@ -255,21 +255,21 @@ def test_a_non_finite_step_is_skipped_said_and_logged_as_strict_json(videos, tmp
     records = _records(tmp_path)
     skipped = [r for r in records if r["event"] == "skipped_step"]
     assert len(skipped) == 1 and skipped[0]["step"] == 2 and skipped[0]["loss"] is None and skipped[0]["nonfinite"]
-    assert [e["skipped_steps"] for e in summary["epochs"]] == [1, 0]
-    assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in summary["epochs"])
-    state = torch.load(summary["last"], weights_only=True)
+    assert [e.skipped_steps for e in summary.epochs] == [1, 0]
+    assert all(torch.isfinite(torch.tensor(e.train_loss)) for e in summary.epochs)
+    state = torch.load(summary.last, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_a_diverged_run_stops_without_writing_or_rotating_checkpoints(videos, tmp_path, monkeypatch):
     cfg = small_config(videos, tmp_path, keep_last=1, max_nonfinite_steps=1)
     first = run_training(cfg)
-    good = open(first["last"], "rb").read()
+    good = open(first.last, "rb").read()
     _poisoned_loss(monkeypatch, {"all"})
     with pytest.raises(TrainingDiverged, match=r"2 steps in a row .*the last good checkpoint is .*checkpoint_2.pt"):
         run_training(dict(cfg, train=dict(cfg["train"], epochs=3)))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_2.pt", "config.json", "log.jsonl"]
-    assert open(first["last"], "rb").read() == good
+    assert open(first.last, "rb").read() == good
     _records(tmp_path)  # strict JSON throughout
 
 
@@ -295,7 +295,7 @@ def test_a_corrupt_newest_checkpoint_is_reported_and_resume_falls_back(videos, t
     newest.write_bytes(newest.read_bytes()[:1000])  # a copy cut short
     with pytest.warns(UserWarning, match=r"checkpoint_4.pt: not a readable PyTorch checkpoint.*renamed it to checkpoint_4.pt.corrupt"):
         summary = run_training(dict(cfg, train=dict(cfg["train"], epochs=3)))
-    assert [e["epoch"] for e in summary["epochs"]] == [1, 2]  # resumed after epoch 0 (checkpoint_2)
+    assert [e.epoch for e in summary.epochs] == [1, 2]  # resumed after epoch 0 (checkpoint_2)
     assert os.path.isfile(tmp_path / "checkpoint_4.pt.corrupt")
     steps = [r["step"] for r in _records(tmp_path) if r["event"] == "step"]
     assert steps == list(range(1, 7))  # epoch 1's first records replaced, none twice
@@ -358,7 +358,7 @@ def test_leftovers_are_cleaned_and_the_resumed_epoch_loss_covers_the_whole_epoch
     assert not glob.glob(str(resumed_dir / ".tmp-*"))
     steps = [r["step"] for r in _records(resumed_dir) if r["event"] == "step"]
     assert steps == list(range(1, 9))
-    assert [e["train_loss"] for e in resumed["epochs"]] == [e["train_loss"] for e in straight["epochs"]]
+    assert [e.train_loss for e in resumed.epochs] == [e.train_loss for e in straight.epochs]
     assert [r["epoch"] for r in _records(resumed_dir) if r["event"] == "epoch"] == [0, 1]
 
 

@@ -63,7 +63,7 @@ def test_cache_holds_the_teachers_logits_on_the_training_stream(setup, tmp_path)
     """Every cached row equals the teacher's output on the same (augmented, mixed) micro-batch, to fp16."""
     cfg = distill_config(setup, tmp_path / "run", cache=tmp_path / "cache", epochs=3)
     summary = build_teacher_cache(cfg)
-    assert summary["written"] == 3 and summary["kept"] == 0  # one chunk per epoch at this size
+    assert summary.written == 3 and summary.kept == 0  # one chunk per epoch at this size
     info, run = DistInfo(), RunConfig.from_dict(cfg)
     dataset = train_dataset(run)
     sampler = TrainSampler(len(dataset), run.train.batch_size, info, run.seed)
@@ -115,7 +115,7 @@ def test_cached_distillation_equals_online(setup, tmp_path):
     assert len(a) == len(b) == 6
     assert abs(a[0] - b[0]) <= 1e-3 * abs(a[0])
     torch.testing.assert_close(torch.tensor(b), torch.tensor(a), rtol=5e-3, atol=0)
-    assert cached["epochs"][-1]["train_loss"] == pytest.approx(online["epochs"][-1]["train_loss"], rel=5e-3)
+    assert cached.epochs[-1].train_loss == pytest.approx(online.epochs[-1].train_loss, rel=5e-3)
 
 
 def test_a_cache_built_for_another_run_is_refused(setup, tmp_path):
@@ -159,7 +159,7 @@ def test_a_partial_cache_resumes_and_an_incomplete_one_is_an_error(setup, tmp_pa
     with pytest.raises(TeacherCacheError, match="e0001-r000-c0000.pt is missing"):
         run_training(cfg, distill=True)
     summary = build_teacher_cache(cfg)
-    assert summary == {**summary, "written": 1, "kept": 2}
+    assert (summary.written, summary.kept) == (1, 2)
     after = torch.load(chunks[1], weights_only=True)
     assert all(torch.equal(before[k], after[k]) for k in before)
     with open(chunks[2], "wb") as f:
@@ -174,7 +174,7 @@ def test_chunks_split_long_epochs(setup, tmp_path, monkeypatch):
 
     monkeypatch.setattr(teacher_cache, "CHUNK_BATCHES", 2)
     cfg = distill_config(setup, tmp_path / "run", cache=tmp_path / "cache", epochs=1)
-    assert build_teacher_cache(cfg)["written"] == 2  # 3 micro-batches: chunks of 2 and 1
+    assert build_teacher_cache(cfg).written == 2  # 3 micro-batches: chunks of 2 and 1
     info = DistInfo()
     cache = TeacherCache(RunConfig.from_dict(cfg), info, 12)
     rows = torch.stack([cache.logits(0, b) for b in range(3)])
@@ -228,7 +228,7 @@ def test_grid_runner_writes_the_table_and_resumes(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(ablate, "run_training", lambda c, distill: calls.append((c.kd.alpha, c.kd.temperature)) or real(c, distill=distill))
     results = run_grid(cfg, str(tmp_path / "grid"), alphas=[0.3, 0.7], temperatures=[5.0, 10.0])
     assert sorted(calls) == [(0.3, 5.0), (0.3, 10.0), (0.7, 5.0), (0.7, 10.0)]
-    assert all(0 <= r["1x1_top1"] <= 100 for r in results)
+    assert all(0 <= r.top1 <= 100 for r in results)
     table = (tmp_path / "grid" / "grid.md").read_text()
     assert "| 0.3 |" in table and "| 0.7 |" in table and "| alpha \\ T | 5 | 10 |" in table
     assert len((tmp_path / "grid" / "grid.csv").read_text().splitlines()) == 5
@@ -239,7 +239,7 @@ def test_grid_runner_writes_the_table_and_resumes(setup, tmp_path, monkeypatch):
     calls.clear()
     again = run_grid(cfg, str(tmp_path / "grid"), alphas=[0.3, 0.7], temperatures=[5.0, 10.0])
     assert calls == [(0.7, 5.0)]
-    assert [r["1x1_top1"] for r in again] == [r["1x1_top1"] for r in results]
+    assert [r.top1 for r in again] == [r.top1 for r in results]
 
 
 def test_cli_cache_teacher_and_ablate(setup, tmp_path, capsys):
@@ -260,16 +260,16 @@ def test_cli_cache_teacher_and_ablate(setup, tmp_path, capsys):
 
 
 def test_merge_joins_grids_of_different_seeds(tmp_path, capsys):
-    from dvflnet.experiments.grid import merge_grids, write_grid
+    from dvflnet.experiments.grid import CellResult, merge_grids, write_grid
 
     def runs(seed, top1):
-        return [{"seed": seed, "alpha": a, "temperature": t, "1x1_top1": top1 + a * 10 + t, "1x1_top5": 100.0,
-                 "train_time_s": 1.0} for a in (0.3, 0.7) for t in (5.0, 10.0)]
+        return [CellResult(seed, a, t, top1=top1 + a * 10 + t, top5=100.0, train_time_s=1.0)
+                for a in (0.3, 0.7) for t in (5.0, 10.0)]
 
     write_grid(runs(0, 50.0), str(tmp_path / "s0"))
     write_grid(runs(3, 60.0), str(tmp_path / "s3"))
     merged = merge_grids([str(tmp_path / "s0"), str(tmp_path / "s3")], str(tmp_path / "all"))
-    assert len(merged) == 8 and {r["seed"] for r in merged} == {0, 3}
+    assert len(merged) == 8 and {r.seed for r in merged} == {0, 3}
     table = (tmp_path / "all" / "grid.md").read_text()
     assert "seeds 0, 3" in table and "| 0.3 | 63.0 ± 5.0 | 68.0 ± 5.0 |" in table  # 50+3+5 and 60+3+5
     assert (tmp_path / "all" / "grid.png").stat().st_size > 0

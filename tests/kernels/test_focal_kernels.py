@@ -23,7 +23,7 @@ import dvfl_kernels
 from dvfl_kernels import ops, reference
 from dvfl_kernels.runtime import RUNTIME
 from dvflnet.models import VideoFocalNet
-from helpers import GOLDEN_DIR, WEIGHT_UPDATES, assert_close, update_bias_in_place, golden_modulation_layer, kernel_device, strided_view as _strided_view
+from helpers import GOLDEN_DIR, WEIGHT_UPDATES, assert_close, update_bias_in_place, kernel_device, strided_view as _strided_view
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -276,8 +276,8 @@ def test_opcheck(backend):
     torch.library.opcheck(op("modulate"), (q, s, t))
 
 
-def test_golden_layer_and_model(backend):
-    layer, fixture = golden_modulation_layer()
+def test_golden_layer_and_model(backend, golden_modulation):
+    layer, fixture = golden_modulation
     with torch.no_grad():
         assert_close(layer(fixture["input"], backend=backend), fixture["output"], 1e-5, f"modulation layer ({backend})")
     fixture = torch.load(GOLDEN_DIR / "video_focalnet_small_config.pt", weights_only=True)
@@ -287,9 +287,9 @@ def test_golden_layer_and_model(backend):
         assert_close(model(fixture["input"][:1]), fixture["logits"][:1], 1e-5, f"logits ({backend})")
 
 
-def test_compiled_layer_fullgraph(backend):
+def test_compiled_layer_fullgraph(backend, golden_modulation):
     """The custom ops trace as single nodes: torch.compile(fullgraph=True) runs forward and backward."""
-    layer, fixture = golden_modulation_layer()
+    layer, fixture = golden_modulation
     x = fixture["input"][:4].clone().requires_grad_()
     compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
     out = compiled(x, backend=backend)
@@ -302,12 +302,12 @@ def test_compiled_layer_fullgraph(backend):
     assert_close(x.grad, x_ref.grad, 1e-5, "compiled layer dx")
 
 
-def test_inductor_compiled_layer_gradients(backend):
+def test_inductor_compiled_layer_gradients(backend, golden_modulation):
     """Inductor (unlike aot_eager) trusts the fake kernels' output strides: every gradient of the
     compiled layer, weights included, must match eager and come back in the parameter's layout."""
     if backend == "triton":
         pytest.skip("inductor compiles the C++ kernels' graph here; Triton ones are compiled on a GPU")
-    layer, fixture = golden_modulation_layer()
+    layer, fixture = golden_modulation
     compiled_layer = copy.deepcopy(layer)
     x = fixture["input"][:4]
     torch.compile(compiled_layer, fullgraph=True)(x, backend=backend).square().sum().backward()

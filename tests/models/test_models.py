@@ -14,13 +14,13 @@ from dvflnet.models import (
     create_model,
     list_models,
 )
-from helpers import GOLDEN_DIR, assert_close, golden_modulation_layer
+from helpers import GOLDEN_DIR, assert_close
 
 TINY = dict(img_size=64, embed_dim=8, depths=[1, 1, 1, 1], num_classes=5, num_frames=4, drop_path_rate=0.0)
 
 
-def test_golden_focal_modulation_layer():
-    layer, fixture = golden_modulation_layer()
+def test_golden_focal_modulation_layer(golden_modulation):
+    layer, fixture = golden_modulation
     with torch.no_grad():
         out = layer(fixture["input"], backend="reference")
     assert_close(out, fixture["output"], 1e-5, "modulation layer")

@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
                           train=dict(epochs=1, warmup_epochs=0, batch_size=4, eval_every=0, mixup=False))
     summary = run_training(cfg)
     val = [os.path.join(videos.root, line.split(",")[0]) for line in open(videos.val_csv).read().split()]
-    return summary["last"], videos, val
+    return summary.last, videos, val
 
 
 def test_predict_top5_with_names_from_the_saved_config(trained):

@@ -9,7 +9,7 @@ import pytest
 from dvflnet.cli import main
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.engine.config import DEFAULTS, ConfigError, check_config
-from dvflnet.experiments.demo import DEMO_CONFIG, load_demo_config, set_seed
+from dvflnet.experiments.demo import DEMO_CONFIG, load_demo_config
 
 
 @pytest.mark.parametrize("args,flag", [
@@ -34,7 +34,7 @@ def test_a_negative_seed_through_the_library_or_a_config_is_named(tmp_path):
     assert not (tmp_path / "data").exists()
     spec = load_demo_config(DEMO_CONFIG, ["output", str(tmp_path / "demo")])
     with pytest.raises(ConfigError, match=r"seed: expected an integer >= 0, got -5"):
-        set_seed(spec, -5)
+        spec.with_seed(-5)
     cfg = copy.deepcopy(DEFAULTS)
     cfg["seed"] = -3
     with pytest.raises(ConfigError, match=r"seed"):

@@ -48,7 +48,7 @@ def demo_teacher_step() -> tuple[callable, int]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return step, train["batch_size"]
+    return step, train.batch_size
 
 
 def nano_clip(dtype: torch.dtype) -> callable:

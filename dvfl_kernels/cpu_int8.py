@@ -326,12 +326,14 @@ class Calibration:
     Args:
         names: parameter id -> name (``{id(p): n for n, p in model.named_parameters()}``): a GEMM is
             named by its weights' names joined with "+".
+        per_column: the GEMMs whose input's range is also recorded per column (those smoothing may
+            change); a column-wise reduction costs several times the whole tensor's.
     """
 
-    def __init__(self, names: dict[int, str]):
-        self._names = names
+    def __init__(self, names: dict[int, str], per_column: frozenset[str] = frozenset()):
+        self._names, self._per_column = names, per_column
         self.ranges: dict[str, list[float]] = {}  # GEMM name -> [low, high]
-        self.channel_ranges: dict[str, list[torch.Tensor]] = {}  # GEMM name -> [per-column low, high] of its input
+        self.channel_ranges: dict[str, list[torch.Tensor]] = {}  # GEMM name in per_column -> [per-column low, high]
         self.tap_ranges: dict[str, list[list[float]]] = {}  # temporal context name -> per level [low, high]
         self.calls: dict[str, int] = {}
 
@@ -348,27 +350,28 @@ class Calibration:
              residual: torch.Tensor | None, dtype: torch.dtype) -> None:
         """Records the range of x2; offers no int8 form (the float GEMM runs)."""
         name = self.name(weights)
-        _widen(self.ranges.setdefault(name, [float("inf"), float("-inf")]), x2)
-        low, high = torch.aminmax(x2.float(), dim=0)
+        self.calls[name] = self.calls.get(name, 0) + 1
+        if name not in self._per_column:
+            _widen(self.ranges.setdefault(name, [float("inf"), float("-inf")]), x2)
+            return None
+        low, high = torch.aminmax(x2.float(), dim=0)  # the tensor's range from the columns' (one pass)
+        _widen(self.ranges.setdefault(name, [float("inf"), float("-inf")]), torch.stack([low.min(), high.max()]))
         seen = self.channel_ranges.get(name)
         self.channel_ranges[name] = [low, high] if seen is None else [torch.minimum(seen[0], low), torch.maximum(seen[1], high)]
-        self.calls[name] = self.calls.get(name, 0) + 1
         return None
 
     def temporal(self, z_t: torch.Tensor, g_t: torch.Tensor, weights: Sequence[torch.Tensor], num_frames: int,
-                 normalize: bool) -> None:
-        """Records each level's input range (the hierarchy recomputed level by level); the float op then runs."""
-        from . import reference
-
+                 normalize: bool) -> Callable[[], torch.Tensor]:
+        """Records each level's input range: z_t's, then gelu of the level before's pre-activation, which
+        the fused op saves (as for its backward); offers that op's output, so the hierarchy runs once."""
         name = self.name(weights)
         seen = self.tap_ranges.setdefault(name, [[float("inf"), float("-inf")] for _ in weights])
-        ctx = z_t.float().unflatten(0, (-1, num_frames))
-        for level, weight in enumerate(weights):
-            _widen(seen[level], ctx)
-            if level + 1 < len(weights):
-                ctx = torch.nn.functional.gelu(reference.dense_temporal_conv(ctx, weight.float()))
+        out, pre, _ = torch.ops.dvfl.temporal_context(z_t, g_t, list(weights), num_frames, normalize, True)
+        _widen(seen[0], z_t)
+        for level in range(1, len(weights)):
+            _widen(seen[level], torch.nn.functional.gelu(pre[level - 1].float()))
         self.calls[name] = self.calls.get(name, 0) + 1
-        return None
+        return lambda: out
 
 
 def smoothing_factors(input_amax: torch.Tensor, weight: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

@@ -269,7 +269,8 @@ def calibrate(model: VideoFocalNet, calibration: Iterable, clips: int | None = N
     if any(p.is_inference() for p in model.parameters()):
         model = _own_copy(model)  # made inside inference_mode: the engine (and so the recording) needs ordinary weights
     names = {id(p): n.removesuffix(".weight") for n, p in model.named_parameters()}
-    recorder = cpu_int8.Calibration(names)
+    smoothable = frozenset(name for name in names.values() if _smoothable(model, name) is not None)
+    recorder = cpu_int8.Calibration(names, per_column=smoothable)
     backend, training = model.backend, model.training
     seen = 0
     try:

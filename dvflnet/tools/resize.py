@@ -220,7 +220,9 @@ def resize_tree(src: str, dst: str, short_side: int, workers: int = 1, progress:
         else:
             import multiprocessing
 
-            pool = multiprocessing.Pool(workers, initializer=_stop_on_sigterm)
+            # spawned, not forked: a fork of a process whose other threads (OpenMP's, a decoder's) held a
+            # lock at that moment can wait on it forever (it hung a test run with 2 workers)
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_stop_on_sigterm)
             try:
                 for source, why in pool.imap_unordered(_job_args, [(s, t, short_side) for s, t in jobs]):
                     if why:

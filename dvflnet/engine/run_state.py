@@ -56,7 +56,7 @@ class TrainingCheckpoint:
         missing = [k for k in required if not isinstance(state, dict) or k not in state]
         if missing:
             raise CheckpointError(f"{path}: not a dvflnet training checkpoint (missing {', '.join(missing)})")
-        return cls(**{f.name: state.get(f.name) for f in fields(cls) if f.name in state})
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
 
 
 def capture_rng_state() -> dict:
@@ -112,8 +112,7 @@ class CheckpointManager:
         is_best = metric is not None and (self.best_metric is None or metric > self.best_metric)
         if is_best:
             self.best_metric = metric
-        checkpoint.best_metric = self.best_metric
-        state = checkpoint.to_state()
+        state = dict(checkpoint.to_state(), best_metric=self.best_metric)
         save_torch(state, path)
         if is_best:
             save_torch(state, os.path.join(self.folder, "best.pt"))

@@ -275,10 +275,8 @@ class RunConfig(Section):
     def updated(self, **changes) -> RunConfig:
         """A copy with `changes`: a top-level setting by name (``output="runs/x"``), a section's settings
         as a mapping (``eval={"checkpoint": path}``; the others keep their values)."""
-        for name, value in changes.items():
-            if name in SECTIONS:
-                changes[name] = dataclasses.replace(getattr(self, name), **value)
-        return dataclasses.replace(self, **changes)
+        return dataclasses.replace(self, **{name: dataclasses.replace(getattr(self, name), **value) if name in SECTIONS
+                                            else value for name, value in changes.items()})
 
     def with_absolute_paths(self) -> RunConfig:
         """The config as saved with the run: its file paths absolute."""

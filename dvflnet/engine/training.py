@@ -132,15 +132,15 @@ def _save_checkpoint(manager: CheckpointManager, info: DistInfo, model, optimize
                      metric: float | None) -> None:
     """Every rank's RNG states gathered, then rank 0 writes the checkpoint; a state holding NaN or inf
     is never written (nor rotates good checkpoints away)."""
-    optimizer_state = optimizer.state_dict()
-    bad = nonfinite_tensors({"model": model.state_dict(), "optimizer": optimizer_state.get("state", {})})
+    model_state, optimizer_state = model.state_dict(), optimizer.state_dict()
+    bad = nonfinite_tensors({"model": model_state, "optimizer": optimizer_state["state"]})
     if bad:
         raise TrainingDiverged(f"epoch {epoch}, step {step}: non-finite values in "
                                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}; no checkpoint written "
                                f"(the last good one: {manager.latest()})")
     rng = all_gather_objects(capture_rng_state(), info)
     if info.is_main:
-        manager.save(TrainingCheckpoint(model=model.state_dict(), optimizer=optimizer_state, scaler=scaler.state_dict(),
+        manager.save(TrainingCheckpoint(model=model_state, optimizer=optimizer_state, scaler=scaler.state_dict(),
                                         scheduler=schedule.state_dict(), epoch=epoch, batch_in_epoch=batch_in_epoch,
                                         step=step, epoch_partial=epoch_partial, rng=rng, config=config), metric)
     barrier(info)

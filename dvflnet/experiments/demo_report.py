@@ -30,8 +30,9 @@ class DemoRow:
     top5: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
-        scores = {f"{view}_{metric}": value for view in self.top1 for metric, value in
-                  (("top1", self.top1[view]), ("top5", self.top5[view]))}
+        scores = {}
+        for view in self.top1:
+            scores[f"{view}_top1"], scores[f"{view}_top5"] = self.top1[view], self.top5[view]
         return {"run": self.run, "seed": self.seed, "threads": self.threads, "train_time_s": self.train_time_s,
                 "params": self.params, "gflops": self.gflops, **scores}
 

@@ -96,6 +96,26 @@ def check_modulate(q, m_s, m_t) -> None:
             raise ValueError(f"{name}: expected shape {tuple(q.shape)} (that of q), got {tuple(t.shape)}")
 
 
+def check_upstream(grad, like: torch.Tensor, like_name: str) -> None:
+    """A backward op's upstream gradient: floating, on `like`'s device and of its shape (any float dtype: cast)."""
+    check_tensor("grad", grad)
+    check_same("grad", grad, like_name, like, dtype=False)
+    if grad.shape != like.shape:
+        raise ValueError(f"grad: expected shape {tuple(like.shape)} (that of {like_name}), got {tuple(grad.shape)}")
+
+
+def check_saved(pre, mean, z: torch.Tensor, levels: int, mean_shape: tuple) -> None:
+    """What a context op's forward saved for its backward (with save=True): pre-activations (levels, *z's
+    shape) and means `mean_shape`, both in the accumulation dtype (float64 for float64, else float32)."""
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    for name, t, shape in (("pre", pre, (levels, *z.shape)), ("mean", mean, tuple(mean_shape))):
+        check_tensor(name, t)
+        check_same(name, t, "the activations", z, dtype=False)
+        if tuple(t.shape) != shape or t.dtype != acc:
+            raise ValueError(f"{name}: expected the forward's saved {acc} tensor of shape {shape} (a forward with "
+                             f"save=True), got {_describe(t)}")
+
+
 def _check_scalar(name: str, value, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> None:
     if isinstance(value, torch.Tensor) or not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name}: expected a Python number, got {type(value).__name__}")

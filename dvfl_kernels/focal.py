@@ -14,6 +14,8 @@ from types import ModuleType
 
 import torch
 
+from . import _checks
+
 _BACKWARD_NOTE = "ran with save=False (no input needed a gradient), so it kept nothing for backward"
 OPS = ("spatial_context", "temporal_context", "modulate")
 # The Triton family's schemas (the C++ family's are csrc/ops.cpp's, the same with their own names).
@@ -131,18 +133,40 @@ def _as_contract(out, pre, mean, like: torch.Tensor):
 def declare_triton(triton: ModuleType) -> None:
     """Declare the Triton family's ops (no C++ extension needed) with the kernels of `triton`
     (dvfl_kernels.triton.focal_modulation), their fakes and autograd."""
-    kernels = {
-        "spatial_context": lambda z, g, w, normalize, save: _as_contract(
-            *triton.spatial_context_forward(z, g, w, normalize, save), z),
-        "spatial_context_backward": lambda grad, z, g, w, pre, mean, normalize, weights_grad: _flat(
-            triton.spatial_context_backward(grad, z, g, w, pre.float(), mean.float(), normalize), weights_grad),
-        "temporal_context": lambda z, g, w, frames, normalize, save: _as_contract(
-            *triton.temporal_context_forward(z, g, w, frames, normalize, save), z),
-        "temporal_context_backward": lambda grad, z, g, w, frames, pre, mean, normalize, weights_grad: _flat(
-            triton.temporal_context_backward(grad, z, g, w, frames, pre.float(), mean.float(), normalize), weights_grad),
-        "modulate": triton.modulate_forward,
-        "modulate_backward": lambda grad, q, m_s, m_t: list(triton.modulate_backward(grad, q, m_s, m_t)),
-    }
+    # Each op checks its arguments, as the C++ ops do: a direct call (torch.ops.dvfl.*) bypasses ops.py.
+    def spatial(z, g, w, normalize, save):
+        _checks.check_spatial_context(z, g, w)
+        return _as_contract(*triton.spatial_context_forward(z, g, w, normalize, save), z)
+
+    def spatial_backward(grad, z, g, w, pre, mean, normalize, weights_grad):
+        _checks.check_spatial_context(z, g, w)
+        _checks.check_upstream(grad, z, "z")
+        _checks.check_saved(pre, mean, z, len(w), (z.shape[0], z.shape[3]))
+        return _flat(triton.spatial_context_backward(grad, z, g, w, pre.float(), mean.float(), normalize), weights_grad)
+
+    def temporal(z, g, w, frames, normalize, save):
+        _checks.check_temporal_context(z, g, w, frames)
+        return _as_contract(*triton.temporal_context_forward(z, g, w, frames, normalize, save), z)
+
+    def temporal_backward(grad, z, g, w, frames, pre, mean, normalize, weights_grad):
+        _checks.check_temporal_context(z, g, w, frames)
+        _checks.check_upstream(grad, z, "z_t")
+        _checks.check_saved(pre, mean, z, len(w), (z.shape[0] // frames, *z.shape[1:]))
+        return _flat(triton.temporal_context_backward(grad, z, g, w, frames, pre.float(), mean.float(), normalize),
+                     weights_grad)
+
+    def modulate(q, m_s, m_t):
+        _checks.check_modulate(q, m_s, m_t)
+        return triton.modulate_forward(q, m_s, m_t)
+
+    def modulate_backward(grad, q, m_s, m_t):
+        _checks.check_modulate(q, m_s, m_t)
+        _checks.check_upstream(grad, q, "q")
+        return list(triton.modulate_backward(grad, q, m_s, m_t))
+
+    kernels = {"spatial_context": spatial, "spatial_context_backward": spatial_backward, "temporal_context": temporal,
+               "temporal_context_backward": temporal_backward, "modulate": modulate,
+               "modulate_backward": modulate_backward}
     for name, schema in TRITON_SCHEMAS.items():
         op, backward = name.removesuffix("_backward"), name.endswith("_backward")
         qualname = f"dvfl::{op_name(op, 'triton', backward)}"

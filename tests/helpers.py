@@ -65,6 +65,11 @@ def kernel_device(backend: str) -> str:
     return "cpu"
 
 
+def interpreted(backend: str) -> bool:
+    """Whether `backend`'s kernels run in Triton's interpreter here (each launch costs seconds in Python)."""
+    return backend == "triton" and kernel_device(backend) == "cpu"
+
+
 # Every way a parameter changes between two inference calls, each of which a weight prepared for
 # inference (dvfl_kernels._prepared) must see: on any module with a `weight` (and a `bias` for the one
 # that needs it).

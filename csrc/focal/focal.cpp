@@ -198,6 +198,86 @@ std::vector<at::Tensor> to_float(std::initializer_list<at::Tensor> ts) {
   return out;
 }
 
+// ---- the registered ops' argument checks ----------------------------------------------------------
+// The Python API checks its arguments (dvfl_kernels/_checks.py) before it picks an op; a direct call
+// (torch.ops.dvfl.*, a traced graph) gets the same guarantee here: a shape the kernels would read past,
+// or a clip count num_frames does not divide, is an error naming the argument, never a wrong answer.
+std::string shape_of(const at::Tensor& t) { return c10::str(t.sizes()); }
+
+bool floating(const at::Tensor& t) {
+  const auto d = t.scalar_type();
+  return d == at::kFloat || d == at::kDouble || d == at::kBFloat16 || d == at::kHalf;
+}
+
+void check_activations(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.dim() == 4, op, ": ", name, ": expected a 4-D (N, H, W, C) tensor, got shape ", shape_of(t));
+  TORCH_CHECK_TYPE(floating(t), op, ": ", name, ": expected a float16/bfloat16/float32/float64 tensor, got ",
+                   t.scalar_type());
+}
+
+void check_like(const char* op, const char* name, const at::Tensor& t, const char* ref_name, const at::Tensor& ref,
+                at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " is on ", t.device(), " but ", ref_name, " is on ",
+                    ref.device(), "; expected one device");
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), op, ": ", name, " has dtype ", t.scalar_type(), " but ",
+                   ref_name, " has ", ref.scalar_type(), "; expected one dtype");
+  TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, ": expected shape ", shape, ", got ", shape_of(t));
+}
+
+// z (N, H, W, C), g (N, H, W, levels + 1), weights[level] (C, C_in, [k,] k) with odd k, C_in = 1
+// (spatial, square k x k) or C (temporal); num_frames (temporal) divides N. `op` names the op.
+void check_context(const char* op, const at::Tensor& z, const at::Tensor& g, at::TensorList weights, bool spatial,
+                   int64_t num_frames) {
+  const char* z_name = spatial ? "z" : "z_t";  // the schema's names
+  check_activations(op, z_name, z);
+  const int64_t N = z.size(0), C = z.size(3), L = weights.size();
+  TORCH_CHECK_VALUE(L >= 1, op, ": weights: expected a non-empty list of kernels (one per focal level)");
+  if (!spatial) {
+    TORCH_CHECK_VALUE(num_frames >= 1 && N % num_frames == 0, op, ": ", z_name, ": the batch dimension N=", N,
+                      " must be clips x num_frames, but num_frames=", num_frames, " does not divide it");
+  }
+  check_like(op, spatial ? "g" : "g_t", g, z_name, z, {N, z.size(1), z.size(2), L + 1});
+  for (int64_t level = 0; level < L; ++level) {
+    const at::Tensor& w = weights[level];
+    const int64_t k = w.dim() > 0 ? w.size(-1) : 0;
+    const bool shaped = spatial ? w.dim() == 4 && w.size(0) == C && w.size(1) == 1 && w.size(2) == k
+                                : w.dim() == 3 && w.size(0) == C && w.size(1) == C;
+    TORCH_CHECK_VALUE(shaped && k % 2 == 1, op, ": weights[", level, "]: expected shape (", C, ", ",
+                      spatial ? std::string("1, k, k)") : std::to_string(C) + ", k)", " with an odd k, got ", shape_of(w));
+    TORCH_CHECK_VALUE(w.device() == z.device(), op, ": weights[", level, "] is on ", w.device(), " but ", z_name, " is on ",
+                      z.device(), "; expected one device");
+    // float32 weights with half-precision activations: what autocast hands the op
+    const bool autocast = w.scalar_type() == at::kFloat && (z.scalar_type() == at::kHalf || z.scalar_type() == at::kBFloat16);
+    TORCH_CHECK_TYPE(w.scalar_type() == z.scalar_type() || autocast, op, ": weights[", level,
+                     "] has dtype ", w.scalar_type(), " but ", z_name, " has ", z.scalar_type(), "; expected one dtype");
+  }
+}
+
+// What a backward op gets besides the forward's inputs: the upstream gradient, shaped as z (any
+// floating dtype: it is cast), and the forward's saved pre-activations and means.
+void check_saved(const char* op, const at::Tensor& grad, const at::Tensor& z, int64_t levels, const at::Tensor& pre,
+                 const at::Tensor& mean, at::IntArrayRef mean_shape) {
+  TORCH_CHECK_VALUE(grad.device() == z.device() && floating(grad) && grad.sizes() == z.sizes(), op,
+                    ": grad: expected a floating tensor of the activations' shape ", z.sizes(), " on ", z.device(), ", got ",
+                    grad.scalar_type(), " of shape ", shape_of(grad), " on ", grad.device());
+  const auto acc = z.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  std::vector<int64_t> pre_shape{levels};
+  pre_shape.insert(pre_shape.end(), z.sizes().begin(), z.sizes().end());
+  TORCH_CHECK_VALUE(pre.sizes() == at::IntArrayRef(pre_shape) && pre.scalar_type() == acc && pre.device() == z.device(),
+                    op, ": pre: expected the forward's saved ", acc, " pre-activations of shape ",
+                    at::IntArrayRef(pre_shape), " (a forward with save=True), got ", pre.scalar_type(), " of shape ",
+                    shape_of(pre));
+  TORCH_CHECK_VALUE(mean.sizes() == mean_shape && mean.scalar_type() == acc && mean.device() == z.device(), op,
+                    ": mean: expected the forward's saved ", acc, " means of shape ", mean_shape, ", got ",
+                    mean.scalar_type(), " of shape ", shape_of(mean));
+}
+
+void check_modulate(const char* op, const at::Tensor& q, const at::Tensor& m_s, const at::Tensor& m_t) {
+  check_activations(op, "q", q);
+  check_like(op, "m_s", m_s, "q", q, q.sizes());
+  check_like(op, "m_t", m_t, "q", q, q.sizes());
+}
+
 }  // namespace
 
 const char* focal_cpu_capability() { return kernels().name; }
@@ -259,7 +339,6 @@ std::vector<at::Tensor> spatial_context_backward_kernels(const at::Tensor& grad_
   const at::Tensor grad = channel_dense(grad_in.to(z_in.scalar_type())), z = channel_dense(z_in), g = channel_dense(g_in);
   const int64_t N = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3), L = weights.size();
   const auto acc_opts = z.options().dtype(acc_type(z));
-  TORCH_CHECK(pre.size(0) == L, "dvfl::spatial_context_backward: the forward saved no pre-activations");
   at::Tensor dz = at::empty({N, H, W, C}, z.options());
   at::Tensor dg = at::empty({N, H, W, L + 1}, z.options());
   const at::Tensor mean_act = at::gelu(mean);
@@ -384,6 +463,11 @@ at::Tensor temporal_context_int8(const at::Tensor& z_in, const at::Tensor& g_in,
                                  at::IntArrayRef input_zero_points, int64_t T, bool normalize) {
   const BelowAutograd guard;
   const int64_t L = packed.size();
+  const char* op = "dvfl::temporal_context_int8";
+  check_activations(op, "z_t", z_in);
+  TORCH_CHECK_VALUE(T >= 1 && z_in.size(0) % T == 0, op, ": z_t: the batch dimension N=", z_in.size(0),
+                    " must be clips x num_frames, but num_frames=", T, " does not divide it");
+  check_like(op, "g_t", g_in, "z_t", z_in, {z_in.size(0), z_in.size(1), z_in.size(2), L + 1});
   TORCH_CHECK(z_in.device().is_cpu() && (z_in.scalar_type() == at::kFloat || z_in.scalar_type() == at::kBFloat16),
               "dvfl::temporal_context_int8: z_t: expected float32 or bfloat16 on CPU, got ", z_in.scalar_type(), " on ",
               z_in.device());
@@ -426,7 +510,6 @@ std::vector<at::Tensor> temporal_context_backward_kernels(const at::Tensor& grad
   const at::Tensor grad = channel_dense(grad_in.to(z_in.scalar_type())), z = channel_dense(z_in), g = channel_dense(g_in);
   const int64_t N = z.size(0), H = z.size(1), W = z.size(2), C = z.size(3), L = weights.size();
   const int64_t B = N / T, HW = H * W, rows = N * HW, positions = B * HW;
-  TORCH_CHECK(pre.size(0) == L, "dvfl::temporal_context_backward: the forward saved no pre-activations");
   const at::Tensor z_rows = as_rows(z);
   at::Tensor dz = at::empty({N, H, W, C}, z.options());
   at::Tensor dg = at::empty({N, H, W, L + 1}, z.options());
@@ -520,23 +603,43 @@ namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> spatial_op(const at::Tensor& z, const at::Tensor& g, at::TensorList weights,
                                                           bool normalize, bool save) {
+  check_context("dvfl::spatial_context", z, g, weights, true, 1);
   return spatial_context_kernels(z, g, weights.vec(), normalize, save);
 }
 std::vector<at::Tensor> spatial_backward_op(const at::Tensor& grad, const at::Tensor& z, const at::Tensor& g,
                                             at::TensorList weights, const at::Tensor& pre, const at::Tensor& mean,
                                             bool normalize, bool weights_grad) {
+  const char* op = "dvfl::spatial_context_backward";
+  check_context(op, z, g, weights, true, 1);
+  check_saved(op, grad, z, weights.size(), pre, mean, {z.size(0), z.size(3)});
   return spatial_context_backward_kernels(grad, z, g, weights.vec(), pre, mean, normalize, weights_grad);
 }
 std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_op(const at::Tensor& z_t, const at::Tensor& g_t,
                                                            at::TensorList weights, int64_t num_frames, bool normalize,
                                                            bool save) {
+  check_context("dvfl::temporal_context", z_t, g_t, weights, false, num_frames);
   return temporal_context_kernels(z_t, g_t, weights.vec(), num_frames, normalize, save);
 }
 std::vector<at::Tensor> temporal_backward_op(const at::Tensor& grad, const at::Tensor& z_t, const at::Tensor& g_t,
                                              at::TensorList weights, int64_t num_frames, const at::Tensor& pre,
                                              const at::Tensor& mean, bool normalize, bool weights_grad) {
+  const char* op = "dvfl::temporal_context_backward";
+  check_context(op, z_t, g_t, weights, false, num_frames);
+  check_saved(op, grad, z_t, weights.size(), pre, mean, {z_t.size(0) / num_frames, z_t.size(1), z_t.size(2), z_t.size(3)});
   return temporal_context_backward_kernels(grad, z_t, g_t, weights.vec(), num_frames, pre, mean, normalize,
                                            weights_grad);
+}
+at::Tensor modulate_op(const at::Tensor& q, const at::Tensor& m_s, const at::Tensor& m_t) {
+  check_modulate("dvfl::modulate", q, m_s, m_t);
+  return modulate_kernels(q, m_s, m_t);
+}
+std::vector<at::Tensor> modulate_backward_op(const at::Tensor& grad, const at::Tensor& q, const at::Tensor& m_s,
+                                             const at::Tensor& m_t) {
+  check_modulate("dvfl::modulate_backward", q, m_s, m_t);
+  TORCH_CHECK_VALUE(grad.device() == q.device() && floating(grad) && grad.sizes() == q.sizes(),
+                    "dvfl::modulate_backward: grad: expected a floating tensor of q's shape ", q.sizes(), " on ",
+                    q.device(), ", got ", grad.scalar_type(), " of shape ", shape_of(grad), " on ", grad.device());
+  return modulate_backward_kernels(grad, q, m_s, m_t);
 }
 
 void register_focal(torch::Library& m) {
@@ -544,8 +647,8 @@ void register_focal(torch::Library& m) {
   m.impl("spatial_context_backward", &spatial_backward_op);
   m.impl("temporal_context", &temporal_op);
   m.impl("temporal_context_backward", &temporal_backward_op);
-  m.impl("modulate", &modulate_kernels);
-  m.impl("modulate_backward", &modulate_backward_kernels);
+  m.impl("modulate", &modulate_op);
+  m.impl("modulate_backward", &modulate_backward_op);
 }
 
 void register_focal_cpu_only(torch::Library& m) { m.impl("temporal_context_int8", &temporal_context_int8); }

@@ -216,14 +216,18 @@ def test_frozen_weights_get_no_gradient_and_the_inputs_the_same_one(backend, kin
     for name, a, b, ref in zip(("dz", "dg"), frozen, trained, reference_grads):
         assert_close(a, b, 1e-6, f"{name}, frozen against trained weights")
         assert_close(a, ref, 1e-5, f"{name}, frozen weights against the reference")
+    # the backward op itself, asked with and without weight gradients; on small inputs, as opcheck runs
+    # it many times (under Triton's interpreter each run costs seconds on the inputs above)
     family = "triton" if backend == "triton" else "cpp"
     forward = getattr(torch.ops.dvfl, op_name(f"{kind}_context", family))
     backward = getattr(torch.ops.dvfl, op_name(f"{kind}_context", family, backward=True))
+    z, g, weights = _inputs(2, 2, 3, 2, 2, kind, torch.float32, generator)
+    upstream = torch.randn(z.shape, generator=generator).to(device)
     args = [t.float().to(device) for t in (z, g)] + [[wt.float().to(device) for wt in weights]] + ([2] if kind == "temporal" else [])
     _, pre, mean = forward(*args, False, True)
     for weights_grad, count in ((False, 2), (True, 2 + len(weights))):
-        assert len(backward(upstream.float().to(device), *args, pre, mean, False, weights_grad)) == count
-        torch.library.opcheck(backward.default, (upstream.float().to(device), *args, pre, mean, False, weights_grad))
+        assert len(backward(upstream, *args, pre, mean, False, weights_grad)) == count
+        torch.library.opcheck(backward.default, (upstream, *args, pre, mean, False, weights_grad))
 
 
 @pytest.mark.parametrize("kind", ["spatial", "temporal", "modulate"])
@@ -276,6 +280,46 @@ def test_opcheck(backend):
     torch.library.opcheck(op("modulate"), (q, s, t))
 
 
+def _bad_op_calls(device):
+    """(op, arguments, the argument the error must name) for calls of the raw ops that the public functions
+    would have refused: each shape here would otherwise be read past, or give a wrong answer."""
+    generator = torch.Generator().manual_seed(7)
+    t = lambda *shape: torch.randn(*shape, generator=generator).to(device)  # noqa: E731
+    spatial_w = [t(4, 1, 3, 3), t(4, 1, 5, 5)]
+    temporal_w = [t(4, 4, 3), t(4, 4, 5)]
+    z, g = t(4, 3, 5, 4), t(4, 3, 5, 3)
+    saved_pre, saved_mean = t(2, 4, 3, 5, 4), t(4, 4)  # what the spatial forward saves (float32)
+    return [
+        ("spatial_context", (z, t(4, 3, 5, 2), spatial_w, False, True), "g"),  # one gate too few
+        ("spatial_context", (z, g, [spatial_w[0], t(3, 1, 5, 5)], False, True), r"weights\[1\]"),
+        ("spatial_context", (z, g, [spatial_w[0], t(4, 1, 4, 4)], False, True), r"weights\[1\]"),  # even k
+        ("spatial_context", (t(4, 3, 5), g, spatial_w, False, True), "z"),
+        ("spatial_context_backward", (t(4, 3, 5, 3), z, g, spatial_w, saved_pre, saved_mean, False, True), "grad"),
+        ("spatial_context_backward", (t(*z.shape), z, g, spatial_w, t(0, 4, 3, 5, 4), saved_mean, False, True), "pre"),
+        ("spatial_context_backward", (t(*z.shape), z, g, spatial_w, saved_pre, t(4, 3), False, True), "mean"),
+        ("temporal_context", (z, g, temporal_w, 3, False, True), "(z_t|num_frames)"),  # 3 does not divide N = 4
+        ("temporal_context", (z, g, temporal_w, 0, False, True), "(z_t|num_frames)"),
+        ("temporal_context", (z, g, [temporal_w[0], t(4, 2, 5)], 2, False, True), r"weights\[1\]"),
+        ("temporal_context", (z, g.double(), temporal_w, 2, False, True), "g_t"),
+        ("temporal_context_backward", (t(*z.shape), z, g, temporal_w, 2, saved_pre, t(4, 3, 5, 4), False, True), "mean"),
+        ("modulate", (z, t(*z.shape), t(4, 3, 5, 5)), "m_t"),
+        ("modulate_backward", (t(4, 3, 5), z, t(*z.shape), t(*z.shape)), "grad"),
+    ]
+
+
+def test_raw_ops_name_the_argument_they_refuse(backend):
+    """The registered ops check their own arguments (a direct torch.ops.dvfl call skips the public
+    functions' checks): an error naming the argument, never an out-of-bounds read or a wrong answer."""
+    from dvfl_kernels.focal import op_name
+
+    family = "triton" if backend == "triton" else "cpp"
+    for op, args, name in _bad_op_calls(kernel_device(backend)):
+        backward = op.endswith("_backward")
+        fn = getattr(torch.ops.dvfl, op_name(op.removesuffix("_backward"), family, backward))
+        with pytest.raises((ValueError, TypeError), match=rf"(^|: ){name}(?!\w)"):
+            fn(*args)
+
+
 def test_golden_layer_and_model(backend, golden_modulation):
     layer, fixture = golden_modulation
     with torch.no_grad():
@@ -319,7 +363,9 @@ def test_inductor_compiled_layer_gradients(backend, golden_modulation):
 
 def test_training_matches_the_reference_backend(backend):
     """A few SGD steps of a small model: the fast backend's loss curve follows the reference's."""
-    config = dict(img_size=32, embed_dim=8, depths=[1, 1, 1, 1], num_classes=3, num_frames=2, drop_path_rate=0.0)
+    # two stages: under Triton's interpreter each launch costs seconds, and stages 3-4 only repeat 1-2
+    config = dict(img_size=32, embed_dim=8, depths=[1, 1], focal_levels=[2, 2], focal_windows=[3, 3], num_classes=3,
+                  num_frames=2, drop_path_rate=0.0)
     torch.manual_seed(0)
     device = kernel_device(backend)
     models = {"reference": VideoFocalNet(**config, backend="reference").to(device)}

@@ -156,6 +156,20 @@ def test_int8_temporal_taps_are_their_fake_quant_simulation(b, t, h, w, c, level
     assert (got.double() - want).abs().max() <= bound
 
 
+def test_the_int8_temporal_op_names_the_argument_it_refuses():
+    """Called directly (torch.ops.dvfl.temporal_context_int8), a clip count that num_frames does not
+    divide or gates of the wrong shape are errors naming them, not a wrong answer."""
+    gen = torch.Generator().manual_seed(3)
+    z, g = torch.randn(4, 2, 3, 8, generator=gen), torch.randn(4, 2, 3, 3, generator=gen)
+    weights = [torch.randn(8, 8, 3, generator=gen), torch.randn(8, 8, 5, generator=gen)]
+    taps = cpu_int8.Int8Taps.build(weights, [(-3.0, 3.0), (-1.0, 1.0)], rows_hint=24)
+    assert taps(z, g, 2, False).shape == z.shape
+    with pytest.raises(ValueError, match=r"z_t: the batch dimension N=4 must be clips x num_frames, but num_frames=3"):
+        taps(z, g, 3, False)
+    with pytest.raises(ValueError, match=r"g_t: expected shape \[4, 2, 3, 3\]"):
+        taps(z, g[..., :2], 2, False)
+
+
 def _tiny(**options) -> VideoFocalNet:
     torch.manual_seed(0)
     return VideoFocalNet(img_size=32, embed_dim=16, depths=[1, 2, 1, 1], num_classes=7, num_frames=4,

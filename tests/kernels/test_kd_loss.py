@@ -11,7 +11,7 @@ import torch
 import dvfl_kernels
 from dvfl_kernels import ops, reference
 from dvflnet.losses import DistillationLoss
-from helpers import assert_close, assert_close_to_rounding, kernel_device, poison_allocator
+from helpers import assert_close, assert_close_to_rounding, interpreted, kernel_device, poison_allocator
 
 
 def _backend_params():
@@ -82,7 +82,8 @@ def _check_against_reference(backend, s, t, target, alpha, temp, eps, tol, grad_
 def test_shapes_against_reference(backend):
     device = kernel_device(backend)
     rng = random.Random()
-    for b in (1, 3, 8, 64):
+    # a row is one program: under Triton's interpreter 64 rows repeat 8 rows' work at 8 times the cost
+    for b in (1, 3, 8) if interpreted(backend) else (1, 3, 8, 64):
         for k in (1, 2, 51, 101, 174, 400, 1000, 5000):
             soft = rng.random() < 0.5
             alpha, temp, eps = rng.choice([0.0, 0.3, 1.0]), rng.choice([1.0, 5.0, 10.0, 15.0]), rng.choice([0.0, 0.1])

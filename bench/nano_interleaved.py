@@ -4,11 +4,15 @@ One clip 1 x 8 x 3 x 224 x 224 under torch.inference_mode(): dvfl on backend "re
 fp32 and bf16 autocast, and int8 (``quantize_int8``); ONNX Runtime (fp32, as exported) and OpenVINO
 (f32 and bf16, its precision hint) on the ONNX export of the reference decomposition, and OpenVINO
 int8 made from that export by NNCF's post-training quantization (when nncf is installed). Both int8
-paths calibrate on the same 8 clips. Each round times every case once, in turn,
-so that the machine's drift hits all cases alike; medians and ranges over the rounds. pytest-benchmark times cases in blocks, which
-on a shared 2-core machine moved the ratios by up to 1.5x between runs.
+paths calibrate on the same 8 clips. Each round times every case once, in turn, with a pause between
+cases (PAUSE_S), so that the machine's drift hits all cases alike; medians and ranges over the rounds.
+pytest-benchmark times cases in blocks, which on a shared 2-core machine moved the ratios by up to 1.5x
+between runs.
 
-    python bench/nano_interleaved.py [--rounds 9] [--compile] [--json bench/results/nano-interleaved-cpu.json]
+    python bench/nano_interleaved.py [--rounds 9] [--compile] [--busy] [--json bench/results/nano-interleaved-cpu.json]
+
+--busy times every case beside one busy process (`python -c "while True: pass"`, started after the
+warm-up): dvfl and its peers sharing the machine, in one run.
 
 --training times a training step instead (2 clips, cross-entropy, backward, SGD with momentum), fp32
 and bf16 autocast, on backend "reference" and "auto":
@@ -22,6 +26,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +36,9 @@ import torch
 
 # Clips both int8 paths calibrate on (the issue's NNCF figure used 8).
 CALIBRATION_CLIPS = 8
+# Between two cases: the last case's runtime (OpenMP's, ONNX Runtime's, OpenVINO's pool) spins its
+# threads for a while after a call, which would take the next case's cores.
+PAUSE_S = 0.5
 
 
 def cpu_model() -> str:
@@ -138,6 +147,7 @@ def main() -> None:
                              "default: glibc's own (DVFL_KEEP_FREED_MEMORY=0)")
     parser.add_argument("--training", action="store_true", help="time a training step of 2 clips instead")
     parser.add_argument("--compile", action="store_true", help="add auto under torch.compile (inference)")
+    parser.add_argument("--busy", action="store_true", help="time every case beside one busy process")
     parser.add_argument("--only", metavar="WORD", help="time only the cases whose name holds WORD (e.g. 'auto': "
                         "its spread without the other runtimes' threads on the cores)")
     args = parser.parse_args()
@@ -155,17 +165,24 @@ def main() -> None:
         run()
         run()
     times: dict[str, list[float]] = {name: [] for name in timed}
-    for _ in range(args.rounds):
-        for name, run in timed.items():
-            start = time.perf_counter()
-            run()
-            times[name].append((time.perf_counter() - start) * 1e3)
+    neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        for _ in range(args.rounds):
+            for name, run in timed.items():
+                time.sleep(PAUSE_S)
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
     rows = {name: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)} for name, v in times.items()}
     for name, row in rows.items():
         print(f"{name:<20} {row['median_ms']:8.1f} ms  ({row['min_ms']:.1f}-{row['max_ms']:.1f})")
     if args.json:
         report = {"cpu": cpu_model(), "threads": torch.get_num_threads(), "torch": torch.__version__, "malloc": args.malloc,
-                  "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "clip": "x".join(map(str, clip.shape)), "cases": rows}
+                  "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds, "busy_neighbour": args.busy, "clip": "x".join(map(str, clip.shape)), "cases": rows}
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
 
 

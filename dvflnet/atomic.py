@@ -42,80 +42,86 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Call write(binary file) into a temporary file beside `path`, then rename it to `path`."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = _temporary_beside(path)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with deferred(), os.fdopen(fd, "wb") as f:  # a Ctrl-C waits for the write to finish
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-            os.replace(tmp, path)
-        dir_fd = os.open(folder, os.O_RDONLY)
+    # A Ctrl-C waits for the write to finish: from the temporary file's creation (one arriving between
+    # mkstemp and the cleanup below would leave it behind) to the rename.
+    with deferred():
+        fd, tmp = _temporary_beside(path)
         try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
-            raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
-        raise
+            os.fchmod(fd, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+                os.replace(tmp, path)
+        except BaseException as err:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
+                raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
+            raise
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
 
 
 def check_writable(path: str) -> None:
     """Fail now, naming `path`, if it cannot be written later (a folder, a read-only place): before
     minutes of work whose result would have nowhere to go."""
-    fd, probe = _temporary_beside(os.fspath(path))
-    os.close(fd)
-    os.unlink(probe)
+    with deferred():  # a Ctrl-C in between would leave the probe file
+        fd, probe = _temporary_beside(os.fspath(path))
+        os.close(fd)
+        os.unlink(probe)
 
 
 def write_through_path(path: str, save: Callable[[str], None]) -> None:
     """For writers that only take a file name (ONNX, PyAV): save(temporary path beside `path`, same
     extension), fsync, then rename to `path`; the same guarantees as write_atomic."""
     path = os.fspath(path)
-    fd, tmp = _temporary_beside(path)
-    os.close(fd)
-    try:
-        with deferred():
+    with deferred():  # from the temporary file's creation to its rename, as in write_atomic
+        fd, tmp = _temporary_beside(path)
+        os.close(fd)
+        try:
             os.chmod(tmp, 0o666 & ~_umask())
             save(tmp)
             with open(tmp, "rb+") as written:
                 os.fsync(written.fileno())
             os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
-        raise
+        except BaseException as err:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            if isinstance(err, OSError):
+                raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
+            raise
 
 
 def write_set(files: dict[str, bytes]) -> None:
     """Several files as one set (CSVs that belong together): every one is written to its temporary
-    file first; only when all are complete are they renamed into place, one after the other with
-    Ctrl-C held. A failure while writing (a full disk) replaces none of them, and the error says so."""
+    file first; only when all are complete are they renamed into place, one after the other. Ctrl-C
+    waits for the whole set (from the first temporary file's creation: one arriving before the cleanup
+    below knew of a file would leave it). A failure while writing (a full disk) replaces none of them,
+    and the error says so."""
     written: dict[str, str] = {}
-    try:
-        for path, data in files.items():
-            fd, tmp = _temporary_beside(path)
-            written[path] = tmp
-            os.fchmod(fd, 0o666 & ~_umask())
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-    except BaseException as err:
-        for tmp in written.values():
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
-            raise OSError(err.errno, f"{', '.join(files)}: cannot write ({err.strerror or err}); none of them was "
-                                     f"replaced") from None
-        raise
-    with deferred():  # renames within one folder: nothing left to fail for lack of space
-        for path, tmp in written.items():
+    with deferred():
+        try:
+            for path, data in files.items():
+                fd, tmp = _temporary_beside(path)
+                written[path] = tmp
+                os.fchmod(fd, 0o666 & ~_umask())
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException as err:
+            for tmp in written.values():
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
+                raise OSError(err.errno, f"{', '.join(files)}: cannot write ({err.strerror or err}); none of them was "
+                                         f"replaced") from None
+            raise
+        for path, tmp in written.items():  # renames within one folder: nothing left to fail for lack of space
             os.replace(tmp, path)
     for folder in {os.path.dirname(os.path.abspath(p)) for p in files}:
         dir_fd = os.open(folder, os.O_RDONLY)

@@ -294,6 +294,42 @@ def test_a_failed_write_names_the_file_and_leaves_nothing(tmp_path):  # items 13
     assert sorted(os.listdir(tmp_path)) == ["eval_1x1.json"] and (tmp_path / "eval_1x1.json").read_text() == "{}"
 
 
+def _write_with(writer: str, path: str) -> None:
+    from dvflnet import atomic
+
+    if writer == "write_atomic":
+        atomic.write_atomic(path, lambda f: f.write(b"whole"))
+    elif writer == "write_through_path":
+        atomic.write_through_path(path, lambda tmp: open(tmp, "wb").write(b"whole"))
+    elif writer == "write_set":
+        atomic.write_set({path: b"whole"})
+    else:
+        atomic.check_writable(path)
+
+
+@pytest.mark.parametrize("writer", ["write_atomic", "write_through_path", "write_set", "check_writable"])
+def test_a_ctrl_c_as_the_temporary_file_is_made_leaves_none(tmp_path, monkeypatch, writer):
+    """A Ctrl-C that arrives right after mkstemp made the temporary file (before any cleanup could
+    know of it; a CI run's interrupted teacher cache once kept one): the write completes, then the
+    interrupt is raised, and no temporary file is left."""
+    import tempfile
+
+    real_mkstemp = tempfile.mkstemp
+
+    def mkstemp_then_ctrl_c(*args, **kwargs):
+        made = real_mkstemp(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_then_ctrl_c)
+    path = tmp_path / "chunk.pt"
+    with pytest.raises(KeyboardInterrupt):
+        _write_with(writer, str(path))
+    assert sorted(os.listdir(tmp_path)) == ([] if writer == "check_writable" else ["chunk.pt"])
+    if writer != "check_writable":
+        assert path.read_bytes() == b"whole"
+
+
 @pytest.fixture
 def full_disk(tmp_path):
     """A 256 KiB tmpfs, filled: a real full disk (mounting needs root; elsewhere this case skips)."""

@@ -9,10 +9,11 @@ next run starts in that folder.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
-from typing import Callable, IO
+from typing import Callable, IO, Iterator
 
 from .interrupt import deferred
 
@@ -38,32 +39,43 @@ def _temporary_beside(path: str) -> tuple[int, str]:
         raise OSError(err.errno, f"{path}: cannot write here ({err.strerror})") from None
 
 
-def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call write(binary file) into a temporary file beside `path`, then rename it to `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    # A Ctrl-C waits for the write to finish: from the temporary file's creation (one arriving between
-    # mkstemp and the cleanup below would leave it behind) to the rename.
+@contextlib.contextmanager
+def _temporary_for(path: str) -> Iterator[tuple[int, str]]:
+    """(fd, name) of a temporary file beside `path` for the block to write and rename. Ctrl-C waits
+    from the file's creation (one arriving between mkstemp and the cleanup here would leave it behind)
+    to the block's end; on any failure the file is removed, and an OSError names `path`."""
     with deferred():
         fd, tmp = _temporary_beside(path)
         try:
-            os.fchmod(fd, 0o666 & ~_umask())
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-                os.replace(tmp, path)
+            yield fd, tmp
         except BaseException as err:
             if os.path.exists(tmp):
                 os.unlink(tmp)
             if isinstance(err, OSError) and not isinstance(err, IsADirectoryError):
                 raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
             raise
+
+
+def _sync_folder(folder: str) -> None:
+    """fsync a folder: the renames in it become durable."""
     dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def write_atomic(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call write(binary file) into a temporary file beside `path`, then rename it to `path`."""
+    path = os.fspath(path)
+    with _temporary_for(path) as (fd, tmp):
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _sync_folder(os.path.dirname(os.path.abspath(path)))  # make the rename itself durable
 
 
 def check_writable(path: str) -> None:
@@ -79,21 +91,13 @@ def write_through_path(path: str, save: Callable[[str], None]) -> None:
     """For writers that only take a file name (ONNX, PyAV): save(temporary path beside `path`, same
     extension), fsync, then rename to `path`; the same guarantees as write_atomic."""
     path = os.fspath(path)
-    with deferred():  # from the temporary file's creation to its rename, as in write_atomic
-        fd, tmp = _temporary_beside(path)
+    with _temporary_for(path) as (fd, tmp):
         os.close(fd)
-        try:
-            os.chmod(tmp, 0o666 & ~_umask())
-            save(tmp)
-            with open(tmp, "rb+") as written:
-                os.fsync(written.fileno())
-            os.replace(tmp, path)
-        except BaseException as err:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            if isinstance(err, OSError):
-                raise OSError(err.errno, f"{path}: cannot write ({err.strerror or err})") from None
-            raise
+        os.chmod(tmp, 0o666 & ~_umask())
+        save(tmp)
+        with open(tmp, "rb+") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
 
 
 def write_set(files: dict[str, bytes]) -> None:
@@ -124,11 +128,7 @@ def write_set(files: dict[str, bytes]) -> None:
         for path, tmp in written.items():  # renames within one folder: nothing left to fail for lack of space
             os.replace(tmp, path)
     for folder in {os.path.dirname(os.path.abspath(p)) for p in files}:
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _sync_folder(folder)
 
 
 def write_bytes(data: bytes, path: str) -> None:

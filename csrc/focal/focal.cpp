@@ -224,6 +224,12 @@ void check_like(const char* op, const char* name, const at::Tensor& t, const cha
   TORCH_CHECK_VALUE(t.sizes() == shape, op, ": ", name, ": expected shape ", shape, ", got ", shape_of(t));
 }
 
+// num_frames >= 1 and dividing the batch of z (N = clips x frames).
+void check_num_frames(const char* op, const char* z_name, const at::Tensor& z, int64_t num_frames) {
+  TORCH_CHECK_VALUE(num_frames >= 1 && z.size(0) % num_frames == 0, op, ": ", z_name, ": the batch dimension N=",
+                    z.size(0), " must be clips x num_frames, but num_frames=", num_frames, " does not divide it");
+}
+
 // z (N, H, W, C), g (N, H, W, levels + 1), weights[level] (C, C_in, [k,] k) with odd k, C_in = 1
 // (spatial, square k x k) or C (temporal); num_frames (temporal) divides N. `op` names the op.
 void check_context(const char* op, const at::Tensor& z, const at::Tensor& g, at::TensorList weights, bool spatial,
@@ -232,10 +238,7 @@ void check_context(const char* op, const at::Tensor& z, const at::Tensor& g, at:
   check_activations(op, z_name, z);
   const int64_t N = z.size(0), C = z.size(3), L = weights.size();
   TORCH_CHECK_VALUE(L >= 1, op, ": weights: expected a non-empty list of kernels (one per focal level)");
-  if (!spatial) {
-    TORCH_CHECK_VALUE(num_frames >= 1 && N % num_frames == 0, op, ": ", z_name, ": the batch dimension N=", N,
-                      " must be clips x num_frames, but num_frames=", num_frames, " does not divide it");
-  }
+  if (!spatial) check_num_frames(op, z_name, z, num_frames);
   check_like(op, spatial ? "g" : "g_t", g, z_name, z, {N, z.size(1), z.size(2), L + 1});
   for (int64_t level = 0; level < L; ++level) {
     const at::Tensor& w = weights[level];
@@ -465,8 +468,7 @@ at::Tensor temporal_context_int8(const at::Tensor& z_in, const at::Tensor& g_in,
   const int64_t L = packed.size();
   const char* op = "dvfl::temporal_context_int8";
   check_activations(op, "z_t", z_in);
-  TORCH_CHECK_VALUE(T >= 1 && z_in.size(0) % T == 0, op, ": z_t: the batch dimension N=", z_in.size(0),
-                    " must be clips x num_frames, but num_frames=", T, " does not divide it");
+  check_num_frames(op, "z_t", z_in, T);
   check_like(op, "g_t", g_in, "z_t", z_in, {z_in.size(0), z_in.size(1), z_in.size(2), L + 1});
   TORCH_CHECK(z_in.device().is_cpu() && (z_in.scalar_type() == at::kFloat || z_in.scalar_type() == at::kBFloat16),
               "dvfl::temporal_context_int8: z_t: expected float32 or bfloat16 on CPU, got ", z_in.scalar_type(), " on ",

@@ -8,6 +8,8 @@ Python raises KeyboardInterrupt wherever the main thread happens to be. Two plac
   printed;
 - inside a file write, where torch's C++ zip writer turns it into a RuntimeError about stream positions:
   `deferred()` holds the signal until the write is complete, then raises it.
+A third is a child process still starting up: a spawned worker imports torch for seconds before it can
+ignore SIGINT, and the terminal's Ctrl-C reaches it too; `children_start_blocked()` holds it off.
 """
 from __future__ import annotations
 
@@ -61,3 +63,32 @@ def deferred():
         global _pending
         _pending = True
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def children_start_blocked():
+    """Child processes started in the block begin with SIGINT blocked; a Ctrl-C here waits for its end.
+
+    A spawned child imports for seconds (torch) before its own code runs, and the terminal's Ctrl-C
+    reaches the whole process group: it printed a KeyboardInterrupt traceback from spawn_main. A child's
+    Python handler is reset at its exec, but its signal mask is inherited, so the Ctrl-C stays pending
+    until the child calls `ignore_in_child()`. multiprocessing's resource tracker unblocks SIGINT as it
+    starts: it is started first. A Ctrl-C meanwhile is raised as the block ends (`deferred`): one
+    half-way through a start would leave a child reading its start-up data, which then fails loudly.
+    """
+    from multiprocessing import resource_tracker
+
+    resource_tracker.ensure_running()
+    with deferred():
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
+def ignore_in_child() -> None:
+    """In a child started by `children_start_blocked`: Ctrl-C is the parent's to handle. Ignoring SIGINT
+    before unblocking it discards one that arrived during the child's start."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 
+from dvflnet import interrupt
 from dvflnet.cli import main
 from dvflnet.data.synthetic import generate_dataset
 from dvflnet.engine import DEFAULTS, ConfigError, run_training
@@ -328,6 +329,54 @@ def test_a_ctrl_c_as_the_temporary_file_is_made_leaves_none(tmp_path, monkeypatc
     assert sorted(os.listdir(tmp_path)) == ([] if writer == "check_writable" else ["chunk.pt"])
     if writer != "check_writable":
         assert path.read_bytes() == b"whole"
+
+
+CHILD_SCRIPT = """
+import sys, time
+from dvflnet import interrupt
+
+def child():
+    interrupt.ignore_in_child()
+    time.sleep(30)
+
+if __name__ == "__main__":
+    import multiprocessing
+    process = multiprocessing.get_context("spawn").Process(target=child)
+    try:
+        with interrupt.children_start_blocked():
+            process.start()
+        print("started", flush=True)
+        process.join()
+    except KeyboardInterrupt:
+        process.terminate()
+        process.join()
+        sys.exit("interrupted")
+"""
+
+
+def test_a_spawned_child_started_blocked_leaves_ctrl_c_to_its_parent(tmp_path):
+    """The terminal's Ctrl-C reaches the whole group, a child still importing (torch: seconds) too; the
+    demo's student beside the teacher and resize's workers start so. Nothing but the parent's line."""
+    script = tmp_path / "parent.py"
+    script.write_text("import torch\n" + CHILD_SCRIPT)  # the child imports torch as it starts
+    run = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    assert run.stdout.readline() == "started\n"
+    time.sleep(1.0)  # into the child's imports (2-3 s)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 1 and err == "interrupted\n", err
+
+
+def test_a_ctrl_c_while_children_start_is_raised_once_they_have():
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupt.children_start_blocked():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append(True)
+    assert reached == [True]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # unblocked again
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import torch
 
 import dvfl_kernels
 
+from .. import interrupt
 from ..atomic import write_json, write_text
 from ..complexity import count_flops, count_parameters
 from ..data.synthetic import generate_dataset
@@ -263,7 +264,12 @@ class StudentBeside:
         self.log, self.results = log, context.Queue()
         os.makedirs(os.path.dirname(log), exist_ok=True)
         self.process = context.Process(target=_train_beside, args=(cfg, log, self.results), daemon=True)
-        self.process.start()
+        try:
+            with interrupt.children_start_blocked():  # Ctrl-C is the parent's: it stops this process
+                self.process.start()
+        except KeyboardInterrupt:  # held until the process had started
+            self.stop()
+            raise
 
     def join(self) -> TrainingSummary:
         try:
@@ -284,10 +290,9 @@ class StudentBeside:
 
 def _train_beside(cfg: RunConfig, log: str, results) -> None:
     """In the spawned process: one thread, output to `log`, the summary (or the error) to `results`."""
-    import signal
     import sys
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops this process
+    interrupt.ignore_in_child()
     with open(log, "w", buffering=1) as out:
         sys.stdout = sys.stderr = out
         try:

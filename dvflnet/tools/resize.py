@@ -24,6 +24,7 @@ import sys
 from fractions import Fraction
 from dataclasses import dataclass
 
+from .. import interrupt
 from ..data.video import walk_videos
 
 PARTIAL_PREFIX = ".resize-partial-"
@@ -172,8 +173,8 @@ class ResizeReport:
 def _stop_on_sigterm() -> None:
     """In a worker: Ctrl-C is the parent's to handle; SIGTERM (the parent stopping the pool) unwinds the
     job, so that its temporary file is removed."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    interrupt.ignore_in_child()
 
 
 def resize_tree(src: str, dst: str, short_side: int, workers: int = 1, progress: bool = True) -> ResizeReport:
@@ -210,32 +211,33 @@ def resize_tree(src: str, dst: str, short_side: int, workers: int = 1, progress:
     failed: list[tuple[str, str]] = []
     from tqdm import tqdm
 
-    bar = tqdm(total=len(jobs), unit="file", desc="resize", disable=not progress)
+    pool = None
     try:
-        if workers == 1:
-            for source, why in (_job(s, t, short_side) for s, t in jobs):
-                if why:
-                    failed.append((source, why))
-                bar.update()
-        else:
+        if workers > 1:
             import multiprocessing
 
             # spawned, not forked: a fork of a process whose other threads (OpenMP's, a decoder's) held a
-            # lock at that moment can wait on it forever (it hung a test run with 2 workers)
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_stop_on_sigterm)
-            try:
-                for source, why in pool.imap_unordered(_job_args, [(s, t, short_side) for s, t in jobs]):
-                    if why:
-                        failed.append((source, why))
-                    bar.update()
-                pool.close()
-            except BaseException:  # Ctrl-C: the workers get SIGTERM and remove their unfinished files
-                pool.terminate()
-                raise
-            finally:
-                pool.join()
+            # lock at that moment can wait on it forever (it hung a test run with 2 workers); started
+            # before the progress bar's thread
+            with interrupt.children_start_blocked():
+                pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_stop_on_sigterm)
+            results = pool.imap_unordered(_job_args, [(s, t, short_side) for s, t in jobs])
+        else:
+            results = (_job(s, t, short_side) for s, t in jobs)
+        with tqdm(total=len(jobs), unit="file", desc="resize", disable=not progress) as bar:
+            for source, why in results:
+                if why:
+                    failed.append((source, why))
+                bar.update()
+        if pool is not None:
+            pool.close()
+    except BaseException:  # Ctrl-C: the workers get SIGTERM and remove their unfinished files
+        if pool is not None:
+            pool.terminate()
+        raise
     finally:
-        bar.close()
+        if pool is not None:
+            pool.join()
     return ResizeReport(len(jobs) - len(failed), already, sorted(failed), cleaned, redone)
 
 

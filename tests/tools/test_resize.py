@@ -172,6 +172,26 @@ def test_ctrl_c_with_workers_stops_them_and_keeps_what_is_finished(tmp_path):
     assert report.already == len(finished) and report.done == 30 - len(finished) and not report.failed
 
 
+@pytest.mark.parametrize("after_s", [0.0, 1.0], ids=["as-the-pool-starts", "as-the-workers-import"])
+def test_ctrl_c_while_the_workers_are_still_starting_prints_no_traceback(tmp_path, after_s):
+    # a worker imports torch for 2-3 s before its own code runs; the terminal's Ctrl-C reaches it too
+    # (a CI run printed spawn_main's KeyboardInterrupt traceback), and one in the parent half-way
+    # through the pool's start left a worker failing to read its start-up data
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _many(src, 4)
+    run = _resize_process(src, dst, "--workers", "2", start_new_session=True)
+    deadline = time.monotonic() + 60
+    while len(_live_in_group(run.pid)) < 3 and time.monotonic() < deadline:  # a worker has started
+        time.sleep(0.005)
+    time.sleep(after_s)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    time.sleep(0.5)
+    assert _live_in_group(run.pid) == []
+    assert not list(dst.rglob(PARTIAL_PREFIX + "*"))
+
+
 def test_symlinked_class_folders_are_resized_and_a_link_back_up_is_no_loop(tree, tmp_path):
     elsewhere = tmp_path / "other-disk" / "ClassC"
     _write(elsewhere / "v_ClassC_g01_c01.avi", 6, 32, 64, 10, "mpeg4")

@@ -102,6 +102,7 @@ def main() -> None:
     results: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for busy in (False, True):
+            dvfl_kernels.cpu_threads.forget_contention()  # each phase as a process that never met the other
             neighbour = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
             try:
                 time.sleep(PAUSE_S)

@@ -220,6 +220,11 @@ CONTENDED_WAIT = 0.15
 # one-thread calls), up to MAX_ONE_THREAD_FOR, and back to ONE_THREAD_FOR once they are free.
 ONE_THREAD_FOR = 16
 MAX_ONE_THREAD_FOR = 256
+# A period also ends after this many seconds, whatever its count: the nano's clip takes about 1 s on one
+# thread of an AVX2 CPU, and 256 of them kept it there for 4 minutes after its neighbour had left. A
+# retry every 30 s beside a busy process costs that clip about 0.5 s (two contended threads: 1.5 s a
+# clip, one: 1.0; AMD EPYC Zen 3); the demo teacher's 256 steps take about 20 s, within the bound.
+MAX_ONE_THREAD_S = 30.0
 # Shorter calls are not judged: the clocks' granularity and the reads' own cost dominate them.
 MIN_JUDGED_S = 0.02
 
@@ -251,8 +256,8 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
     all of this process's threads while the cores are its own; after a call whose threads waited
     for a core (the kernel's run-queue delay) more than CONTENDED_WAIT of the time, the whole process
     runs on one thread (the work between calls too: augmentation, the optimizer step) for the next
-    ONE_THREAD_FOR calls (more while retries find the cores still shared), then all cores are tried
-    again. An OpenMP team waits at every barrier for
+    ONE_THREAD_FOR calls (more while retries find the cores still shared, at most MAX_ONE_THREAD_S
+    seconds), then all cores are tried again. An OpenMP team waits at every barrier for
     the thread whose core is taken: beside one busy process two threads kept 23-38% of their speed,
     one thread 93-106% of its own (docs/benchmarks.md, "Threads and contention"). Only in the main
     thread, in eager mode, with no count chosen by the user, where the kernel reports run-queue
@@ -273,7 +278,8 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
             try:
                 yield
             finally:
-                if guard.one_thread_left == 0:  # the next call tries all cores again
+                if guard.one_thread_left == 0 or time.perf_counter() >= guard.one_thread_until:
+                    guard.one_thread_left = 0  # the next call tries all cores again
                     _set_guard_threads(guard.threads_before)
             return
         threads = torch.get_num_threads()
@@ -290,12 +296,23 @@ def shared_core_guard(x: torch.Tensor, training: bool = False):
         period = guard.one_thread_for or ONE_THREAD_FOR
         if waited > CONTENDED_WAIT * wall * threads:
             guard.one_thread_left, guard.threads_before = period, threads
+            guard.one_thread_until = time.perf_counter() + MAX_ONE_THREAD_S
             guard.one_thread_for = min(2 * period, MAX_ONE_THREAD_FOR)
             _set_guard_threads(1)
         else:
             guard.one_thread_for = ONE_THREAD_FOR
     finally:
         guard.inside = False
+
+
+def forget_contention() -> None:
+    """Back on all cores as a process that never met a busy neighbour: the guard's one-thread period
+    and its doubling forgotten (its count of one-thread calls kept). For a benchmark that times alone
+    and beside a busy process in turn, in one process: otherwise its "alone" rounds start on one thread."""
+    guard = RUNTIME.guard
+    if guard.guard_threads == 1:
+        _set_guard_threads(guard.threads_before)
+    guard.one_thread_left, guard.one_thread_for, guard.one_thread_until = 0, 0, 0.0
 
 
 def _set_guard_threads(threads: int) -> None:

@@ -33,6 +33,7 @@ class GuardState:
 
     one_thread_left: int = 0  # calls still to run on one thread since a contended one
     one_thread_for: int = 0  # the next one-thread period (0: cpu_threads.ONE_THREAD_FOR)
+    one_thread_until: float = 0.0  # time.perf_counter() at which the period ends whatever its count
     one_thread_calls: int = 0  # calls run on one thread so far, for runs to log
     inside: bool = False  # a guarded call is running (a teacher's forward inside a step is not judged again)
     threads_before: int = 1  # the count to go back to after the one-thread calls

@@ -275,6 +275,42 @@ def test_a_training_step_that_shared_its_cores_sends_the_next_ones_to_one_thread
         monkeypatch.setattr(RUNTIME.guard, "one_thread_left", 0)
 
 
+def test_a_one_thread_period_ends_after_its_seconds_whatever_its_count(monkeypatch, two_threads_judged):
+    """A period of slow calls (the nano's clip takes 1 s on one AVX2 thread) ends after
+    MAX_ONE_THREAD_S, not after its count: all cores are tried again soon after a neighbour leaves."""
+    saved = two_threads_judged
+    monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 100)
+    monkeypatch.setattr(RUNTIME.guard, "one_thread_for", 100)
+    monkeypatch.setattr(cpu_threads, "MAX_ONE_THREAD_S", 0.05)
+    contended, waited = [True], [0.0]
+
+    def fake_wait() -> float:
+        waited[0] += 10.0 if contended[0] else 0.0
+        return waited[0]
+
+    monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)
+    x, seen = torch.zeros(1), []
+    try:
+        with torch.enable_grad():
+            for _ in range(4):
+                with cpu_threads.shared_core_guard(x, training=True):
+                    seen.append(torch.get_num_threads())
+                    time.sleep(0.03)
+                contended[0] = False  # the neighbour left after the first step
+        # judged shared at the first; two one-thread steps take 0.06 s > 0.05 s: all cores at the fourth
+        assert seen == [2, 1, 1, 2] and RUNTIME.guard.one_thread_left == 0
+        contended[0] = True
+        with torch.enable_grad(), cpu_threads.shared_core_guard(x, training=True):
+            pass
+        assert torch.get_num_threads() == 1 and RUNTIME.guard.one_thread_for == 200  # doubled
+        cpu_threads.forget_contention()  # a benchmark's next phase alone
+        assert torch.get_num_threads() == 2 and RUNTIME.guard.one_thread_left == 0
+        assert RUNTIME.guard.one_thread_for == 0 and cpu_threads.user_threads() is None
+    finally:
+        cpu_threads._set_guard_threads(saved)
+        monkeypatch.setattr(RUNTIME.guard, "one_thread_left", 0)
+
+
 def test_the_run_queue_wait_is_read_and_grows_beside_busy_processes():
     """The signal itself, with real processes: a thread spinning beside as many busy processes as
     there are usable cores waits for a core a good share of the time; alone it hardly waits."""

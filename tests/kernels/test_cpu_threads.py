@@ -281,27 +281,28 @@ def test_a_one_thread_period_ends_after_its_seconds_whatever_its_count(monkeypat
     saved = two_threads_judged
     monkeypatch.setattr(cpu_threads, "ONE_THREAD_FOR", 100)
     monkeypatch.setattr(RUNTIME.guard, "one_thread_for", 100)
-    monkeypatch.setattr(cpu_threads, "MAX_ONE_THREAD_S", 0.05)
-    contended, waited = [True], [0.0]
+    monkeypatch.setattr(cpu_threads, "MAX_ONE_THREAD_S", 1.5)
+    contended, waited, now = [True], [0.0], [0.0]
 
     def fake_wait() -> float:
         waited[0] += 10.0 if contended[0] else 0.0
         return waited[0]
 
     monkeypatch.setattr(cpu_threads, "run_queue_wait_s", fake_wait)
+    monkeypatch.setattr(cpu_threads.time, "perf_counter", lambda: now[0])  # a step takes 1 s, whatever the load
     x, seen = torch.zeros(1), []
     try:
         with torch.enable_grad():
             for _ in range(4):
                 with cpu_threads.shared_core_guard(x, training=True):
                     seen.append(torch.get_num_threads())
-                    time.sleep(0.03)
+                    now[0] += 1.0
                 contended[0] = False  # the neighbour left after the first step
-        # judged shared at the first; two one-thread steps take 0.06 s > 0.05 s: all cores at the fourth
+        # judged shared at the first; two one-thread steps take 2 s > 1.5 s: all cores at the fourth
         assert seen == [2, 1, 1, 2] and RUNTIME.guard.one_thread_left == 0
         contended[0] = True
         with torch.enable_grad(), cpu_threads.shared_core_guard(x, training=True):
-            pass
+            now[0] += 1.0
         assert torch.get_num_threads() == 1 and RUNTIME.guard.one_thread_for == 200  # doubled
         cpu_threads.forget_contention()  # a benchmark's next phase alone
         assert torch.get_num_threads() == 2 and RUNTIME.guard.one_thread_left == 0

@@ -64,23 +64,44 @@ def nncf_int8(model, data: dict, calibration: list[torch.Tensor]):
     return (lambda views: torch.from_numpy(request.infer({0: views.numpy()})[0].copy())), seconds
 
 
-def run_one(run: str) -> dict:
+def load_student(run: str) -> tuple:
+    """A demo run's distilled student, its data settings, CALIBRATION_CLIPS of its training clips as
+    ``dvflnet quantize`` picks them, and its validation set at 1x1."""
     from dvflnet.engine.builders import eval_dataset
     from dvflnet.engine.schema import RunConfig
-    from dvflnet.models import Int8Model, calibrate
-    from dvflnet.models.int8 import DEFAULT_FLOAT_PARTS, PARTS, select_parts
     from dvflnet.tools.predict import model_from_checkpoint
     from dvflnet.tools.quantize import calibration_batches
 
     model, data, _ = model_from_checkpoint(os.path.join(run, "distill", "best.pt"))
     batches = calibration_batches(os.path.join(data["root"], "students.csv"), data["root"], data, CALIBRATION_CLIPS)
-    calibration = [b.load() for b in batches]
+    return model, data, [b.load() for b in batches], eval_dataset(RunConfig.from_dict({"data": data}), 1, 1)
+
+
+def int8_parts() -> list[str]:
+    """The parts an int8 model runs in int8 unless told otherwise."""
+    from dvflnet.models.int8 import DEFAULT_FLOAT_PARTS, PARTS
+
+    return [p for p in PARTS if p not in DEFAULT_FLOAT_PARTS]
+
+
+def runs_argument_parser(doc: str) -> argparse.ArgumentParser:
+    """The scripts' command line: demo run folders and --json."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="demo run folders (each with distill/best.pt and data/)")
+    parser.add_argument("--json", help="write the rows and the machine here")
+    return parser
+
+
+def run_one(run: str) -> dict:
+    from dvflnet.models import Int8Model, calibrate
+    from dvflnet.models.int8 import PARTS, select_parts
+
+    model, data, calibration, dataset = load_student(run)
     start = time.perf_counter()
     ranges = calibrate(model, calibration)
     # measured=False: every GEMM in int8, whatever this machine's timings (the accuracy of the worst case)
-    int8 = Int8Model(model, select_parts(ranges, [p for p in PARTS if p not in DEFAULT_FLOAT_PARTS]), measured=False)
+    int8 = Int8Model(model, select_parts(ranges, int8_parts()), measured=False)
     seconds = time.perf_counter() - start
-    dataset = eval_dataset(RunConfig.from_dict({"data": data}), 1, 1)
     fp32_top1, reference = score(model, dataset)
     int8_top1, logits = score(int8, dataset)
     row = {"run": run, "fp32": fp32_top1, "dvfl int8": int8_top1, "dvfl error": relative_error(logits, reference),
@@ -98,10 +119,7 @@ def run_one(run: str) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="demo run folders (each with distill/best.pt and data/)")
-    parser.add_argument("--json", help="write the rows and the machine here")
-    args = parser.parse_args()
+    args = runs_argument_parser(__doc__).parse_args()
     rows = [run_one(run) for run in args.runs]
     for row in rows:
         peer = f"  nncf {row['nncf int8']:.2f} (error {row['nncf error']:.3f})" if "nncf int8" in row else ""

@@ -13,7 +13,6 @@ the real path with one part at a time kept in float: which part, if any, a stude
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -22,7 +21,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from int8_accuracy import CALIBRATION_CLIPS, relative_error, score
+from int8_accuracy import CALIBRATION_CLIPS, int8_parts, load_student, relative_error, runs_argument_parser, score
 from nano_interleaved import cpu_model
 
 # (activation levels above 0, weight magnitude): the two AVX2-safe choices and VNNI's
@@ -46,9 +45,10 @@ class SimulatedGrid:
         return (torch.clamp(torch.round(x.double() / step) + zero, 0, self.act_levels) - zero) * step
 
     def _weight(self, w: torch.Tensor) -> torch.Tensor:
-        w = w.double()
-        step = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-30) / self.w_max
-        return torch.round(w / step) * step
+        from dvfl_kernels import cpu_int8
+
+        q, scale = cpu_int8.quantize_weight(w, self.w_max)
+        return q.double() * scale.double()[:, None]
 
     def _gemm(self, gemm, weights, x2, activation, residual, dtype):
         weight = torch.cat([w.detach().reshape(w.shape[0], -1) for w in weights])
@@ -103,18 +103,12 @@ class SimulatedGrid:
 
 def run_one(run: str) -> dict:
     from dvfl_kernels import cpu_int8
-    from dvflnet.engine.builders import eval_dataset
-    from dvflnet.engine.schema import RunConfig
     from dvflnet.models import Int8Model, calibrate
-    from dvflnet.models.int8 import DEFAULT_FLOAT_PARTS, PARTS, select_parts
-    from dvflnet.tools.predict import model_from_checkpoint
-    from dvflnet.tools.quantize import calibration_batches
+    from dvflnet.models.int8 import select_parts
 
-    model, data, _ = model_from_checkpoint(os.path.join(run, "distill", "best.pt"))
-    batches = calibration_batches(os.path.join(data["root"], "students.csv"), data["root"], data, CALIBRATION_CLIPS)
-    ranges = calibrate(model, [b.load() for b in batches])
-    int8 = Int8Model(model, select_parts(ranges, [p for p in PARTS if p not in DEFAULT_FLOAT_PARTS]), measured=False)
-    dataset = eval_dataset(RunConfig.from_dict({"data": data}), 1, 1)
+    model, _, calibration, dataset = load_student(run)
+    ranges = calibrate(model, calibration)
+    int8 = Int8Model(model, select_parts(ranges, int8_parts()), measured=False)
     fp32_top1, reference = score(model, dataset)
     real_top1, real_logits = score(int8, dataset)
     row = {"run": run, "fp32": fp32_top1, "cpu int8": real_top1, "cpu int8 error": relative_error(real_logits, reference),
@@ -128,20 +122,16 @@ def run_one(run: str) -> dict:
 
         top1, logits = score(forward, dataset)
         row["grids"][name] = {"top1": top1, "error": relative_error(logits, reference)}
-    int8_parts = [p for p in PARTS if p not in DEFAULT_FLOAT_PARTS]
     row["one part in float"] = {}
-    for kept in int8_parts:  # this CPU's real path with every part but `kept` in int8
-        others = Int8Model(model, select_parts(ranges, [p for p in int8_parts if p != kept]), measured=False)
+    for kept in int8_parts():  # this CPU's real path with every part but `kept` in int8
+        others = Int8Model(model, select_parts(ranges, [p for p in int8_parts() if p != kept]), measured=False)
         top1, logits = score(others, dataset)
         row["one part in float"][kept] = {"top1": top1, "error": relative_error(logits, reference)}
     return row
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="demo run folders (each with distill/best.pt and data/)")
-    parser.add_argument("--json", help="write the rows and the machine here")
-    args = parser.parse_args()
+    args = runs_argument_parser(__doc__).parse_args()
     from dvfl_kernels import cpu_int8
 
     rows = [run_one(run) for run in args.runs]

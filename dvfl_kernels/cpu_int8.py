@@ -86,16 +86,17 @@ def weight_qmax() -> int:
     return 127 if torch.all(out == -255.0 * 127 * k) else 63
 
 
-def quantize_weight(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric per-output-channel int8 weights, on [-weight_qmax(), weight_qmax()].
+def quantize_weight(weight: torch.Tensor, qmax: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8 weights, on [-qmax, qmax].
 
     Args:
         weight: (N, K) floating point.
+        qmax: the largest magnitude, at most 127; None: this CPU's ``weight_qmax()``.
     Returns:
         (int8 (N, K), float32 scales (N,)) with ``weight ~= q * scale[:, None]``; an all-zero row gets
         scale 1 and zeros.
     """
-    qmax = weight_qmax()
+    qmax = weight_qmax() if qmax is None else qmax
     w = weight.detach().float()
     amax = w.abs().amax(dim=1)
     scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax))
